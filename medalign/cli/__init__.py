@@ -1,0 +1,1 @@
+"""The ``medalign`` command line."""

@@ -1,0 +1,306 @@
+"""``medalign`` subcommands. Heavy libraries are imported inside each command so that
+``--help`` and usage errors answer at once. A user mistake prints one line and exits 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from medalign.errors import MedalignError
+
+EXIT_USER_ERROR = 2
+
+
+def _existing_dir(value: str) -> Path:
+    p = Path(value)
+    if not p.is_dir():
+        raise argparse.ArgumentTypeError(f"{value}: folder not found")
+    return p
+
+
+def _existing_path(value: str) -> Path:
+    p = Path(value)
+    if not p.exists():
+        raise argparse.ArgumentTypeError(f"{value}: no such file or folder")
+    return p
+
+
+def _existing_file(value: str) -> Path:
+    p = Path(value)
+    if not p.is_file():
+        raise argparse.ArgumentTypeError(f"{value}: file not found")
+    return p
+
+
+def _quiet_libraries() -> None:
+    """Keep third-party chatter (HF progress bars, warnings) out of the user's terminal."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"(monai|lightning|torch|pydicom)")
+    import logging
+
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "transformers", "pytorch_lightning"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:
+        pass
+
+
+def cmd_synth(a: argparse.Namespace) -> int:
+    from medalign.synth.writer import synthesize
+
+    summary = synthesize(a.out, a.modality, a.studies, a.seed)
+    print(f"wrote {summary['studies']} {a.modality.upper()} studies to {summary['images']}; reports {summary['reports']}; labels {summary['labels']}")
+    return 0
+
+
+def cmd_convert(a: argparse.Namespace) -> int:
+    from medalign.io.dicom import SeriesSelection, load_dicom_study
+    from medalign.io.nifti import save_nifti
+
+    if not str(a.output).endswith((".nii", ".nii.gz")):
+        raise MedalignError(f"{a.output}: output must end in .nii or .nii.gz")
+    policy = SeriesSelection(modalities=[], min_slices=1)
+    volume, reason = load_dicom_study(a.series_dir, policy)
+    save_nifti(volume, a.output)
+    print(f"{a.output}: {volume.array.shape} voxels of {', '.join(f'{s:.3g}' for s in volume.spacing)} mm ({reason})")
+    return 0
+
+
+def default_prep_preset(images: Path) -> str:
+    """``demo_oct`` when the first DICOM under ``images`` is an OCT object, else ``demo_ct``."""
+    from medalign.io.dicom import read_header
+
+    for n, p in enumerate(sorted(images.rglob("*"))):
+        if n > 2000:
+            break
+        if p.is_file():
+            ds = read_header(p)
+            if ds is not None and "Rows" in ds:
+                return "demo_oct" if str(ds.get("Modality", "")).upper() in ("OPT", "OCT") else "demo_ct"
+    return "demo_ct"
+
+
+def cmd_prep(a: argparse.Namespace) -> int:
+    from medalign.config import load_config
+    from medalign.prep.build import prepare_dataset
+    from medalign.prep.config import PrepConfig
+    from medalign.prep.vocab import load_vocabulary
+
+    config = load_config(PrepConfig, a.config or default_prep_preset(a.images), "prep")
+    vocab = load_vocabulary(a.vocab or config.vocab)
+    s = prepare_dataset(a.images, a.reports, a.out, vocab, config, workers=a.workers)
+    reasons = "; ".join(f"{k}: {v}" for k, v in s.reasons.items())
+    print(f"prep: {s.done} prepared, {s.skipped} already done, {s.failed} failed{' (' + reasons + ')' if reasons else ''} -> {s.out}")
+    if s.failed:
+        print(f"failures are listed in {s.out / 'errors.jsonl'}", file=sys.stderr)
+    return s.exit_code
+
+
+def cmd_label(a: argparse.Namespace) -> int:
+    import csv
+
+    from medalign.io.atomic import atomic_write
+    from medalign.io.reports import read_reports
+    from medalign.prep.labeler import ReportLabeler
+    from medalign.prep.report_text import clean_report
+    from medalign.prep.vocab import load_vocabulary
+
+    vocab = load_vocabulary(a.vocab or "chest_ct")
+    reports, problems = read_reports(a.reports)
+    for p in problems:
+        print(f"warning: {p}", file=sys.stderr)
+    labeler = ReportLabeler(vocab)
+
+    def _write(tmp: Path) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["study_id", *vocab.names])
+            for sid, row in reports.items():
+                labels = labeler.label(clean_report(row["report"]))
+                w.writerow([sid, *("" if labels[n] is None else labels[n] for n in vocab.names)])
+
+    atomic_write(a.out, _write)
+    print(f"labelled {len(reports)} reports -> {a.out}")
+    return 0
+
+
+def _pretrain_config(a: argparse.Namespace):
+    from medalign.config import load_config, read_yaml
+    from medalign.train.config import PretrainConfig
+
+    name = a.config
+    if name is None:
+        prep_cfg = Path(a.data) / "prep_config.yaml"
+        modality = read_yaml(prep_cfg).get("modality", "ct") if prep_cfg.is_file() else "ct"
+        name = f"demo_{modality}"
+    overrides = list(a.overrides)
+    if a.max_steps is not None:
+        overrides.append(f"trainer.max_steps={a.max_steps}")
+    if a.device is not None:
+        overrides.append(f"trainer.accelerator={'gpu' if a.device.startswith('cuda') else a.device}")
+    return load_config(PretrainConfig, name, "pretrain", overrides)
+
+
+def cmd_pretrain(a: argparse.Namespace) -> int:
+    config = _pretrain_config(a)
+    if a.print_config:
+        import yaml
+
+        from medalign.config import to_dict
+
+        print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")
+        return 0
+    from medalign.train.pretrain import pretrain
+
+    export = pretrain(a.data, a.out, config, progress=sys.stderr.isatty())
+    print(f"pretrain: model exported to {export}")
+    return 0
+
+
+def cmd_zeroshot(a: argparse.Namespace) -> int:
+    from medalign.tasks.zeroshot_run import zeroshot_dataset, zeroshot_study
+
+    if a.study is not None:
+        print(json.dumps(zeroshot_study(a.checkpoint, a.study, a.vocab, a.device), indent=2))
+        return 0
+    if a.data is None or a.out is None:
+        raise MedalignError("zeroshot: give --study PATH, or --data DATASET with --out DIR")
+    metrics = zeroshot_dataset(a.checkpoint, a.data, a.out, a.vocab, a.labels, a.split, a.device)
+    print(f"zeroshot: macro AUROC {metrics['macro_auroc']:.3f} over {metrics['n_findings_evaluated']} findings on {metrics['n_studies']} {a.split} studies -> {a.out}")
+    return 0
+
+
+def cmd_index(a: argparse.Namespace) -> int:
+    from medalign.tasks.retrieval_run import index_dataset
+
+    n = index_dataset(a.checkpoint, a.data, a.out, a.device, a.split)
+    print(f"index: {n} studies -> {a.out}")
+    return 0
+
+
+def cmd_retrieve(a: argparse.Namespace) -> int:
+    from medalign.tasks.retrieval_run import retrieve
+
+    hits = retrieve(a.index, a.out, study=a.study, text=a.text, k=a.k, device=a.device, target=a.target)
+    for h in hits:
+        print(f"{h['rank']:>3}  {h['study_id']:<24} {h['score']:.3f}  {h['impression'][:80]}")
+    print(f"retrieve: {a.out / 'results.json'}, {a.out / 'montage.png'}")
+    return 0
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    from medalign.cli.demo import run_demo
+
+    return run_demo(a.out, a.modality, a.studies, a.max_steps)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="medalign", description="3D medical vision-language pretraining, zero-shot diagnosis and case retrieval.")
+    p.add_argument("--version", action="version", version="medalign 0.1.0")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("synth", help="write a phantom DICOM data set with reports")
+    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--modality", choices=["ct", "oct"], default="ct")
+    s.add_argument("--studies", type=int, default=300)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_synth)
+
+    s = sub.add_parser("convert", help="one DICOM series folder -> NIfTI (world geometry as dcm2niix)")
+    s.add_argument("series_dir", type=_existing_dir, metavar="SERIES_DIR")
+    s.add_argument("output", type=Path, metavar="OUT.nii.gz")
+    s.set_defaults(func=cmd_convert)
+
+    s = sub.add_parser("prep", help="DICOM/NIfTI studies + reports -> dataset")
+    s.add_argument("--images", type=_existing_dir, required=True)
+    s.add_argument("--reports", type=_existing_file, required=True)
+    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--vocab", default=None, help="vocabulary YAML or preset (default: the prep preset's)")
+    s.add_argument("--config", default=None, help="prep YAML or preset under configs/prep (default: demo_ct, demo_oct for OCT)")
+    s.add_argument("--workers", type=int, default=None)
+    s.set_defaults(func=cmd_prep)
+
+    s = sub.add_parser("label", help="finding labels (1/0/-1/empty) parsed from reports")
+    s.add_argument("--reports", type=_existing_file, required=True)
+    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--vocab", default=None)
+    s.set_defaults(func=cmd_label)
+
+    s = sub.add_parser("pretrain", help="contrastive pretraining (Lightning)")
+    s.add_argument("--data", type=_existing_dir, required=True)
+    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--config", default=None, help="pretrain YAML or preset (default: demo_<modality of the dataset>)")
+    s.add_argument("--max-steps", type=int, default=None)
+    s.add_argument("--device", default=None, help="cpu, gpu/cuda or auto (default: the config's trainer.accelerator)")
+    s.add_argument("--print-config", action="store_true", help="print the merged configuration and exit")
+    s.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=3e-4")
+    s.set_defaults(func=cmd_pretrain)
+
+    s = sub.add_parser("zeroshot", help="score findings from prompts alone")
+    s.add_argument("--checkpoint", type=_existing_path, required=True, help="run folder, exported model folder or .ckpt")
+    g = s.add_mutually_exclusive_group(required=True)
+    g.add_argument("--data", type=_existing_dir)
+    g.add_argument("--study", type=_existing_path, help="one raw study (DICOM folder or NIfTI): JSON on stdout")
+    s.add_argument("--vocab", default=None)
+    s.add_argument("--labels", type=_existing_file, default=None)
+    s.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
+    s.add_argument("--out", type=Path, default=None)
+    s.add_argument("--device", default="auto")
+    s.set_defaults(func=cmd_zeroshot)
+
+    s = sub.add_parser("index", help="embed a dataset's studies and reports for retrieval")
+    s.add_argument("--checkpoint", type=_existing_path, required=True)
+    s.add_argument("--data", type=_existing_dir, required=True)
+    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--split", default="all", choices=["train", "val", "test", "all"])
+    s.add_argument("--device", default="auto")
+    s.set_defaults(func=cmd_index)
+
+    s = sub.add_parser("retrieve", help="similar studies for a study or a text query")
+    s.add_argument("--index", type=_existing_dir, required=True)
+    g = s.add_mutually_exclusive_group(required=True)
+    g.add_argument("--study", type=_existing_path)
+    g.add_argument("--text")
+    s.add_argument("--k", type=int, default=5)
+    s.add_argument("--target", choices=["studies", "reports"], default="studies", help="search study images (default) or reports")
+    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--device", default="auto")
+    s.set_defaults(func=cmd_retrieve)
+
+    s = sub.add_parser("demo", help="synth -> prep -> pretrain -> zeroshot -> index -> retrieve on phantom data")
+    s.add_argument("--out", type=Path, default=Path("demo_out"))
+    s.add_argument("--modality", choices=["ct", "oct"], default="ct")
+    s.add_argument("--studies", type=int, default=None)
+    s.add_argument("--max-steps", type=int, default=None)
+    s.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _quiet_libraries()
+    try:
+        return int(args.func(args) or 0)
+    except MedalignError as e:
+        print(f"medalign {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(f"medalign {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Datasets and loaders over a prepared dataset folder."""

@@ -1,0 +1,64 @@
+"""Torch datasets over cached volumes: image, report text and soft finding labels per study."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from medalign.data.manifest import Manifest
+
+
+def soft_labels(labels: np.ndarray) -> np.ndarray:
+    """Labels for soft targets: present 1, uncertain 0.5, negated or not mentioned 0. ``(N, K)``."""
+    y = np.nan_to_num(labels.astype(np.float32), nan=0.0)
+    y[y < 0] = 0.5
+    return y
+
+
+def sample_sentences(text: str, rng: np.random.Generator) -> str:
+    """A random non-empty subset of the report's sentences, shuffled: teaches the text tower that
+    one sentence ("No pleural effusion.") means what it means inside a whole report, so that
+    short zero-shot prompts land near the studies they describe (sentence sampling, as in CXR-CLIP)."""
+    from medalign.prep.report_text import split_sentences, split_sections
+
+    sections = split_sections(text)
+    sentences = split_sentences(sections["findings"] + "\n" + sections["impression"])
+    if len(sentences) <= 1:
+        return text
+    keep = [s for s in sentences if rng.random() < 0.5] or [sentences[int(rng.integers(len(sentences)))]]
+    rng.shuffle(keep)
+    return " ".join(s + "." for s in keep)
+
+
+class StudyDataset(Dataset):
+    """One item per study: ``{"image": (1, X, Y, Z) float32, "text": str, "labels": (K,), "index": int}``.
+
+    Volumes are memory-mapped; ``augment`` (a callable on the (1, X, Y, Z) tensor) runs on the fly.
+    """
+
+    def __init__(self, manifest: Manifest, augment=None, text_field: str = "report", sentence_sampling: float = 0.0, seed: int = 0) -> None:
+        self.manifest = manifest
+        self.augment = augment
+        self.text_field = text_field
+        self.sentence_sampling = sentence_sampling
+        self.rng = np.random.default_rng(seed)
+        self.labels = soft_labels(manifest.labels())
+
+    def __len__(self) -> int:
+        return len(self.manifest)
+
+    def __getitem__(self, i: int) -> dict:
+        volume = np.load(self.manifest.volume_path(i), mmap_mode="r")
+        image = torch.from_numpy(np.asarray(volume, dtype=np.float32))[None]
+        if self.augment is not None:
+            image = self.augment(image)
+        text = self.manifest.columns[self.text_field][i] or ""
+        if self.sentence_sampling > 0 and self.rng.random() < self.sentence_sampling:
+            text = sample_sentences(text, self.rng)
+        return {
+            "image": image,
+            "text": text,
+            "labels": torch.from_numpy(self.labels[i]),
+            "index": i,
+        }

@@ -1,0 +1,66 @@
+"""Reading a prepared dataset's manifest."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from medalign.errors import InputError
+
+MANIFEST = "manifest.parquet"
+
+
+@dataclasses.dataclass
+class Manifest:
+    """The rows of ``manifest.parquet`` as column lists, plus the finding names (vocab order)."""
+
+    root: Path
+    columns: dict[str, list]
+    findings: list[str]
+
+    def __len__(self) -> int:
+        return len(self.columns["study_id"])
+
+    def subset(self, split: str | None) -> "Manifest":
+        """Rows of one split (``None``: all)."""
+        if split is None:
+            return self
+        keep = [i for i, s in enumerate(self.columns["split"]) if s == split]
+        return Manifest(self.root, {k: [v[i] for i in keep] for k, v in self.columns.items()}, self.findings)
+
+    def labels(self) -> np.ndarray:
+        """``(N, K)`` float labels: 1 present, 0 negated, -1 uncertain, NaN not mentioned."""
+        out = np.full((len(self), len(self.findings)), np.nan, dtype=np.float32)
+        for k, name in enumerate(self.findings):
+            for i, v in enumerate(self.columns[name]):
+                if v is not None:
+                    out[i, k] = v
+        return out
+
+    def volume_path(self, i: int) -> Path:
+        """Absolute path of row ``i``'s cached volume."""
+        return self.root / self.columns["volume"][i]
+
+
+def read_manifest(dataset: Path) -> Manifest:
+    """Open ``DATASET/manifest.parquet`` and the vocabulary saved beside it."""
+    import pyarrow.parquet as pq
+
+    from medalign.prep.vocab import load_vocabulary
+
+    dataset = Path(dataset)
+    path = dataset / MANIFEST
+    if not path.is_file():
+        raise InputError(f"{dataset}: not a prepared dataset (no {MANIFEST}; run 'medalign prep')")
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # noqa: BLE001
+        raise InputError(f"{path}: unreadable manifest ({e.__class__.__name__}: {e})") from None
+    vocab = load_vocabulary(dataset / "vocab.yaml")
+    columns = {name: table.column(name).to_pylist() for name in table.column_names}
+    missing = [n for n in vocab.names if n not in columns]
+    if missing:
+        raise InputError(f"{path}: no label column for finding '{missing[0]}'")
+    return Manifest(dataset, columns, vocab.names)

@@ -1,0 +1,1 @@
+"""Reading inputs: DICOM series, NIfTI volumes, reports; atomic writes."""

@@ -1,0 +1,56 @@
+"""NIfTI volumes through nibabel."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from medalign.errors import InputError
+from medalign.io.atomic import atomic_write
+from medalign.io.dicom import Volume
+
+
+def is_nifti(path: Path) -> bool:
+    """True for ``.nii`` and ``.nii.gz`` file names."""
+    name = Path(path).name.lower()
+    return name.endswith(".nii") or name.endswith(".nii.gz")
+
+
+def load_nifti(path: Path) -> Volume:
+    """Read a 3D NIfTI (a trailing singleton 4th axis is dropped) as a :class:`Volume`."""
+    path = Path(path)
+    try:
+        img = nib.load(str(path))
+        data = np.asarray(img.dataobj, dtype=np.float32)
+    except Exception as e:  # noqa: BLE001 - nibabel raises many types for bad files
+        raise InputError(f"{path}: unreadable NIfTI ({e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise InputError(f"{path}: expected a 3D volume, got shape {data.shape}")
+    affine = np.asarray(img.affine, dtype=float)
+    if abs(np.linalg.det(affine[:3, :3])) < 1e-9:
+        raise InputError(f"{path}: singular affine")
+    if not np.isfinite(data).all():
+        raise InputError(f"{path}: volume holds NaN or infinite values")
+    return Volume(array=data, affine=affine, info={"source": "nifti"})
+
+
+def save_nifti(volume: Volume, path: Path) -> None:
+    """Write ``volume`` as NIfTI-1 (float32, or int16 when values are whole numbers in range), atomically."""
+    data = volume.array
+    rounded = np.round(data)
+    if np.allclose(data, rounded) and data.min() >= -32768 and data.max() <= 32767:
+        data = rounded.astype(np.int16)
+    img = nib.Nifti1Image(data, volume.affine)
+    img.set_qform(volume.affine, code=1)
+    img.set_sform(volume.affine, code=1)
+    suffix = ".nii.gz" if str(path).endswith(".gz") else ".nii"
+
+    def _write(tmp: Path) -> None:
+        nib.save(img, str(tmp) + suffix)
+        Path(str(tmp) + suffix).replace(tmp)
+
+    atomic_write(Path(path), _write)

@@ -1,0 +1,55 @@
+"""The loss family, each function its formula. ``img``, ``txt``: L2-normalised ``(B, D)``;
+``s``: logit scale; ``Z = s * img @ txt.T``."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def info_nce(img: torch.Tensor, txt: torch.Tensor, s: torch.Tensor | float) -> torch.Tensor:
+    """CLIP: ½ (CE(Z, I) + CE(Zᵀ, I)), mean over rows."""
+    z = s * img @ txt.T
+    target = torch.arange(z.shape[0], device=z.device)
+    return 0.5 * (F.cross_entropy(z, target) + F.cross_entropy(z.T, target))
+
+
+def siglip(img: torch.Tensor, txt: torch.Tensor, s: torch.Tensor | float, b: torch.Tensor | float) -> torch.Tensor:
+    """SigLIP: −(1/B) Σᵢⱼ log σ(zᵢⱼ (Zᵢⱼ + b)), zᵢⱼ = +1 on the diagonal, −1 elsewhere."""
+    z = s * img @ txt.T + b
+    sign = 2 * torch.eye(z.shape[0], device=z.device, dtype=z.dtype) - 1
+    return -F.logsigmoid(sign * z).sum() / z.shape[0]
+
+
+def soft_label_contrastive(img: torch.Tensor, txt: torch.Tensor, targets: torch.Tensor, s: torch.Tensor | float) -> torch.Tensor:
+    """½ (−(1/B) Σᵢⱼ Tᵢⱼ log softmax(Z)ᵢⱼ − (1/B) Σᵢⱼ T'ᵢⱼ log softmax(Zᵀ)ᵢⱼ),
+    T = targets row-normalised, T' = targetsᵀ row-normalised. With targets = I it is :func:`info_nce`."""
+    z = s * img @ txt.T
+    t = targets / targets.sum(dim=1, keepdim=True)
+    t_prime = targets.T / targets.T.sum(dim=1, keepdim=True)
+    b = z.shape[0]
+    i2t = -(t * F.log_softmax(z, dim=1)).sum() / b
+    t2i = -(t_prime * F.log_softmax(z.T, dim=1)).sum() / b
+    return 0.5 * (i2t + t2i)
+
+
+def targets_from_labels(y: torch.Tensor, mix: float = 1.0) -> torch.Tensor:
+    """MedCLIP / Cardiac-CLIP soft targets from finding labels ``y`` ``(B, K)`` in [0, 1].
+
+    ŷ = [y, 1 − maxₖ y] (a "no finding" slot), Pᵢⱼ = max(0, cos(ŷᵢ, ŷⱼ)), rows normalised;
+    returns (1 − mix)·I + mix·P ``(B, B)``.
+    """
+    y = y.float()
+    no_finding = 1 - y.max(dim=1, keepdim=True).values if y.shape[1] else torch.ones(y.shape[0], 1, device=y.device)
+    y_hat = F.normalize(torch.cat([y, no_finding], dim=1), dim=1)
+    p = (y_hat @ y_hat.T).clamp(min=0)
+    p = p / p.sum(dim=1, keepdim=True)
+    eye = torch.eye(y.shape[0], device=y.device, dtype=p.dtype)
+    return (1 - mix) * eye + mix * p
+
+
+def targets_from_similarity(e: torch.Tensor) -> torch.Tensor:
+    """CWCL targets from frozen embeddings ``e`` ``(B, E)``: Wᵢⱼ = (cos(eᵢ, eⱼ) + 1) / 2, rows normalised."""
+    e = F.normalize(e.float(), dim=1)
+    w = (e @ e.T + 1) / 2
+    return w / w.sum(dim=1, keepdim=True)

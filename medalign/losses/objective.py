@@ -1,0 +1,58 @@
+"""The training objective chosen by config: one of the losses, over the global batch."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+from medalign.losses.contrastive import info_nce, siglip, soft_label_contrastive, targets_from_labels, targets_from_similarity
+from medalign.losses.distributed import gather_no_grad, gather_with_grad
+
+LossName = Literal["info_nce", "siglip", "soft_labels", "cwcl"]
+
+
+class ContrastiveObjective(nn.Module):
+    """``loss(img, txt, scale, bias, labels, frozen_text)`` with features gathered across ranks.
+
+    ``soft_labels`` uses :func:`targets_from_labels` (averaged with :func:`targets_from_similarity`
+    when frozen report embeddings are given); ``cwcl`` uses the similarity targets alone.
+    """
+
+    def __init__(self, name: LossName = "soft_labels", mix: float = 1.0) -> None:
+        super().__init__()
+        self.name = name
+        self.mix = mix
+
+    def targets(self, labels: torch.Tensor | None, frozen_text: torch.Tensor | None, n: int, device) -> torch.Tensor:
+        """Soft-target matrix ``(B, B)`` for the global batch."""
+        eye = torch.eye(n, device=device)
+        if self.name == "cwcl":
+            if frozen_text is None:
+                raise ValueError("cwcl needs frozen report embeddings")
+            return (1 - self.mix) * eye + self.mix * targets_from_similarity(frozen_text)
+        if labels is None:
+            raise ValueError("soft_labels needs finding labels")
+        t = targets_from_labels(labels, self.mix)
+        if frozen_text is not None:
+            t = 0.5 * (t + (1 - self.mix) * eye + self.mix * targets_from_similarity(frozen_text))
+        return t
+
+    def forward(
+        self,
+        img: torch.Tensor,
+        txt: torch.Tensor,
+        scale: torch.Tensor,
+        bias: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        frozen_text: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        img, txt = gather_with_grad(img), gather_with_grad(txt)
+        if self.name == "info_nce":
+            return info_nce(img, txt, scale)
+        if self.name == "siglip":
+            return siglip(img, txt, scale, bias if bias is not None else 0.0)
+        labels = gather_no_grad(labels) if labels is not None else None
+        frozen_text = gather_no_grad(frozen_text) if frozen_text is not None else None
+        return soft_label_contrastive(img, txt, self.targets(labels, frozen_text, img.shape[0], img.device), scale)

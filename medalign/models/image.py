@@ -1,0 +1,97 @@
+"""3D image encoders created by name (a small timm-style registry over MONAI networks).
+
+Every encoder maps ``(B, 1, X, Y, Z)`` to pooled features and projects them to ``(B, D)``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from medalign.errors import ConfigError
+
+IMAGE_ENCODERS: dict[str, Callable[..., tuple[nn.Module, int]]] = {}
+
+
+def register_image_encoder(name: str):
+    """Decorator: register a factory returning ``(backbone, feature_dim)``."""
+
+    def wrap(fn):
+        IMAGE_ENCODERS[name] = fn
+        return fn
+
+    return wrap
+
+
+def _monai_resnet(depth: int, widen_factor: float = 1.0, conv1_t_size: int = 7, conv1_t_stride: int = 2, no_max_pool: bool = False) -> tuple[nn.Module, int]:
+    from monai.networks import nets
+
+    factory = getattr(nets, f"resnet{depth}")
+    net = factory(spatial_dims=3, n_input_channels=1, feed_forward=False, widen_factor=widen_factor,
+                  conv1_t_size=conv1_t_size, conv1_t_stride=conv1_t_stride, no_max_pool=no_max_pool)
+    expansion = 4 if depth >= 50 else 1
+    return net, int(512 * widen_factor) * expansion
+
+
+for _depth in (10, 18, 34, 50):
+    register_image_encoder(f"resnet{_depth}_3d")(lambda _d=_depth, **kw: _monai_resnet(_d, **kw))
+
+
+@register_image_encoder("densenet121_3d")
+def _densenet121(dropout_prob: float = 0.0) -> tuple[nn.Module, int]:
+    from monai.networks.nets import DenseNet121
+
+    net = DenseNet121(spatial_dims=3, in_channels=1, out_channels=1, dropout_prob=dropout_prob)
+    net.class_layers.out = nn.Identity()  # keep pooled features
+    return net, 1024
+
+
+class _ViTPooled(nn.Module):
+    def __init__(self, vit: nn.Module) -> None:
+        super().__init__()
+        self.vit = vit
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens, _ = self.vit(x)
+        return tokens.mean(dim=1)
+
+
+@register_image_encoder("vit_3d")
+def _vit(img_size: list[int] = (96, 96, 96), patch_size: list[int] = (16, 16, 16), hidden_size: int = 768, num_layers: int = 12, num_heads: int = 12, mlp_dim: int = 3072) -> tuple[nn.Module, int]:
+    from monai.networks.nets import ViT
+
+    vit = ViT(in_channels=1, img_size=tuple(img_size), patch_size=tuple(patch_size), hidden_size=hidden_size,
+              num_layers=num_layers, num_heads=num_heads, mlp_dim=mlp_dim, classification=False, spatial_dims=3)
+    return _ViTPooled(vit), hidden_size
+
+
+class ImageEncoder(nn.Module):
+    """A registered backbone with a linear projection: ``(B, 1, X, Y, Z) -> (B, D)`` (not normalised)."""
+
+    def __init__(self, name: str, embed_dim: int, options: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        if name not in IMAGE_ENCODERS:
+            raise ConfigError(f"model.image.name: unknown image encoder '{name}' (known: {', '.join(sorted(IMAGE_ENCODERS))})")
+        factory = IMAGE_ENCODERS[name]
+        options = dict(options or {})
+        allowed = set(inspect.signature(factory).parameters) - {"_d", "kw"}
+        if name.startswith("resnet"):
+            allowed = set(inspect.signature(_monai_resnet).parameters) - {"depth"}
+        unknown = sorted(set(options) - allowed)
+        if unknown:
+            raise ConfigError(f"model.image.options: unknown option '{unknown[0]}' for {name} (allowed: {', '.join(sorted(allowed))})")
+        self.name = name
+        self.backbone, self.feature_dim = factory(**options)
+        self.proj = nn.Linear(self.feature_dim, embed_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.backbone(x).flatten(1))
+
+
+def create_image_encoder(name: str, embed_dim: int = 256, **options: Any) -> ImageEncoder:
+    """Create a registered encoder, e.g. ``create_image_encoder("resnet18_3d", 512)``."""
+    return ImageEncoder(name, embed_dim, options)

@@ -1,0 +1,1 @@
+"""Preparation: volumes and reports into a dataset (manifest, cached volumes, labels)."""

@@ -1,0 +1,266 @@
+"""``medalign prep``: raw studies and reports into a dataset folder.
+
+Layout of DATASET::
+
+    manifest.parquet     one row per prepared study (see docs/data_format.md)
+    volumes/<id>.npy     preprocessed volume (X, Y, Z), values in [0, 1], memory-mappable
+    records/<id>.json    per-study result, written last: its presence means "done" (resume)
+    errors.jsonl         {study_id, path, reason} for each study that failed in the last run
+    prep_config.yaml     the preset used; vocab.yaml the vocabulary used
+    prep.log             what was chosen and why (pseudonymous keys only)
+
+Every file is written atomically; a rerun skips studies whose record and volume exist.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import multiprocessing as mp
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medalign.config import save_yaml, to_dict
+from medalign.errors import InputError, MedalignError
+from medalign.io.atomic import atomic_save_npy, atomic_write, atomic_write_json
+from medalign.io.dicom import Volume, load_dicom_study
+from medalign.io.nifti import is_nifti, load_nifti
+from medalign.io.reports import read_reports
+from medalign.prep.config import PrepConfig
+from medalign.prep.labeler import ReportLabeler
+from medalign.prep.report_text import clean_report, split_sections
+from medalign.prep.vocab import Vocabulary
+
+log = logging.getLogger(__name__)
+MANIFEST = "manifest.parquet"
+
+
+@dataclasses.dataclass
+class PrepSummary:
+    """Counts of one ``prep`` run."""
+
+    done: int
+    skipped: int
+    failed: int
+    reasons: dict[str, int]
+    out: Path
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every study succeeded, 3 when some failed and the rest were written."""
+        return 3 if self.failed else 0
+
+
+def discover_studies(images: Path) -> dict[str, Path]:
+    """``{study_id: path}``: each sub-folder is a study; a bare ``NAME.nii[.gz]`` is study ``NAME``."""
+    images = Path(images)
+    if not images.is_dir():
+        raise InputError(f"{images}: images folder not found")
+    studies: dict[str, Path] = {}
+    for p in sorted(images.iterdir()):
+        if p.name.startswith("."):
+            continue
+        if p.is_dir():
+            studies[p.name] = p
+        elif is_nifti(p):
+            studies[p.name[: -len(".nii.gz")] if p.name.lower().endswith(".gz") else p.name[: -len(".nii")]] = p
+    return studies
+
+
+def load_study(path: Path, config: PrepConfig) -> tuple[Volume, str]:
+    """Read a study (NIfTI file, folder holding one NIfTI, or DICOM folder); returns the volume and provenance."""
+    if path.is_file():
+        return load_nifti(path), "nifti"
+    niftis = [p for p in sorted(path.rglob("*")) if p.is_file() and is_nifti(p)]
+    if len(niftis) == 1:
+        return load_nifti(niftis[0]), "nifti"
+    if len(niftis) > 1:
+        raise InputError(f"{path}: {len(niftis)} NIfTI files, expected one")
+    if not any(p.is_file() for p in path.rglob("*")):
+        raise InputError(f"{path}: empty study folder")
+    return load_dicom_study(path, config.series)
+
+
+def assign_split(study_id: str, val_fraction: float = 0.1, test_fraction: float = 0.1) -> str:
+    """Deterministic train/val/test split from a hash of the study id."""
+    u = int(hashlib.sha256(study_id.encode("utf-8")).hexdigest()[:12], 16) / float(16**12)
+    if u < test_fraction:
+        return "test"
+    if u < test_fraction + val_fraction:
+        return "val"
+    return "train"
+
+
+def _safe_name(study_id: str) -> str:
+    """A file name for a study id (ids with path characters are hashed)."""
+    if all(c.isalnum() or c in "-_." for c in study_id) and not study_id.startswith("."):
+        return study_id
+    return "h" + hashlib.sha256(study_id.encode()).hexdigest()[:24]
+
+
+_PIPELINE = None
+
+
+def _prepare_one(task: tuple[str, str, dict, str]) -> dict[str, Any]:
+    """Worker: load, preprocess, cache one study; returns a record or ``{"error": reason}``."""
+    global _PIPELINE
+    study_id, path, config_dict, out = task
+    from medalign.config import from_dict
+    from medalign.prep.transforms import apply_preprocessing, build_preprocessing
+
+    config = from_dict(PrepConfig, config_dict)
+    if _PIPELINE is None:
+        _PIPELINE = build_preprocessing(config.steps)
+    try:
+        volume, provenance = load_study(Path(path), config)
+        array, affine = apply_preprocessing(volume, _PIPELINE)
+        if not np.isfinite(array).all():
+            raise InputError("preprocessing produced NaN or infinite values")
+    except MedalignError as e:
+        return {"study_id": study_id, "error": str(e)}
+    except Exception as e:  # noqa: BLE001 - one bad study must not stop the batch
+        return {"study_id": study_id, "error": f"{e.__class__.__name__}: {e}"}
+    name = _safe_name(study_id)
+    rel = f"volumes/{name}.npy"
+    atomic_save_npy(Path(out) / rel, array.astype(config.cache_dtype))
+    record = {
+        "study_id": study_id,
+        "volume": rel,
+        "shape": list(array.shape),
+        "spacing": [round(float(v), 4) for v in np.linalg.norm(affine[:3, :3], axis=0)],
+        "source_shape": list(volume.array.shape),
+        "source_spacing": [round(v, 4) for v in volume.spacing],
+        "provenance": provenance,
+    }
+    atomic_write_json(Path(out) / "records" / f"{name}.json", record)
+    return record
+
+
+def _is_done(out: Path, study_id: str) -> bool:
+    name = _safe_name(study_id)
+    return (out / "records" / f"{name}.json").is_file() and (out / "volumes" / f"{name}.npy").is_file()
+
+
+def _labels_table(rows: list[dict], vocab: Vocabulary):
+    import pyarrow as pa
+
+    columns: dict[str, Any] = {}
+    for key in ("study_id", "split", "volume", "report", "findings", "impression", "provenance"):
+        columns[key] = pa.array([r[key] for r in rows], pa.string())
+    columns["shape"] = pa.array([r["shape"] for r in rows], pa.list_(pa.int32()))
+    columns["spacing"] = pa.array([r["spacing"] for r in rows], pa.list_(pa.float32()))
+    columns["source_spacing"] = pa.array([r["source_spacing"] for r in rows], pa.list_(pa.float32()))
+    for name in vocab.names:
+        columns[name] = pa.array([r["labels"][name] for r in rows], pa.int8())
+    return pa.table(columns)
+
+
+def write_manifest(rows: list[dict], vocab: Vocabulary, out: Path) -> None:
+    """Write ``manifest.parquet`` atomically."""
+    import pyarrow.parquet as pq
+
+    table = _labels_table(rows, vocab)
+    atomic_write(out / MANIFEST, lambda tmp: pq.write_table(table, tmp))
+
+
+def prepare_dataset(
+    images: Path,
+    reports: Path,
+    out: Path,
+    vocab: Vocabulary,
+    config: PrepConfig,
+    workers: int | None = None,
+    progress: bool | None = None,
+) -> PrepSummary:
+    """Prepare every study under ``images`` with its report into dataset folder ``out``."""
+    out = Path(out)
+    studies = discover_studies(images)
+    report_rows, problems = read_reports(reports)
+    out.mkdir(parents=True, exist_ok=True)
+    logfile = out / "prep.log"
+    log_lines = [f"{time.strftime('%Y-%m-%d %H:%M:%S')} prep: {len(studies)} studies, {len(report_rows)} reports"]
+    log_lines += [f"warning: {p}" for p in problems]
+    errors: list[dict[str, str]] = []
+    tasks = []
+    skipped = 0
+    for sid, path in studies.items():
+        if sid not in report_rows:
+            errors.append({"study_id": sid, "path": str(path), "reason": "no report for this study"})
+        elif _is_done(out, sid):
+            skipped += 1
+        else:
+            tasks.append((sid, str(path), to_dict(config), str(out)))
+    for sid in sorted(set(report_rows) - set(studies)):
+        log_lines.append(f"warning: report for study {sid} has no images; ignored")
+    workers = max(1, workers or config.workers)
+    show = sys.stderr.isatty() if progress is None else progress
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(tasks), desc="prep", unit="study", disable=not show)
+    results: list[dict] = []
+    if workers == 1 or len(tasks) <= 1:
+        iterator = map(_prepare_one, tasks)
+        for res in iterator:
+            results.append(res)
+            bar.update()
+    else:
+        ctx = mp.get_context("fork")
+        with ctx.Pool(workers) as pool:
+            for res in pool.imap_unordered(_prepare_one, tasks, chunksize=1):
+                results.append(res)
+                bar.update()
+    bar.close()
+    done = 0
+    for res in results:
+        if "error" in res:
+            errors.append({"study_id": res["study_id"], "path": str(studies[res["study_id"]]), "reason": res["error"]})
+        else:
+            done += 1
+            log_lines.append(f"study {res['study_id']}: {res['provenance']}")
+    # manifest from every finished record, this run's and earlier runs'
+    labeler = ReportLabeler(vocab)
+    rows = []
+    for sid in sorted(studies):
+        if sid not in report_rows or not _is_done(out, sid):
+            continue
+        record = json.loads((out / "records" / f"{_safe_name(sid)}.json").read_text(encoding="utf-8"))
+        text = clean_report(report_rows[sid]["report"])
+        sections = split_sections(text)
+        split = report_rows[sid].get("split") or assign_split(sid, config.val_fraction, config.test_fraction)
+        if split not in ("train", "val", "test"):
+            errors.append({"study_id": sid, "path": str(reports), "reason": f"split '{split}' is not train, val or test"})
+            continue
+        rows.append({
+            **record,
+            "split": split,
+            "report": text,
+            "findings": sections["findings"],
+            "impression": sections["impression"],
+            "labels": labeler.label(text),
+        })
+    write_manifest(rows, vocab, out)
+    atomic_write_text_lines(out / "errors.jsonl", [json.dumps(e, ensure_ascii=False) for e in errors])
+    save_yaml(config, out / "prep_config.yaml")
+    save_yaml(vocab, out / "vocab.yaml")
+    reasons: dict[str, int] = {}
+    for e in errors:
+        key = e["reason"].split(":")[0] if e["reason"].startswith(("no ", "empty")) else e["reason"].split(" (")[0]
+        reasons[key] = reasons.get(key, 0) + 1
+        log_lines.append(f"failed {e['study_id']}: {e['reason']}")
+    log_lines.append(f"done {done}, skipped (already prepared) {skipped}, failed {len(errors)}; manifest rows {len(rows)}")
+    previous = logfile.read_text(encoding="utf-8") if logfile.exists() else ""
+    atomic_write_text_lines(logfile, [previous.rstrip("\n")] + log_lines if previous else log_lines)
+    return PrepSummary(done=done, skipped=skipped, failed=len(errors), reasons=reasons, out=out)
+
+
+def atomic_write_text_lines(path: Path, lines: list[str]) -> None:
+    """Write lines (newline-terminated) atomically."""
+    from medalign.io.atomic import atomic_write_text
+
+    atomic_write_text(path, "".join(line + "\n" for line in lines))

@@ -1,0 +1,39 @@
+"""The preparation configuration (``configs/prep/*.yaml``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal
+
+from medalign.errors import ConfigError
+from medalign.io.dicom import SeriesSelection
+
+
+@dataclasses.dataclass
+class PrepConfig:
+    """How raw studies become cached training volumes."""
+
+    modality: Literal["ct", "oct"] = "ct"
+    #: vocabulary preset or path used when ``--vocab`` is not given
+    vocab: str = "chest_ct"
+    series: SeriesSelection = dataclasses.field(default_factory=SeriesSelection)
+    #: MONAI dictionary transforms in order: ``[{name: {options}}]``
+    steps: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    #: dtype of cached volumes (values are in [0, 1] after windowing)
+    cache_dtype: Literal["float16", "float32"] = "float16"
+    workers: int = 2
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+
+    def validate(self, where: str) -> None:
+        if not self.steps:
+            raise ConfigError(f"{where}: 'steps' is empty")
+        if self.workers < 1:
+            raise ConfigError(f"{where}.workers: must be >= 1")
+        if not 0 <= self.val_fraction + self.test_fraction < 1:
+            raise ConfigError(f"{where}: val_fraction + test_fraction must lie in [0, 1)")
+        from medalign.prep.transforms import STEP_NAMES
+
+        for i, step in enumerate(self.steps):
+            if not isinstance(step, dict) or len(step) != 1 or next(iter(step)) not in STEP_NAMES:
+                raise ConfigError(f"{where}.steps[{i}]: expected one of {', '.join(STEP_NAMES)} as {{name: {{options}}}}, got {step!r}")

@@ -1,0 +1,52 @@
+"""Report text: decoding remnants away, whitespace, FINDINGS / IMPRESSION sections, sentences."""
+
+from __future__ import annotations
+
+import html
+import re
+
+_SECTION_NAMES = {
+    "findings": ["findings", "finding", "report", "description", "observations"],
+    "impression": ["impression", "impressions", "conclusion", "conclusions", "summary", "assessment", "opinion"],
+}
+_HEADER = re.compile(
+    r"(?im)(?:^|(?<=[\s.]))(" + "|".join(n for names in _SECTION_NAMES.values() for n in names) + r")\s*:"
+)
+_RTF_CONTROL = re.compile(r"\\[a-z]+-?\d* ?|[{}]")
+_TAG = re.compile(r"<[^>]{1,200}>")
+_SENTENCE_END = re.compile(r"(?<!\d)[.!?;](?!\d)|\n")
+
+
+def clean_report(text: str) -> str:
+    """Strip HTML/RTF remnants, control characters and redundant whitespace."""
+    if text.lstrip().startswith("{\\rtf"):
+        text = _RTF_CONTROL.sub(" ", text)
+    text = html.unescape(_TAG.sub(" ", text))
+    text = "".join(ch if ch.isprintable() or ch == "\n" else " " for ch in text)
+    lines = [re.sub(r"[ \t]+", " ", line).strip() for line in text.splitlines()]
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+
+
+def split_sections(text: str) -> dict[str, str]:
+    """``{"findings": ..., "impression": ...}`` from headed text; unheaded text counts as findings."""
+    matches = list(_HEADER.finditer(text))
+    out = {"findings": "", "impression": ""}
+    if not matches:
+        out["findings"] = text.strip()
+        return out
+    preamble = text[: matches[0].start()].strip()
+    for i, m in enumerate(matches):
+        name = m.group(1).lower()
+        section = next(k for k, names in _SECTION_NAMES.items() if name in names)
+        end = matches[i + 1].start() if i + 1 < len(matches) else len(text)
+        body = text[m.end() : end].strip()
+        out[section] = (out[section] + " " + body).strip()
+    if preamble and not out["findings"]:
+        out["findings"] = preamble
+    return out
+
+
+def split_sentences(text: str) -> list[str]:
+    """Sentences (and ``;``-separated clauses), never splitting decimals like ``3.5 mm``."""
+    parts = _SENTENCE_END.split(text)
+    return [p.strip() for p in parts if p and p.strip()]

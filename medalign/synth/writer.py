@@ -1,0 +1,72 @@
+"""``medalign synth``: write a phantom data set (DICOM studies, reports CSV, labels CSV)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydicom.uid import generate_uid
+
+from medalign.io.atomic import atomic_write
+from medalign.synth.ct import CT_FINDINGS, CTGrid, make_ct_case
+from medalign.synth.dicom_writer import FakePatient, write_ct_series, write_oct_volume
+from medalign.synth.oct import OCT_FINDINGS, OCT_SPACING, make_oct_case
+from medalign.synth.reports import ct_report, oct_report
+
+
+def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
+    def _write(tmp: Path) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(header)
+            w.writerows(rows)
+
+    atomic_write(path, _write)
+
+
+def synthesize(out: Path, modality: Literal["ct", "oct"] = "ct", studies: int = 300, seed: int = 0, localizer_fraction: float = 0.3) -> dict:
+    """Write ``studies`` phantom studies under ``out/images/<study_id>/`` plus
+    ``out/reports.csv`` (study_id, report) and ``out/labels.csv`` (ground truth, 0/1 per finding).
+
+    Returns a summary dict with the paths and finding prevalences.
+    """
+    out = Path(out)
+    rng = np.random.default_rng(seed)
+    findings = CT_FINDINGS if modality == "ct" else OCT_FINDINGS
+    report_rows, label_rows = [], []
+    for n in range(studies):
+        study_id = f"{modality}{seed:02d}{n:05d}"
+        folder = out / "images" / study_id
+        patient = FakePatient.random(rng)
+        study_uid = generate_uid()
+        if modality == "ct":
+            grid = CTGrid()
+            case = make_ct_case(rng, grid)
+            # some studies nest their files one level down, as PACS exports often do
+            series_dir = folder / "DICOM" if rng.random() < 0.3 else folder
+            write_ct_series(case.hu, grid.spacing, grid.origin_lps(), series_dir, patient, study_uid, rng, signed=bool(rng.random() < 0.5))
+            if rng.random() < localizer_fraction:
+                projection = case.hu.mean(axis=1)[::-1][None]  # coronal scout, one image (superior at top)
+                dz, _, dx = grid.spacing
+                ox, _, oz = grid.origin_lps()
+                top = oz + (grid.shape[0] - 1) * dz
+                write_ct_series(
+                    projection, (1.0, dz, dx), (ox, 0.0, top), series_dir, patient, study_uid, rng,
+                    image_type=("ORIGINAL", "PRIMARY", "LOCALIZER"), orientation=(1, 0, 0, 0, 0, -1),
+                    series_number=1, description="SCOUT",
+                )
+            report = ct_report(case.labels, case.details, rng)
+            labels = case.labels
+        else:
+            case = make_oct_case(rng)
+            write_oct_volume(case.volume, OCT_SPACING, folder / f"{rng.bytes(6).hex()}.dcm", patient, study_uid)
+            report = oct_report(case.labels, rng)
+            labels = case.labels
+        report_rows.append([study_id, report])
+        label_rows.append([study_id] + [labels[f] for f in findings])
+    _write_csv(out / "reports.csv", ["study_id", "report"], report_rows)
+    _write_csv(out / "labels.csv", ["study_id", *findings], label_rows)
+    prevalence = {f: float(np.mean([r[i + 1] for r in label_rows])) if label_rows else 0.0 for i, f in enumerate(findings)}
+    return {"images": str(out / "images"), "reports": str(out / "reports.csv"), "labels": str(out / "labels.csv"), "studies": studies, "prevalence": prevalence}

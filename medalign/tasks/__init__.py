@@ -1,0 +1,1 @@
+"""What users run on a trained model: zero-shot diagnosis, retrieval, embeddings."""

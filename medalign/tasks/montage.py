@@ -1,0 +1,54 @@
+"""Pictures for people: mid-slices in three planes for a query and its hits, with impressions."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import numpy as np
+
+from medalign.io.atomic import atomic_write
+
+
+def mid_slices(volume: np.ndarray) -> list[np.ndarray]:
+    """Axial, coronal, sagittal mid-slices of an RAS ``(X, Y, Z)`` volume, oriented for display
+    (axial: anterior up, patient right on the left; coronal and sagittal: superior up)."""
+    x, y, z = (s // 2 for s in volume.shape)
+    axial = volume[::-1, :, z].T[::-1]  # rows anterior -> posterior, columns patient right -> left
+    coronal = volume[::-1, y, :].T[::-1]  # rows superior -> inferior, columns right -> left
+    sagittal = volume[x, ::-1, :].T[::-1]  # rows superior -> inferior, columns anterior -> posterior
+    return [axial, coronal, sagittal]
+
+
+def draw_montage(query: np.ndarray | str, query_title: str, hits: list[dict], volumes: list[np.ndarray], path: Path) -> None:
+    """One row per panel: the query (volume or text) then each hit with rank, id, score, impression."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = 1 + len(hits)
+    fig, axes = plt.subplots(rows, 4, figsize=(12, 2.6 * rows), gridspec_kw={"width_ratios": [1, 1, 1, 1.6]})
+    axes = np.atleast_2d(axes)
+
+    def show(row: int, vol: np.ndarray | None, title: str, text: str) -> None:
+        for c in range(3):
+            ax = axes[row, c]
+            ax.axis("off")
+            if vol is not None:
+                ax.imshow(mid_slices(vol)[c], cmap="gray", vmin=0, vmax=1, aspect="auto")
+                ax.set_title(("axial", "coronal", "sagittal")[c], fontsize=8)
+        ax = axes[row, 3]
+        ax.axis("off")
+        ax.text(0, 1, title, fontsize=9, fontweight="bold", va="top", transform=ax.transAxes)
+        ax.text(0, 0.8, "\n".join(textwrap.wrap(text, 60)[:8]), fontsize=8, va="top", transform=ax.transAxes)
+
+    if isinstance(query, str):
+        show(0, None, "Query (text)", query)
+    else:
+        show(0, query, query_title, "")
+    for r, (hit, vol) in enumerate(zip(hits, volumes), start=1):
+        show(r, vol, f"#{hit['rank']}  {hit['study_id']}  score {hit['score']:.3f}", hit.get("impression") or "")
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
+    plt.close(fig)

@@ -1,0 +1,24 @@
+"""A raw study (DICOM folder or NIfTI) prepared exactly as the model's training data was."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from medalign.config import from_dict, read_yaml
+from medalign.errors import InputError
+from medalign.prep.build import load_study
+from medalign.prep.config import PrepConfig
+from medalign.prep.transforms import apply_preprocessing, build_preprocessing
+
+
+def prepare_raw_study(path: Path, model_dir: Path) -> np.ndarray:
+    """``(X, Y, Z)`` float32 volume in [0, 1] using ``model_dir/prep_config.yaml``."""
+    cfg_path = Path(model_dir) / "prep_config.yaml"
+    if not cfg_path.is_file():
+        raise InputError(f"{model_dir}: exported model has no prep_config.yaml to prepare a raw study with")
+    config = from_dict(PrepConfig, read_yaml(cfg_path), where=str(cfg_path))
+    volume, _ = load_study(Path(path), config)
+    array, _ = apply_preprocessing(volume, build_preprocessing(config.steps))
+    return array

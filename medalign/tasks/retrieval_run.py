@@ -1,0 +1,66 @@
+"""``medalign index`` and ``medalign retrieve``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medalign.data.manifest import read_manifest
+from medalign.errors import InputError
+from medalign.io.atomic import atomic_write_json
+from medalign.tasks.embed import embed_studies, embed_texts
+from medalign.tasks.model_io import load_model
+from medalign.tasks.montage import draw_montage
+from medalign.tasks.raw_study import prepare_raw_study
+from medalign.tasks.retrieval import StudyIndex, build_index
+
+
+def index_dataset(checkpoint: Path, dataset: Path, out: Path, device: str = "auto", split: str = "all") -> int:
+    """Embed the studies and reports of ``dataset`` (one split or all) into index folder ``out``."""
+    model, model_dir = load_model(checkpoint, device)
+    manifest = read_manifest(dataset).subset(None if split == "all" else split)
+    if len(manifest) == 0:
+        raise InputError(f"{dataset}: no studies to index in split '{split}'")
+    study_emb = embed_studies(model, manifest)
+    report_emb = embed_texts(model, [r or "" for r in manifest.columns["report"]])
+    c = manifest.columns
+    meta = [
+        {"study_id": c["study_id"][i], "split": c["split"][i], "volume": c["volume"][i], "impression": c["impression"][i] or c["findings"][i] or ""}
+        for i in range(len(manifest))
+    ]
+    build_index(out, model_dir, dataset, study_emb, report_emb, meta)
+    return len(manifest)
+
+
+@torch.no_grad()
+def retrieve(index: Path, out: Path, study: Path | None = None, text: str | None = None, k: int = 5, device: str = "auto", target: str = "studies") -> list[dict]:
+    """Top-``k`` studies (or reports) for a raw study or a text; writes results.json and montage.png."""
+    if k < 1:
+        raise InputError(f"--k {k}: must be at least 1")
+    idx = StudyIndex(index)
+    model, model_dir = load_model(Path(idx.info["model"]), device)
+    idx.check_model(model_dir)
+    query_volume = None
+    exclude = None
+    if text is not None:
+        if not text.strip():
+            raise InputError("--text: empty query")
+        query = embed_texts(model, [text])[0]
+    else:
+        query_volume = prepare_raw_study(study, model_dir)
+        image = torch.from_numpy(query_volume)[None, None].to(model.logit_scale.device)
+        query = model.encode_image(image).float().cpu().numpy()[0]
+        exclude = Path(study).name.split(".nii")[0]  # the query itself, when it is in the index
+    hits = [h for h in idx.search(query, k + 1, target) if h["study_id"] != exclude][:k]
+    for r, h in enumerate(hits, 1):
+        h["rank"] = r
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "results.json", hits)
+    dataset = Path(idx.info["dataset"])
+    by_id = {m["study_id"]: m for m in idx.meta}
+    volumes = [np.load(dataset / by_id[h["study_id"]]["volume"], mmap_mode="r") for h in hits]
+    draw_montage(text if text is not None else query_volume, f"Query study {Path(study).name if study else ''}", hits, volumes, out / "montage.png")
+    return hits

@@ -1,0 +1,68 @@
+"""``medalign zeroshot``: a dataset split to metrics.json, roc.png and scores.csv; or one raw study to JSON."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medalign.data.manifest import read_manifest
+from medalign.errors import InputError
+from medalign.prep.vocab import Vocabulary, load_vocabulary
+from medalign.tasks.embed import embed_studies
+from medalign.tasks.model_io import load_model
+from medalign.tasks.raw_study import prepare_raw_study
+from medalign.tasks.zeroshot import evaluate, finding_probabilities, plot_roc, read_label_csv, write_metrics, write_scores_csv
+
+
+def _vocabulary(vocab: str | None, model_dir: Path, dataset: Path | None) -> Vocabulary:
+    if vocab:
+        return load_vocabulary(vocab)
+    for folder in (model_dir, dataset):
+        if folder is not None and (Path(folder) / "vocab.yaml").is_file():
+            return load_vocabulary(Path(folder) / "vocab.yaml")
+    return load_vocabulary("chest_ct")
+
+
+def zeroshot_dataset(checkpoint: Path, dataset: Path, out: Path, vocab: str | None = None, labels: Path | None = None, split: str = "test", device: str = "auto") -> dict:
+    """Score every finding on ``split`` of ``dataset``; write metrics.json, roc.png, scores.csv under ``out``."""
+    model, model_dir = load_model(checkpoint, device)
+    manifest = read_manifest(dataset).subset(None if split == "all" else split)
+    if len(manifest) == 0:
+        raise InputError(f"{dataset}: no studies in split '{split}'")
+    voc = _vocabulary(vocab, model_dir, dataset)
+    ids = manifest.columns["study_id"]
+    if labels is not None:
+        truth = read_label_csv(labels, ids, voc.names)
+        source = str(labels)
+    else:
+        parsed = {name: k for k, name in enumerate(manifest.findings)}
+        truth = np.full((len(manifest), len(voc.names)), np.nan, np.float32)
+        full = manifest.labels()
+        for k, name in enumerate(voc.names):
+            if name in parsed:
+                col = full[:, parsed[name]]
+                truth[:, k] = np.where(np.isnan(col), 0.0, col)  # not mentioned counts as absent
+        source = "labels parsed from reports"
+    scores = finding_probabilities(model, embed_studies(model, manifest), voc)
+    metrics = evaluate(scores, truth, voc.names)
+    metrics.update({"split": split, "n_studies": len(manifest), "ground_truth": source, "score": "softmax over (positive, negative) prompt"})
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_metrics(out / "metrics.json", metrics)
+    plot_roc(scores, truth, voc.names, metrics, out / "roc.png")
+    write_scores_csv(out / "scores.csv", ids, scores, voc.names)
+    return metrics
+
+
+@torch.no_grad()
+def zeroshot_study(checkpoint: Path, study: Path, vocab: str | None = None, device: str = "auto") -> dict:
+    """Per-finding probabilities for one raw study: ``{"study", "probabilities": {name: p}}``."""
+    model, model_dir = load_model(checkpoint, device)
+    voc = _vocabulary(vocab, model_dir, None)
+    volume = prepare_raw_study(study, model_dir)
+    image = torch.from_numpy(volume)[None, None].to(model.logit_scale.device)
+    emb = model.encode_image(image).float().cpu().numpy()
+    probs = finding_probabilities(model, emb, voc)[0]
+    return {"study": Path(study).name, "probabilities": {n: round(float(p), 4) for n, p in zip(voc.names, probs)}}

@@ -1,0 +1,1 @@
+"""Pretraining with Lightning: config, module, run folder and export."""

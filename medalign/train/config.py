@@ -1,0 +1,81 @@
+"""The pretraining configuration (``configs/pretrain/*.yaml``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from medalign.errors import ConfigError
+from medalign.models.config import ModelConfig
+
+
+@dataclasses.dataclass
+class LossConfig:
+    """Which objective; ``mix`` blends soft targets with the identity (0: plain InfoNCE targets)."""
+
+    name: Literal["info_nce", "siglip", "soft_labels", "cwcl"] = "soft_labels"
+    mix: float = 0.5
+
+
+@dataclasses.dataclass
+class OptimConfig:
+    """AdamW with linear warm-up then cosine decay (per step)."""
+
+    lr: float = 1e-3
+    text_lr: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_steps: int = 20
+    min_lr_ratio: float = 0.05
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """Loader and augmentation."""
+
+    batch_size: int = 32
+    num_workers: int = 0
+    flip_axes: list[int] = dataclasses.field(default_factory=list)
+    intensity: float = 0.05
+    #: which manifest text trains the text tower: the cleaned report, or a section
+    text_field: Literal["report", "findings", "impression"] = "report"
+    #: probability that a study's text is a random subset of its sentences (0: whole report)
+    sentence_sampling: float = 0.0
+
+
+@dataclasses.dataclass
+class TrainerConfig:
+    """Passed to ``lightning.Trainer``."""
+
+    max_steps: int = 300
+    accelerator: str = "auto"
+    devices: int | str = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: float | None = 1.0
+    log_every_n_steps: int = 10
+    seed: int = 0
+    deterministic: bool = False
+    threads: int | None = None
+
+
+@dataclasses.dataclass
+class PretrainConfig:
+    """A whole pretraining run."""
+
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    loss: LossConfig = dataclasses.field(default_factory=LossConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    trainer: TrainerConfig = dataclasses.field(default_factory=TrainerConfig)
+
+    def validate(self, where: str) -> None:
+        if not 0.0 <= self.loss.mix <= 1.0:
+            raise ConfigError(f"{where}.loss.mix: must lie in [0, 1], got {self.loss.mix}")
+        if self.data.batch_size < 2:
+            raise ConfigError(f"{where}.data.batch_size: contrastive training needs at least 2")
+        if self.trainer.max_steps < 1:
+            raise ConfigError(f"{where}.trainer.max_steps: must be >= 1")
+        if self.loss.name == "siglip" and not self.model.logit_bias:
+            self.model.logit_bias = True

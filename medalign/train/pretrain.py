@@ -1,0 +1,97 @@
+"""``medalign pretrain``: a run folder with config, logs, checkpoints and the exported model.
+
+RUN/
+    config.yaml          the merged configuration
+    logs/                CSV metrics (Lightning CSVLogger)
+    checkpoints/last.ckpt
+    model/               exported dual encoder (safetensors + config + tokenizer + prep preset + vocab)
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import warnings
+from pathlib import Path
+
+import torch
+
+from medalign.config import save_yaml
+from medalign.data.augment import build_augmentation
+from medalign.data.dataset import StudyDataset
+from medalign.data.manifest import read_manifest
+from medalign.errors import InputError
+from medalign.models import DualEncoder
+from medalign.train.config import PretrainConfig
+from medalign.train.module import PretrainModule, make_collate
+
+log = logging.getLogger(__name__)
+EXPORT = "model"
+
+
+def pretrain(dataset: Path, run: Path, config: PretrainConfig, progress: bool = True) -> Path:
+    """Train on the ``train`` split of ``dataset``; returns the exported model folder ``RUN/model``."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
+
+    run = Path(run)
+    manifest = read_manifest(dataset)
+    train = manifest.subset("train")
+    if len(train) < config.data.batch_size:
+        raise InputError(f"{dataset}: {len(train)} training studies, fewer than batch_size {config.data.batch_size}")
+    run.mkdir(parents=True, exist_ok=True)
+    save_yaml(config, run / "config.yaml")
+    t = config.trainer
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    L.seed_everything(t.seed, workers=True, verbose=False)
+    model = DualEncoder(config.model)
+    module = PretrainModule(model, config)
+    augment = build_augmentation(config.data.flip_axes, config.data.intensity)
+    loader = torch.utils.data.DataLoader(
+        StudyDataset(train, augment=augment, text_field=config.data.text_field, sentence_sampling=config.data.sentence_sampling, seed=t.seed),
+        batch_size=config.data.batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=config.data.num_workers,
+        collate_fn=make_collate(model.text.tokenize),
+        persistent_workers=config.data.num_workers > 0,
+    )
+    trainer = L.Trainer(
+        default_root_dir=str(run),
+        max_steps=t.max_steps,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=t.strategy,
+        precision=t.precision,
+        accumulate_grad_batches=t.accumulate_grad_batches,
+        gradient_clip_val=t.gradient_clip_val,
+        log_every_n_steps=t.log_every_n_steps,
+        deterministic=t.deterministic,
+        logger=CSVLogger(str(run), name="logs", version=""),
+        callbacks=[ModelCheckpoint(dirpath=str(run / "checkpoints"), save_last=True, save_top_k=0, save_weights_only=False)],
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
+        trainer.fit(module, loader)
+    export = run / EXPORT
+    if trainer.is_global_zero:
+        export_model(model.cpu(), dataset, export)
+    return export
+
+
+def export_model(model: DualEncoder, dataset: Path, folder: Path) -> None:
+    """Save the model with the dataset's preprocessing preset and vocabulary beside it."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    for name in ("prep_config.yaml", "vocab.yaml"):
+        if (Path(dataset) / name).is_file():
+            shutil.copy2(Path(dataset) / name, tmp / name)
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)

@@ -1,0 +1,130 @@
+"""The command-line contract end to end on a small phantom set, and its error behaviour."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.image as mpimg
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from medalign.cli.main import main as cli
+
+MEDALIGN = [sys.executable, "-m", "medalign.cli.main"]
+
+
+def test_training_reduces_the_loss(trained_run):
+    rows = [r for r in csv.DictReader(open(trained_run / "logs" / "metrics.csv")) if r.get("train/loss")]
+    losses = [float(r["train/loss"]) for r in rows]
+    assert len(losses) >= 10
+    assert np.mean(losses[-4:]) < np.mean(losses[:4])
+    export = trained_run / "model"
+    for name in ("config.json", "model.safetensors", "prep_config.yaml", "vocab.yaml", "text/config.json", "text/tokenizer.json"):
+        assert (export / name).is_file(), name
+    assert (trained_run / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_zeroshot_dataset_metrics_match_sklearn(trained_run, prepared_ct, phantom_ct, tmp_path):
+    out = tmp_path / "zs"
+    assert cli(["zeroshot", "--checkpoint", str(trained_run), "--data", str(prepared_ct), "--labels", str(phantom_ct / "labels.csv"), "--split", "all", "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    scores = list(csv.DictReader(open(out / "scores.csv")))
+    truth = {r["study_id"]: r for r in csv.DictReader(open(phantom_ct / "labels.csv"))}
+    aurocs = []
+    for f in ("pleural effusion", "cardiomegaly", "emphysema"):
+        y = [int(truth[r["study_id"]][f]) for r in scores]
+        s = [float(r[f]) for r in scores]
+        ref = roc_auc_score(y, s)
+        assert metrics["per_finding"][f]["auroc"] == pytest.approx(ref, abs=1e-4)
+        aurocs.append(ref)
+    assert 0.0 <= metrics["macro_auroc"] <= 1.0
+    # findings absent from the labels file have no ground truth and are not averaged
+    assert metrics["per_finding"]["hiatal hernia"]["auroc"] is None
+    assert metrics["n_findings_evaluated"] == 5
+    img = mpimg.imread(out / "roc.png")
+    assert img.ndim == 3 and img.shape[0] > 200
+
+
+def test_zeroshot_one_raw_study_prints_json(trained_run, phantom_ct):
+    study = sorted((phantom_ct / "images").iterdir())[0]
+    res = subprocess.run(MEDALIGN + ["zeroshot", "--checkpoint", str(trained_run), "--study", str(study)], capture_output=True, text=True, check=True)
+    data = json.loads(res.stdout)
+    assert data["study"] == study.name
+    assert len(data["probabilities"]) == 18
+    assert all(0.0 <= p <= 1.0 for p in data["probabilities"].values())
+
+
+def test_index_and_retrieve(trained_run, prepared_ct, phantom_ct, tmp_path):
+    index = tmp_path / "index"
+    assert cli(["index", "--checkpoint", str(trained_run), "--data", str(prepared_ct), "--out", str(index)]) == 0
+    info = json.loads((index / "index.json").read_text())
+    assert info["count"] == 48
+    emb = np.load(index / "study_embeddings.npy")
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    study = sorted((phantom_ct / "images").iterdir())[1]
+    out = tmp_path / "r1"
+    assert cli(["retrieve", "--index", str(index), "--study", str(study), "--k", "4", "--out", str(out)]) == 0
+    hits = json.loads((out / "results.json").read_text())
+    assert [h["rank"] for h in hits] == [1, 2, 3, 4]
+    assert study.name not in [h["study_id"] for h in hits]  # the query itself is not its own neighbour
+    assert all(set(h) >= {"rank", "study_id", "score", "impression"} for h in hits)
+    scores = [h["score"] for h in hits]
+    assert scores == sorted(scores, reverse=True)
+    # scores equal brute-force inner products with the indexed embeddings
+    ids = [json.loads(line)["study_id"] for line in (index / "meta.jsonl").read_text().splitlines()]
+    self_emb = emb[ids.index(study.name)]
+    for h in hits:
+        assert h["score"] == pytest.approx(float(emb[ids.index(h["study_id"])] @ self_emb), abs=1e-3)
+    assert mpimg.imread(out / "montage.png").shape[0] > 300
+    out2 = tmp_path / "r2"
+    assert cli(["retrieve", "--index", str(index), "--text", "large pleural effusion", "--k", "3", "--out", str(out2)]) == 0
+    assert len(json.loads((out2 / "results.json").read_text())) == 3
+
+
+def test_label_command(phantom_ct, tmp_path):
+    out = tmp_path / "labels.csv"
+    assert cli(["label", "--reports", str(phantom_ct / "reports.csv"), "--out", str(out)]) == 0
+    got = {r["study_id"]: r for r in csv.DictReader(open(out))}
+    truth = list(csv.DictReader(open(phantom_ct / "labels.csv")))
+    for row in truth:
+        assert (got[row["study_id"]]["cardiomegaly"] == "1") == (row["cardiomegaly"] == "1")
+        assert got[row["study_id"]]["hiatal hernia"] == ""  # not mentioned
+
+
+def test_convert_writes_nifti(phantom_ct, tmp_path):
+    import nibabel as nib
+
+    study = sorted((phantom_ct / "images").iterdir())[0]
+    out = tmp_path / "vol.nii.gz"
+    assert cli(["convert", str(study), str(out)]) == 0
+    img = nib.load(str(out))
+    assert img.shape == (96, 96, 40)
+    assert np.asarray(img.dataobj).min() >= -1024
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["prep", "--images", "/no/such/dir", "--reports", "x.csv", "--out", "y"], "/no/such/dir: folder not found"),
+        (["pretrain", "--data", ".", "--out", "r", "--bogus"], "unrecognized arguments: --bogus"),
+        (["zeroshot", "--checkpoint", "/nope", "--data", "."], "/nope: no such file or folder"),
+    ],
+)
+def test_usage_errors_exit_2_with_one_line(argv, needle):
+    res = subprocess.run(MEDALIGN + argv, capture_output=True, text=True)
+    assert res.returncode == 2
+    assert needle in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_user_errors_inside_commands_exit_2(prepared_ct, tmp_path):
+    res = subprocess.run(MEDALIGN + ["pretrain", "--data", str(prepared_ct), "--out", str(tmp_path / "r"), "optim.lrr=1"], capture_output=True, text=True)
+    assert res.returncode == 2 and "unknown key 'lrr'" in res.stderr and "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    res = subprocess.run(MEDALIGN + ["zeroshot", "--checkpoint", str(tmp_path), "--data", str(prepared_ct), "--out", str(tmp_path / "z")], capture_output=True, text=True)
+    assert res.returncode == 2 and "not a run folder" in res.stderr

@@ -1,0 +1,162 @@
+"""DICOM reading on real files (pydicom's test data) and phantom series, against dcm2niix."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.pixels import apply_rescale
+
+from medalign.errors import InputError
+from medalign.io.dicom import (
+    SeriesSelection,
+    _slices_from_file,
+    is_secondary_capture,
+    load_dicom_study,
+    scan_series,
+    select_series,
+    volume_from_slices,
+)
+
+ANY = SeriesSelection(modalities=[], min_slices=1)
+TESTDATA = Path(get_testdata_file("CT_small.dcm", download=False)).parent
+CT5N = TESTDATA / "dicomdirtests" / "98892001" / "CT5N"
+DCM2NIIX = Path(sys.executable).parent / "dcm2niix"
+
+
+def dcm2niix_canonical(folder: Path, tmp: Path) -> nib.Nifti1Image:
+    """The largest NIfTI dcm2niix writes for ``folder``, reoriented to closest canonical (RAS)."""
+    out = tmp / "dcm2niix"
+    out.mkdir()
+    subprocess.run([str(DCM2NIIX), "-z", "n", "-f", "%s_%p", "-o", str(out), str(folder)], check=True, capture_output=True)
+    biggest = max(out.glob("*.nii"), key=lambda p: p.stat().st_size)
+    return nib.as_closest_canonical(nib.load(str(biggest)))
+
+
+def assert_matches_dcm2niix(volume, folder: Path, tmp: Path) -> None:
+    ref = dcm2niix_canonical(folder, tmp)
+    mine = nib.as_closest_canonical(nib.Nifti1Image(volume.array, volume.affine))
+    assert mine.shape == ref.shape
+    np.testing.assert_allclose(mine.affine, ref.affine, atol=0.01)
+    np.testing.assert_allclose(np.asarray(mine.dataobj), np.asarray(ref.dataobj, dtype=np.float64), atol=0.5)
+
+
+def copy_shuffled(src_files: list[Path], dst: Path, seed: int) -> None:
+    dst.mkdir(parents=True)
+    files = list(src_files)
+    random.Random(seed).shuffle(files)
+    for n, f in enumerate(files):
+        shutil.copy(f, dst / f"{random.Random(seed + n).getrandbits(40):010x}")
+
+
+def test_ct_small_values_and_geometry():
+    path = Path(get_testdata_file("CT_small.dcm", download=False))
+    ds = pydicom.dcmread(path)
+    # the one file on its own: the test-data folder holds many unrelated objects
+    vol = volume_from_slices(_slices_from_file(path))
+    expected = apply_rescale(ds.pixel_array, ds).astype(np.float32)
+    assert vol.array.shape == (ds.Columns, ds.Rows, 1)
+    np.testing.assert_allclose(vol.array[:, :, 0], expected.T)
+    # voxel (0, 0, 0) sits at ImagePositionPatient, converted from LPS to RAS
+    ipp = np.asarray(ds.ImagePositionPatient, float)
+    np.testing.assert_allclose(vol.affine[:3, 3], ipp * [-1, -1, 1])
+    np.testing.assert_allclose(vol.spacing[:2], [float(ds.PixelSpacing[1]), float(ds.PixelSpacing[0])])
+
+
+def test_real_series_matches_dcm2niix_in_any_file_order(tmp_path):
+    for seed in (0, 1):
+        folder = tmp_path / f"shuffled{seed}"
+        copy_shuffled(sorted(CT5N.iterdir()), folder, seed)
+        vol, _ = load_dicom_study(folder, ANY)
+        assert vol.array.shape == (16, 16, 5)
+        assert vol.spacing[2] == pytest.approx(2.5)
+        (tmp_path / f"ref{seed}").mkdir()
+        assert_matches_dcm2niix(vol, folder, tmp_path / f"ref{seed}")
+
+
+def test_phantom_study_skips_localizer_and_matches_dcm2niix(phantom_ct, tmp_path):
+    folders = sorted((phantom_ct / "images").iterdir())
+    with_localizer = None
+    for f in folders:
+        series, _ = scan_series(f)
+        if len(series) == 2:
+            with_localizer = (f, series)
+            break
+    assert with_localizer is not None, "the phantom set should include studies with a localizer"
+    folder, series = with_localizer
+    chosen, reason = select_series(series, SeriesSelection())
+    assert "LOCALIZER" not in chosen.image_type and "LOCALIZER" in reason
+    vol, _ = load_dicom_study(folder)
+    assert vol.array.shape == (96, 96, 40)
+    # dcm2niix converts both series; compare with the axial one (the larger file)
+    assert_matches_dcm2niix(vol, folder, tmp_path)
+
+
+def test_oct_multiframe_geometry(tmp_path):
+    from medalign.synth.oct import OCT_SHAPE, OCT_SPACING
+    from medalign.synth.writer import synthesize
+
+    synthesize(tmp_path / "oct", "oct", studies=1, seed=3)
+    folder = next((tmp_path / "oct" / "images").iterdir())
+    vol, reason = load_dicom_study(folder, SeriesSelection(modalities=["OPT"]))
+    frames, rows, cols = OCT_SHAPE
+    assert vol.array.shape == (cols, rows, frames)
+    np.testing.assert_allclose(vol.spacing, (OCT_SPACING[2], OCT_SPACING[1], OCT_SPACING[0]), rtol=1e-6)
+    assert_matches_dcm2niix(vol, folder, tmp_path)
+
+
+def test_oct_is_not_secondary_capture():
+    assert is_secondary_capture("1.2.840.10008.5.1.4.1.1.7")
+    assert is_secondary_capture("1.2.840.10008.5.1.4.1.1.7.4")
+    assert not is_secondary_capture("1.2.840.10008.5.1.4.1.1.77.1.5.4")
+
+
+def _phantom_axial_files(phantom_ct: Path) -> list[Path]:
+    folder = sorted((phantom_ct / "images").iterdir())[0]
+    series, _ = scan_series(folder)
+    return max(series, key=lambda s: s.n_frames).files
+
+
+def test_missing_slice_is_refused(phantom_ct, tmp_path):
+    files = _phantom_axial_files(phantom_ct)
+    positions = sorted(files, key=lambda f: float(pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient[2]))
+    keep = [f for f in positions if f != positions[len(positions) // 2]]
+    copy_shuffled(keep, tmp_path / "gap", 0)
+    with pytest.raises(InputError, match="uneven slice spacing"):
+        load_dicom_study(tmp_path / "gap")
+
+
+def test_duplicate_position_and_size_mismatch_are_refused(phantom_ct, tmp_path):
+    files = _phantom_axial_files(phantom_ct)
+    copy_shuffled(files + [files[0]], tmp_path / "dup", 0)
+    with pytest.raises(InputError, match="two slices at one position"):
+        load_dicom_study(tmp_path / "dup")
+    copy_shuffled(files, tmp_path / "size", 1)
+    victim = sorted((tmp_path / "size").iterdir())[3]
+    ds = pydicom.dcmread(victim)
+    ds.Rows, ds.Columns = 48, 48
+    ds.PixelData = np.zeros((48, 48), np.uint16).tobytes()
+    ds.save_as(victim)
+    with pytest.raises(InputError, match="slice size"):
+        load_dicom_study(tmp_path / "size")
+
+
+def test_junk_and_truncated_files(tmp_path):
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "a.dcm").write_bytes(b"not a dicom file at all" * 10)
+    with pytest.raises(InputError, match="no DICOM image files"):
+        load_dicom_study(tmp_path / "junk")
+    (tmp_path / "trunc").mkdir()
+    data = Path(get_testdata_file("CT_small.dcm", download=False)).read_bytes()
+    for i in range(10):  # a series whose pixel data is cut short
+        (tmp_path / "trunc" / f"{i}.dcm").write_bytes(data[: len(data) - 5000])
+    with pytest.raises(InputError):
+        load_dicom_study(tmp_path / "trunc", ANY)

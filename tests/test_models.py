@@ -1,0 +1,58 @@
+"""Encoders from the registry, and the dual encoder's export round trip (safetensors only)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from medalign.errors import ConfigError, InputError
+from medalign.models import DualEncoder, ModelConfig, create_image_encoder
+from medalign.models.config import ImageModelConfig
+
+
+@pytest.mark.parametrize("name, options", [("resnet10_3d", {"widen_factor": 0.25}), ("densenet121_3d", {})])
+def test_image_encoder_shapes(name, options):
+    enc = create_image_encoder(name, 32, **options)
+    out = enc(torch.randn(2, 1, 32, 32, 24))
+    assert out.shape == (2, 32)
+
+
+def test_unknown_encoder_and_option():
+    with pytest.raises(ConfigError, match="unknown image encoder"):
+        create_image_encoder("resnet7_3d")
+    with pytest.raises(ConfigError, match="unknown option 'width'"):
+        create_image_encoder("resnet10_3d", 8, width=3)
+
+
+def test_dual_encoder_round_trip(tmp_path):
+    cfg = ModelConfig(embed_dim=16, image=ImageModelConfig("resnet10_3d", {"widen_factor": 0.25}))
+    torch.manual_seed(0)
+    model = DualEncoder(cfg).eval()
+    x = torch.rand(2, 1, 24, 24, 16)
+    texts = ["No pleural effusion.", "Cardiomegaly."]
+    with torch.no_grad():
+        img, txt = model.encode_image(x), model.encode_text(texts)
+    assert torch.allclose(img.norm(dim=1), torch.ones(2), atol=1e-5)
+    model.save_pretrained(tmp_path / "m")
+    assert not list((tmp_path / "m").rglob("*.bin")) and not list((tmp_path / "m").rglob("*.pt"))
+    loaded = DualEncoder.from_pretrained(tmp_path / "m")
+    with torch.no_grad():
+        assert torch.allclose(loaded.encode_image(x), img, atol=1e-6)
+        assert torch.allclose(loaded.encode_text(texts), txt, atol=1e-6)
+    assert loaded.scale().item() == pytest.approx(1 / 0.07, rel=1e-5)
+
+
+def test_truncated_weights_are_a_clear_error(tmp_path):
+    cfg = ModelConfig(embed_dim=8, image=ImageModelConfig("resnet10_3d", {"widen_factor": 0.25}))
+    DualEncoder(cfg).save_pretrained(tmp_path / "m")
+    w = tmp_path / "m" / "model.safetensors"
+    w.write_bytes(w.read_bytes()[:1000])
+    with pytest.raises(InputError, match="model.safetensors"):
+        DualEncoder.from_pretrained(tmp_path / "m")
+
+
+def test_text_model_must_be_local():
+    from medalign.models.text import resolve_text_model
+
+    with pytest.raises(ConfigError, match="never downloads"):
+        resolve_text_model("microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract")

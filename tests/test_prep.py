@@ -1,0 +1,139 @@
+"""``medalign prep`` on phantom DICOM and real NIfTI: manifest, labels, resume, failures, privacy."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pyarrow.parquet as pq
+import pydicom
+import pytest
+from nibabel.testing import data_path
+
+from medalign.cli.main import main as cli
+from medalign.prep.build import assign_split
+
+
+def test_manifest_rows_labels_and_volumes(prepared_ct, phantom_ct):
+    table = pq.read_table(prepared_ct / "manifest.parquet").to_pylist()
+    truth = {r["study_id"]: r for r in csv.DictReader(open(phantom_ct / "labels.csv"))}
+    assert len(table) == len(truth)
+    for row in table:
+        assert row["split"] == assign_split(row["study_id"])
+        vol = np.load(prepared_ct / row["volume"], mmap_mode="r")
+        assert vol.shape == (48, 48, 40) and vol.dtype == np.float16
+        assert 0.0 <= float(vol.min()) and float(vol.max()) <= 1.0
+        assert row["spacing"] == pytest.approx([8.0, 8.0, 7.5])
+        for f in ("pleural effusion", "cardiomegaly", "lung nodule", "emphysema", "consolidation"):
+            assert (row[f] == 1) == (truth[row["study_id"]][f] == "1")
+        assert row["impression"] and row["findings"]
+    splits = {r["split"] for r in table}
+    assert splits <= {"train", "val", "test"} and "train" in splits
+
+
+def test_preprocessed_volume_is_ras_and_windowed(prepared_ct, phantom_ct):
+    """Air outside the body maps to 0, bone to 1; anterior (heart) is at high Y in RAS."""
+    row = pq.read_table(prepared_ct / "manifest.parquet").to_pylist()[0]
+    vol = np.load(prepared_ct / row["volume"]).astype(np.float32)
+    assert vol[0, 0, :].max() < 0.05  # corner: air (or padding)
+    # spine is posterior (low Y in RAS), midline; bone saturates towards the top of the window
+    x_mid = vol.shape[0] // 2
+    posterior = vol[x_mid - 2 : x_mid + 3, : vol.shape[1] // 2, :].max()
+    assert posterior > 0.8
+
+
+def test_split_column_and_resume(phantom_ct, tmp_path):
+    rows = list(csv.DictReader(open(phantom_ct / "reports.csv", encoding="utf-8")))[:6]
+    for i, r in enumerate(rows):
+        r["split"] = "test" if i < 3 else "train"
+    reports = tmp_path / "reports.csv"
+    with open(reports, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, ["study_id", "report", "split"])
+        w.writeheader()
+        w.writerows(rows)
+    images = tmp_path / "images"
+    images.mkdir()
+    for r in rows:
+        shutil.copytree(phantom_ct / "images" / r["study_id"], images / r["study_id"])
+    out = tmp_path / "ds"
+    assert cli(["prep", "--images", str(images), "--reports", str(reports), "--out", str(out), "--workers", "1"]) == 0
+    table = pq.read_table(out / "manifest.parquet").to_pylist()
+    assert [r["split"] for r in table] == ["test"] * 3 + ["train"] * 3
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "volumes").iterdir()}
+    (out / "records" / f"{rows[0]['study_id']}.json").unlink()  # as if killed before this study finished
+    assert cli(["prep", "--images", str(images), "--reports", str(reports), "--out", str(out), "--workers", "1"]) == 0
+    after = {p.name: p.stat().st_mtime_ns for p in (out / "volumes").iterdir()}
+    changed = [n for n in before if before[n] != after[n]]
+    assert changed == [f"{rows[0]['study_id']}.npy"]
+    assert len(pq.read_table(out / "manifest.parquet")) == 6
+
+
+def test_bad_studies_are_recorded_and_good_ones_kept(phantom_ct, tmp_path, capsys):
+    rows = list(csv.DictReader(open(phantom_ct / "reports.csv", encoding="utf-8")))[:3]
+    images = tmp_path / "images"
+    images.mkdir()
+    for r in rows:
+        shutil.copytree(phantom_ct / "images" / r["study_id"], images / r["study_id"])
+    (images / "junk").mkdir()
+    (images / "junk" / "x.dcm").write_bytes(b"\x00" * 300)
+    (images / "empty").mkdir()
+    (images / "noreport").mkdir()
+    shutil.copytree(phantom_ct / "images" / rows[0]["study_id"], images / "noreport" / "a")
+    reports = tmp_path / "reports.csv"
+    with open(reports, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, ["study_id", "report"])
+        w.writeheader()
+        w.writerows(rows + [{"study_id": "junk", "report": "No effusion."}, {"study_id": "empty", "report": "x"}, {"study_id": "ghost", "report": "y"}])
+    out = tmp_path / "ds"
+    code = cli(["prep", "--images", str(images), "--reports", str(reports), "--out", str(out), "--workers", "2"])
+    assert code == 3
+    errors = {e["study_id"]: e for e in map(json.loads, (out / "errors.jsonl").read_text().splitlines())}
+    assert set(errors) == {"junk", "empty", "noreport"}
+    assert "no DICOM image files" in errors["junk"]["reason"]
+    assert "empty study folder" in errors["empty"]["reason"]
+    assert "no report" in errors["noreport"]["reason"]
+    assert len(pq.read_table(out / "manifest.parquet")) == 3
+    assert "ghost" in (out / "prep.log").read_text()
+
+
+def test_no_patient_identifiers_reach_outputs(prepared_ct, phantom_ct, trained_run):
+    """Names, patient IDs, birth dates, accession numbers and institutions from the headers are nowhere in the outputs."""
+    secrets = set()
+    for folder in (phantom_ct / "images").iterdir():
+        f = next(p for p in folder.rglob("*.dcm"))
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        secrets |= {str(ds.PatientName), ds.PatientID, ds.PatientBirthDate, ds.AccessionNumber, ds.InstitutionName, ds.StudyInstanceUID, ds.SeriesInstanceUID}
+    hits = []
+    for root in (prepared_ct, trained_run):
+        for p in root.rglob("*"):
+            if p.is_file():
+                data = p.read_bytes()
+                hits += [(p.name, s) for s in secrets if s.encode() in data]
+    assert hits == []
+
+
+def test_nifti_studies_from_nibabel(tmp_path):
+    """Real NIfTI (nibabel's anatomical.nii, LAS) as a bare file and inside a folder."""
+    images = tmp_path / "images"
+    (images / "b").mkdir(parents=True)
+    src = Path(data_path) / "anatomical.nii"
+    shutil.copy(src, images / "a.nii")
+    img = nib.load(str(src))
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj), img.affine), str(images / "b" / "vol.nii.gz"))
+    reports = tmp_path / "r.jsonl"
+    reports.write_text('{"study_id": "a", "report": "No pleural effusion."}\n{"study_id": "b", "report": "Cardiomegaly."}\n')
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text("steps:\n  - orientation: {axcodes: RAS}\n  - spacing: {pixdim: [3.0, 3.0, 3.0]}\n  - percentile_window: {}\n  - crop_or_pad: {spatial_size: [32, 32, 32]}\nseries: {modalities: [MR]}\n")
+    out = tmp_path / "ds"
+    assert cli(["prep", "--images", str(images), "--reports", str(reports), "--out", str(out), "--config", str(cfg), "--workers", "1"]) == 0
+    rows = {r["study_id"]: r for r in pq.read_table(out / "manifest.parquet").to_pylist()}
+    assert set(rows) == {"a", "b"}
+    assert rows["a"]["source_spacing"] == pytest.approx(list(img.header.get_zooms()[:3]), rel=1e-4)
+    assert rows["a"]["pleural effusion"] == 0 and rows["b"]["cardiomegaly"] == 1
+    a = np.load(out / rows["a"]["volume"])
+    b = np.load(out / rows["b"]["volume"])
+    np.testing.assert_allclose(a, b, atol=1e-3)  # same image, same result via either layout
