@@ -13,7 +13,7 @@ from medalign.models.config import ImageModelConfig
 @pytest.mark.parametrize("name, options", [("resnet10_3d", {"widen_factor": 0.25}), ("densenet121_3d", {})])
 def test_image_encoder_shapes(name, options):
     enc = create_image_encoder(name, 32, **options)
-    out = enc(torch.randn(2, 1, 32, 32, 24))
+    out = enc(torch.randn(2, 1, 32, 32, 32))
     assert out.shape == (2, 32)
 
 

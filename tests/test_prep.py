@@ -137,3 +137,19 @@ def test_nifti_studies_from_nibabel(tmp_path):
     a = np.load(out / rows["a"]["volume"])
     b = np.load(out / rows["b"]["volume"])
     np.testing.assert_allclose(a, b, atol=1e-3)  # same image, same result via either layout
+
+
+def test_oct_studies_prepare_with_the_oct_preset_by_default(tmp_path):
+    """Ophthalmic Tomography multi-frame DICOM: the default preset becomes demo_oct, labels use the OCT vocabulary."""
+    raw = tmp_path / "raw"
+    assert cli(["synth", "--out", str(raw), "--modality", "oct", "--studies", "6", "--seed", "2"]) == 0
+    out = tmp_path / "ds"
+    assert cli(["prep", "--images", str(raw / "images"), "--reports", str(raw / "reports.csv"), "--out", str(out), "--workers", "1"]) == 0
+    rows = pq.read_table(out / "manifest.parquet").to_pylist()
+    truth = {r["study_id"]: r for r in csv.DictReader(open(raw / "labels.csv"))}
+    assert len(rows) == 6
+    for r in rows:
+        assert r["shape"] == [64, 64, 32]
+        for f in ("drusen", "subretinal fluid", "intraretinal cysts", "epiretinal membrane"):
+            assert (r[f] == 1) == (truth[r["study_id"]][f] == "1")
+    assert "modality: oct" in (out / "prep_config.yaml").read_text()

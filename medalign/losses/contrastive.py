@@ -39,7 +39,7 @@ def targets_from_labels(y: torch.Tensor, mix: float = 1.0) -> torch.Tensor:
     ŷ = [y, 1 − maxₖ y] (a "no finding" slot), Pᵢⱼ = max(0, cos(ŷᵢ, ŷⱼ)), rows normalised;
     returns (1 − mix)·I + mix·P ``(B, B)``.
     """
-    y = y.float()
+    y = y if y.is_floating_point() else y.float()
     no_finding = 1 - y.max(dim=1, keepdim=True).values if y.shape[1] else torch.ones(y.shape[0], 1, device=y.device)
     y_hat = F.normalize(torch.cat([y, no_finding], dim=1), dim=1)
     p = (y_hat @ y_hat.T).clamp(min=0)
@@ -50,6 +50,6 @@ def targets_from_labels(y: torch.Tensor, mix: float = 1.0) -> torch.Tensor:
 
 def targets_from_similarity(e: torch.Tensor) -> torch.Tensor:
     """CWCL targets from frozen embeddings ``e`` ``(B, E)``: Wᵢⱼ = (cos(eᵢ, eⱼ) + 1) / 2, rows normalised."""
-    e = F.normalize(e.float(), dim=1)
+    e = F.normalize(e if e.is_floating_point() else e.float(), dim=1)
     w = (e @ e.T + 1) / 2
     return w / w.sum(dim=1, keepdim=True)

@@ -27,14 +27,35 @@ def register_image_encoder(name: str):
     return wrap
 
 
-def _monai_resnet(depth: int, widen_factor: float = 1.0, conv1_t_size: int = 7, conv1_t_stride: int = 2, no_max_pool: bool = False) -> tuple[nn.Module, int]:
+class AvgMaxPool3d(nn.Module):
+    """Global average and max pooling concatenated: ``(B, C, X, Y, Z) -> (B, 2C, 1, 1, 1)``.
+    Max pooling keeps a small lesion's response that averaging over the volume would dilute."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x.mean(dim=(2, 3, 4), keepdim=True), x.amax(dim=(2, 3, 4), keepdim=True)], dim=1)
+
+
+def _monai_resnet(
+    depth: int,
+    widen_factor: float = 1.0,
+    conv1_t_size: int = 7,
+    conv1_t_stride: int = 2,
+    no_max_pool: bool = False,
+    pooling: str = "avg",
+) -> tuple[nn.Module, int]:
     from monai.networks import nets
 
     factory = getattr(nets, f"resnet{depth}")
     net = factory(spatial_dims=3, n_input_channels=1, feed_forward=False, widen_factor=widen_factor,
                   conv1_t_size=conv1_t_size, conv1_t_stride=conv1_t_stride, no_max_pool=no_max_pool)
     expansion = 4 if depth >= 50 else 1
-    return net, int(512 * widen_factor) * expansion
+    dim = int(512 * widen_factor) * expansion
+    if pooling == "avgmax":
+        net.avgpool = AvgMaxPool3d()
+        dim *= 2
+    elif pooling != "avg":
+        raise ConfigError(f"model.image.options.pooling: '{pooling}' is not avg or avgmax")
+    return net, dim
 
 
 for _depth in (10, 18, 34, 50):

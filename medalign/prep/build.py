@@ -104,22 +104,23 @@ def _safe_name(study_id: str) -> str:
     return "h" + hashlib.sha256(study_id.encode()).hexdigest()[:24]
 
 
-_PIPELINE = None
+#: MONAI pipelines built in this process, keyed by their steps (one per preset in use)
+_PIPELINES: dict[str, Any] = {}
 
 
 def _prepare_one(task: tuple[str, str, dict, str]) -> dict[str, Any]:
     """Worker: load, preprocess, cache one study; returns a record or ``{"error": reason}``."""
-    global _PIPELINE
     study_id, path, config_dict, out = task
     from medalign.config import from_dict
     from medalign.prep.transforms import apply_preprocessing, build_preprocessing
 
     config = from_dict(PrepConfig, config_dict)
-    if _PIPELINE is None:
-        _PIPELINE = build_preprocessing(config.steps)
+    key = json.dumps(config.steps, sort_keys=True)
+    if key not in _PIPELINES:
+        _PIPELINES[key] = build_preprocessing(config.steps)
     try:
         volume, provenance = load_study(Path(path), config)
-        array, affine = apply_preprocessing(volume, _PIPELINE)
+        array, affine = apply_preprocessing(volume, _PIPELINES[key])
         if not np.isfinite(array).all():
             raise InputError("preprocessing produced NaN or infinite values")
     except MedalignError as e:
@@ -210,7 +211,10 @@ def prepare_dataset(
             results.append(res)
             bar.update()
     else:
-        ctx = mp.get_context("fork")
+        # forkserver: workers fork from a clean server, never from a parent whose torch/OpenMP
+        # threads are running (a plain fork can deadlock there)
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(["medalign.prep.build"])
         with ctx.Pool(workers) as pool:
             for res in pool.imap_unordered(_prepare_one, tasks, chunksize=1):
                 results.append(res)

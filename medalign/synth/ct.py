@@ -119,7 +119,7 @@ def make_ct_case(rng: np.random.Generator, grid: CTGrid | None = None, prevalenc
         nodules = []
         for _ in range(int(rng.integers(1, 5))):
             side = rng.choice(["right", "left"])
-            radius = rng.uniform(9, 15)
+            radius = rng.uniform(10, 16)
             lobe_i = int(rng.integers(0, 3))
             c = (lung_c[side][0] + (55, 5, -50)[lobe_i] + rng.uniform(-15, 15), lung_c[side][1] + rng.uniform(-35, 25), lung_c[side][2] + rng.uniform(-20, 20))
             hu[_ellipsoid(z, y, x, c, (radius,) * 3)] = 35.0

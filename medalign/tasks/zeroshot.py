@@ -109,7 +109,7 @@ def write_scores_csv(path: Path, study_ids: list[str], scores: np.ndarray, findi
             w = csv.writer(f)
             w.writerow(["study_id", *findings])
             for sid, row in zip(study_ids, scores):
-                w.writerow([sid, *(f"{v:.5f}" for v in row)])
+                w.writerow([sid, *(f"{v:.9g}" for v in row)])  # float32 round-trips exactly
 
     atomic_write(path, _write)
 

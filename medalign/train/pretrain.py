@@ -35,6 +35,9 @@ def pretrain(dataset: Path, run: Path, config: PretrainConfig, progress: bool = 
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
+    # Lightning sets its own INFO level on import; keep device banners and tips out of the output
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     run = Path(run)
     manifest = read_manifest(dataset)
     train = manifest.subset("train")
