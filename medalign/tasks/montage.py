@@ -20,8 +20,12 @@ def mid_slices(volume: np.ndarray) -> list[np.ndarray]:
     return [axial, coronal, sagittal]
 
 
-def draw_montage(query: np.ndarray | str, query_title: str, hits: list[dict], volumes: list[np.ndarray], path: Path) -> None:
+PLANE_NAMES = {"ct": ("axial", "coronal", "sagittal"), "oct": ("B-scan", "en face", "slow-axis section")}
+
+
+def draw_montage(query: np.ndarray | str, query_title: str, hits: list[dict], volumes: list[np.ndarray], path: Path, modality: str = "ct") -> None:
     """One row per panel: the query (volume or text) then each hit with rank, id, score, impression."""
+    planes = PLANE_NAMES.get(modality, PLANE_NAMES["ct"])
     import matplotlib
 
     matplotlib.use("Agg")
@@ -37,7 +41,7 @@ def draw_montage(query: np.ndarray | str, query_title: str, hits: list[dict], vo
             ax.axis("off")
             if vol is not None:
                 ax.imshow(mid_slices(vol)[c], cmap="gray", vmin=0, vmax=1, aspect="auto")
-                ax.set_title(("axial", "coronal", "sagittal")[c], fontsize=8)
+                ax.set_title(planes[c], fontsize=8)
         ax = axes[row, 3]
         ax.axis("off")
         ax.text(0, 1, title, fontsize=9, fontweight="bold", va="top", transform=ax.transAxes)

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medalign.config import read_yaml
 from medalign.data.manifest import read_manifest
 from medalign.errors import InputError
 from medalign.io.atomic import atomic_write_json
@@ -62,5 +63,8 @@ def retrieve(index: Path, out: Path, study: Path | None = None, text: str | None
     dataset = Path(idx.info["dataset"])
     by_id = {m["study_id"]: m for m in idx.meta}
     volumes = [np.load(dataset / by_id[h["study_id"]]["volume"], mmap_mode="r") for h in hits]
-    draw_montage(text if text is not None else query_volume, f"Query study {Path(study).name if study else ''}", hits, volumes, out / "montage.png")
+    prep_cfg = model_dir / "prep_config.yaml"
+    modality = read_yaml(prep_cfg).get("modality", "ct") if prep_cfg.is_file() else "ct"
+    title = f"Query study {Path(study).name}" if study is not None else ""
+    draw_montage(text if text is not None else query_volume, title, hits, volumes, out / "montage.png", modality)
     return hits
