@@ -128,3 +128,8 @@ def test_user_errors_inside_commands_exit_2(prepared_ct, tmp_path):
     assert len(res.stderr.strip().splitlines()) == 1
     res = subprocess.run(MEDALIGN + ["zeroshot", "--checkpoint", str(tmp_path), "--data", str(prepared_ct), "--out", str(tmp_path / "z")], capture_output=True, text=True)
     assert res.returncode == 2 and "not a run folder" in res.stderr
+
+
+def test_synth_refuses_a_folder_with_studies(phantom_ct):
+    res = subprocess.run(MEDALIGN + ["synth", "--out", str(phantom_ct), "--studies", "2"], capture_output=True, text=True)
+    assert res.returncode == 2 and "already holds studies" in res.stderr

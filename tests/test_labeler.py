@@ -31,6 +31,14 @@ LAB = ReportLabeler(CT)
         ("There are 2 pulmonary nodules, the largest measuring 3.5 mm.", {"lung nodule": 1}),
         ("Pleural effusion is absent.", {"pleural effusion": 0}),
         ("Emphysematous changes.", {"emphysema": 1}),
+        ("Pleural effusion-thickening was not detected.", {"pleural effusion": 0}),
+        ("Heart contour and size are normal.", {"cardiomegaly": 0}),
+        ("The heart is mildly enlarged.", {"cardiomegaly": 1}),
+        ("Increased cardiothoracic ratio.", {"cardiomegaly": 1}),
+        ("There is no pleural or pericardial effusion.", {"pleural effusion": 0, "pericardial effusion": 0}),
+        ("Small pericardial effusion.", {"pericardial effusion": 1}),
+        ("Lungs: clear, no consolidation, effusion or pneumothorax.", {"consolidation": 0, "pleural effusion": 0}),
+        ("No evidence of pulmonary nodules or masses.", {"lung nodule": 0}),
     ],
 )
 def test_sentence_labels(text, expected):

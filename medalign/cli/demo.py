@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -26,6 +27,8 @@ def run_demo(out: Path, modality: str = "ct", studies: int | None = None, max_st
     out = Path(out)
     studies = studies or DEFAULT_STUDIES[modality]
     raw, data, run, zs, index, ret_study, ret_text = (out / n for n in ("raw", "dataset", "run", "zeroshot", "index", "retrieve_study", "retrieve_text"))
+    for folder in (raw, data, run, zs, index, ret_study, ret_text):  # a rerun starts clean
+        shutil.rmtree(folder, ignore_errors=True)
     preset = f"demo_{modality}"
     timings: dict[str, float] = {}
     t0 = time.time()

@@ -31,7 +31,13 @@ UNCERTAIN_WINDOW = 6
 
 
 def _phrase_pattern(phrases: Iterable[str], plural: bool = False) -> re.Pattern:
-    alts = sorted({re.escape(p.lower()).replace(r"\ ", r"[\s-]+") for p in phrases}, key=len, reverse=True)
+    """Alternation of phrases, longest first; words may be joined by spaces or hyphens and a
+    ``*`` word stands for one optional word ("heart is * enlarged" matches "heart is mildly enlarged")."""
+    alts = sorted(
+        {re.escape(p.lower()).replace(r"\ ", r"[\s-]+").replace(r"\*[\s-]+", r"(?:(?!(?:not|no|never|without)\b)[\w-]+\s+)?") for p in phrases},
+        key=len,
+        reverse=True,
+    )
     suffix = r"(?:s|es)?" if plural else ""
     return re.compile(r"\b(?:" + "|".join(alts) + r")" + suffix + r"\b")
 
@@ -91,9 +97,12 @@ class ReportLabeler:
             for name, pattern in self._negative.items():
                 if pattern.search(sentence):
                     found[name].add(0)
-            for name, pattern in self._mention.items():
-                for m in pattern.finditer(sentence):
-                    found[name].add(self.mention_label(sentence, m.start(), m.end()))
+            mentions = [(m.start(), m.end(), name) for name, pattern in self._mention.items() for m in pattern.finditer(sentence)]
+            for start, end, name in mentions:
+                # "effusion" inside "pericardial effusion" belongs to the longer finding's mention
+                if any(n != name and a <= start and end <= b and b - a > end - start for a, b, n in mentions):
+                    continue
+                found[name].add(self.mention_label(sentence, start, end))
         out: dict[str, int | None] = {}
         for name, labels in found.items():
             out[name] = 1 if 1 in labels else -1 if -1 in labels else 0 if 0 in labels else None

@@ -9,6 +9,7 @@ from typing import Literal
 import numpy as np
 from pydicom.uid import generate_uid
 
+from medalign.errors import InputError
 from medalign.io.atomic import atomic_write
 from medalign.synth.ct import CT_FINDINGS, CTGrid, make_ct_case
 from medalign.synth.dicom_writer import FakePatient, write_ct_series, write_oct_volume
@@ -33,6 +34,8 @@ def synthesize(out: Path, modality: Literal["ct", "oct"] = "ct", studies: int = 
     Returns a summary dict with the paths and finding prevalences.
     """
     out = Path(out)
+    if (out / "images").is_dir() and any((out / "images").iterdir()):
+        raise InputError(f"{out / 'images'}: already holds studies; synthesize into an empty folder")
     rng = np.random.default_rng(seed)
     findings = CT_FINDINGS if modality == "ct" else OCT_FINDINGS
     report_rows, label_rows = [], []

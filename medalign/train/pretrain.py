@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import sys
 import warnings
 from pathlib import Path
 
@@ -41,8 +42,12 @@ def pretrain(dataset: Path, run: Path, config: PretrainConfig, progress: bool = 
     run = Path(run)
     manifest = read_manifest(dataset)
     train = manifest.subset("train")
+    if len(train) < 2:
+        raise InputError(f"{dataset}: {len(train)} training studies; contrastive training needs at least 2")
     if len(train) < config.data.batch_size:
-        raise InputError(f"{dataset}: {len(train)} training studies, fewer than batch_size {config.data.batch_size}")
+        log.warning("only %d training studies: batch size %d -> %d", len(train), config.data.batch_size, len(train))
+        print(f"note: only {len(train)} training studies; batch size lowered from {config.data.batch_size} to {len(train)}", file=sys.stderr)
+        config.data.batch_size = len(train)
     run.mkdir(parents=True, exist_ok=True)
     save_yaml(config, run / "config.yaml")
     t = config.trainer
