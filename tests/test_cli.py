@@ -133,3 +133,29 @@ def test_user_errors_inside_commands_exit_2(prepared_ct, tmp_path):
 def test_synth_refuses_a_folder_with_studies(phantom_ct):
     res = subprocess.run(MEDALIGN + ["synth", "--out", str(phantom_ct), "--studies", "2"], capture_output=True, text=True)
     assert res.returncode == 2 and "already holds studies" in res.stderr
+
+
+def test_checkpoint_file_resolves_to_its_runs_export(trained_run, phantom_ct):
+    ckpt = trained_run / "checkpoints" / "last.ckpt"
+    study = sorted((phantom_ct / "images").iterdir())[2]
+    res = subprocess.run(MEDALIGN + ["zeroshot", "--checkpoint", str(ckpt), "--study", str(study)], capture_output=True, text=True, check=True)
+    assert set(json.loads(res.stdout)["probabilities"]) >= {"pleural effusion", "emphysema"}
+
+
+def test_study_to_report_retrieval_and_recall(trained_run, prepared_ct, phantom_ct, tmp_path):
+    from medalign.tasks.retrieval_eval import recall_at_k
+
+    index = tmp_path / "index"
+    assert cli(["index", "--checkpoint", str(trained_run), "--data", str(prepared_ct), "--out", str(index)]) == 0
+    study = sorted((phantom_ct / "images").iterdir())[0]
+    out = tmp_path / "r"
+    assert cli(["retrieve", "--index", str(index), "--study", str(study), "--target", "reports", "--k", "3", "--out", str(out)]) == 0
+    assert len(json.loads((out / "results.json").read_text())) == 3
+    # Recall@K against a brute-force count of ranks
+    reports, studies = np.load(index / "report_embeddings.npy"), np.load(index / "study_embeddings.npy")
+    sims = reports @ studies.T
+    rank_of_pair = np.array([(sims[i] > sims[i, i]).sum() for i in range(len(sims))])
+    got = recall_at_k(reports, studies, ks=(1, 5))
+    assert got["recall@1"] == pytest.approx(np.mean(rank_of_pair < 1))
+    assert got["recall@5"] == pytest.approx(np.mean(rank_of_pair < 5))
+    assert got["chance@5"] == pytest.approx(5 / len(sims))

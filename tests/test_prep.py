@@ -153,3 +153,21 @@ def test_oct_studies_prepare_with_the_oct_preset_by_default(tmp_path):
         for f in ("drusen", "subretinal fluid", "intraretinal cysts", "epiretinal membrane"):
             assert (r[f] == 1) == (truth[r["study_id"]][f] == "1")
     assert "modality: oct" in (out / "prep_config.yaml").read_text()
+
+
+def test_shards_then_merge_equal_one_run(phantom_ct, prepared_ct, tmp_path):
+    out = tmp_path / "sharded"
+    common = ["prep", "--images", str(phantom_ct / "images"), "--reports", str(phantom_ct / "reports.csv"), "--out", str(out), "--config", "demo_ct", "--workers", "1"]
+    assert cli(["prep", "--merge", "--out", str(out)]) == 2  # nothing to merge yet
+    assert cli(common + ["--shard", "0/3"]) == 0
+    assert cli(["prep", "--merge", "--out", str(out)]) == 2  # shards 1 and 2 missing
+    for i in (1, 2):
+        assert cli(common + ["--shard", f"{i}/3"]) == 0
+    assert cli(["prep", "--merge", "--out", str(out)]) == 0
+    merged = pq.read_table(out / "manifest.parquet").to_pylist()
+    single = pq.read_table(prepared_ct / "manifest.parquet").to_pylist()
+    assert [r["study_id"] for r in merged] == sorted(r["study_id"] for r in single)
+    by_id = {r["study_id"]: r for r in single}
+    for r in merged:
+        assert r == by_id[r["study_id"]]
+        assert np.array_equal(np.load(out / r["volume"]), np.load(prepared_ct / r["volume"]))

@@ -92,15 +92,31 @@ def default_prep_preset(images: Path) -> str:
     return "demo_ct"
 
 
+def _shard(value: str) -> tuple[int, int]:
+    try:
+        i, n = (int(v) for v in value.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value}: expected I/N, e.g. 0/8") from None
+    if not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"{value}: need 0 <= I < N")
+    return i, n
+
+
 def cmd_prep(a: argparse.Namespace) -> int:
     from medalign.config import load_config
-    from medalign.prep.build import prepare_dataset
+    from medalign.prep.build import merge_shards, prepare_dataset
     from medalign.prep.config import PrepConfig
     from medalign.prep.vocab import load_vocabulary
 
+    if a.merge:
+        rows, errors = merge_shards(a.out)
+        print(f"prep --merge: {rows} studies in {a.out / 'manifest.parquet'}, {errors} failed (errors.jsonl)")
+        return 3 if errors else 0
+    if a.images is None or a.reports is None:
+        raise MedalignError("prep: --images and --reports are required (except with --merge)")
     config = load_config(PrepConfig, a.config or default_prep_preset(a.images), "prep")
     vocab = load_vocabulary(a.vocab or config.vocab)
-    s = prepare_dataset(a.images, a.reports, a.out, vocab, config, workers=a.workers)
+    s = prepare_dataset(a.images, a.reports, a.out, vocab, config, workers=a.workers, shard=a.shard)
     reasons = "; ".join(f"{k}: {v}" for k, v in s.reasons.items())
     print(f"prep: {s.done} prepared, {s.skipped} already done, {s.failed} failed{' (' + reasons + ')' if reasons else ''} -> {s.out}")
     if s.failed:
@@ -224,9 +240,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_convert)
 
     s = sub.add_parser("prep", help="DICOM/NIfTI studies + reports -> dataset")
-    s.add_argument("--images", type=_existing_dir, required=True)
-    s.add_argument("--reports", type=_existing_file, required=True)
+    s.add_argument("--images", type=_existing_dir, help="one sub-folder (or NAME.nii[.gz]) per study")
+    s.add_argument("--reports", type=_existing_file, help="CSV or JSONL with study_id, report [, split]")
     s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--shard", type=_shard, default=None, metavar="I/N", help="prepare only shard I of N (cluster array jobs); then --merge")
+    s.add_argument("--merge", action="store_true", help="join the shards' manifests in --out into manifest.parquet")
     s.add_argument("--vocab", default=None, help="vocabulary YAML or preset (default: the prep preset's)")
     s.add_argument("--config", default=None, help="prep YAML or preset under configs/prep (default: demo_ct, demo_oct for OCT)")
     s.add_argument("--workers", type=int, default=None)

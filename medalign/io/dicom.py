@@ -21,7 +21,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from medalign.errors import InputError
+from medalign.errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +70,14 @@ class SeriesSelection:
     skip_image_types: list[str] = dataclasses.field(default_factory=lambda: ["LOCALIZER", "DERIVED", "SECONDARY"])
     skip_secondary_capture: bool = True
     min_slices: int = 8
-    #: relative deviation of slice steps from their median above which a series is refused
+    #: relative deviation of slice steps from their median above which spacing counts as uneven
     max_spacing_deviation: float = 0.2
+    #: uneven spacing (missing slices): refuse the series, or interpolate onto the regular grid
+    on_uneven_spacing: str = "reject"
+
+    def validate(self, where: str) -> None:
+        if self.on_uneven_spacing not in ("reject", "resample"):
+            raise ConfigError(f"{where}.on_uneven_spacing: '{self.on_uneven_spacing}' is not reject or resample")
 
 
 @dataclasses.dataclass
@@ -287,10 +293,13 @@ def volume_from_slices(slices: list[_Slice], policy: SeriesSelection | None = No
             dup = slices[int(np.argmin(steps)) + 1].source.name
             raise InputError(f"{dup}: two slices at one position ({positions[np.argmin(steps)]:.2f} mm)")
         median = float(np.median(steps))
+        note = ""
         if np.max(np.abs(steps - median)) > policy.max_spacing_deviation * median:
-            raise InputError(
-                f"uneven slice spacing (steps {steps.min():.2f}-{steps.max():.2f} mm, median {median:.2f}): missing slices?"
-            )
+            if policy.on_uneven_spacing != "resample":
+                raise InputError(
+                    f"uneven slice spacing (steps {steps.min():.2f}-{steps.max():.2f} mm, median {median:.2f}): missing slices?"
+                )
+            slices, note = _resample_to_regular_grid(slices, positions, median)
         step_vec = (slices[-1].ipp - slices[0].ipp) / (len(slices) - 1)
     else:
         step_vec = np.cross(first.iop[:3], first.iop[3:])
@@ -303,7 +312,29 @@ def volume_from_slices(slices: list[_Slice], policy: SeriesSelection | None = No
     array = np.stack([s.pixels.T for s in slices], axis=-1).astype(np.float32)
     if not np.isfinite(array).all():
         raise InputError("volume holds NaN or infinite values")
-    return Volume(array=array, affine=LPS_TO_RAS @ lps, info={"n_slices": len(slices)})
+    info = {"n_slices": len(slices)}
+    if len(slices) > 1 and note:
+        info["resampled"] = note
+    return Volume(array=array, affine=LPS_TO_RAS @ lps, info=info)
+
+
+def _resample_to_regular_grid(slices: list[_Slice], positions: np.ndarray, step: float) -> tuple[list[_Slice], str]:
+    """Linear interpolation along the normal onto positions ``p0 + j * step`` (fills missing slices)."""
+    n_new = int(round((positions[-1] - positions[0]) / step)) + 1
+    targets = positions[0] + step * np.arange(n_new)
+    out = []
+    for q in targets:
+        k = int(np.clip(np.searchsorted(positions, q) - 1, 0, len(slices) - 2))
+        w = float(np.clip((q - positions[k]) / (positions[k + 1] - positions[k]), 0.0, 1.0))
+        a, b = slices[k], slices[k + 1]
+        out.append(_Slice(
+            pixels=((1 - w) * a.pixels + w * b.pixels).astype(np.float32),
+            ipp=(1 - w) * a.ipp + w * b.ipp,
+            iop=a.iop,
+            spacing=a.spacing,
+            source=a.source if w < 0.5 else b.source,
+        ))
+    return out, f"uneven slice spacing: {len(slices)} slices resampled to {n_new} at {step:.2f} mm"
 
 
 def load_series(series: SeriesInfo, policy: SeriesSelection | None = None) -> Volume:
@@ -325,7 +356,10 @@ def load_dicom_study(folder: Path, policy: SeriesSelection | None = None) -> tup
     if not series:
         raise InputError(f"{folder}: no DICOM image files found")
     chosen, reason = select_series(series, policy)
-    return load_series(chosen, policy), reason
+    volume = load_series(chosen, policy)
+    if "resampled" in volume.info:
+        reason += f"; {volume.info['resampled']}"
+    return volume, reason
 
 
 def iter_dicom_files(folder: Path) -> Iterable[Path]:

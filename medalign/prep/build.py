@@ -162,12 +162,53 @@ def _labels_table(rows: list[dict], vocab: Vocabulary):
     return pa.table(columns)
 
 
-def write_manifest(rows: list[dict], vocab: Vocabulary, out: Path) -> None:
-    """Write ``manifest.parquet`` atomically."""
+def write_manifest(rows: list[dict], vocab: Vocabulary, out: Path, name: str = MANIFEST) -> None:
+    """Write ``manifest.parquet`` (or a shard's manifest) atomically."""
     import pyarrow.parquet as pq
 
     table = _labels_table(rows, vocab)
+    atomic_write(out / name, lambda tmp: pq.write_table(table, tmp))
+
+
+def shard_of(study_id: str, n: int) -> int:
+    """Which of ``n`` shards prepares ``study_id``: a hash, so every machine agrees without a shared listing."""
+    return int(hashlib.sha256(b"shard:" + study_id.encode("utf-8")).hexdigest()[:12], 16) % n
+
+
+def merge_shards(out: Path) -> tuple[int, int]:
+    """Join ``manifest.shard-*-of-N.parquet`` and ``errors.shard-*.jsonl`` into ``manifest.parquet`` and
+    ``errors.jsonl``; every shard of N must be present. Returns (rows, errors)."""
+    import re
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = Path(out)
+    found = {}
+    for p in out.glob("manifest.shard-*-of-*.parquet"):
+        m = re.fullmatch(r"manifest\.shard-(\d+)-of-(\d+)\.parquet", p.name)
+        if m:
+            found[(int(m.group(1)), int(m.group(2)))] = p
+    if not found:
+        raise InputError(f"{out}: no shard manifests (manifest.shard-I-of-N.parquet) to merge")
+    counts = {n for _, n in found}
+    if len(counts) != 1:
+        raise InputError(f"{out}: shard manifests from different shard counts {sorted(counts)}")
+    n = counts.pop()
+    missing = [i for i in range(n) if (i, n) not in found]
+    if missing:
+        raise InputError(f"{out}: shard {missing[0]} of {n} has not finished (no manifest.shard-{missing[0]}-of-{n}.parquet)")
+    table = pa.concat_tables([pq.read_table(found[(i, n)]) for i in range(n)])
+    table = table.sort_by("study_id")
     atomic_write(out / MANIFEST, lambda tmp: pq.write_table(table, tmp))
+    done = set(table.column("study_id").to_pylist())
+    errors = []
+    for i in range(n):
+        path = out / f"errors.shard-{i}-of-{n}.jsonl"
+        if path.is_file():
+            errors += [line for line in path.read_text(encoding="utf-8").splitlines() if line and json.loads(line)["study_id"] not in done]
+    atomic_write_text_lines(out / "errors.jsonl", errors)
+    return table.num_rows, len(errors)
 
 
 def prepare_dataset(
@@ -178,13 +219,23 @@ def prepare_dataset(
     config: PrepConfig,
     workers: int | None = None,
     progress: bool | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> PrepSummary:
-    """Prepare every study under ``images`` with its report into dataset folder ``out``."""
+    """Prepare every study under ``images`` with its report into dataset folder ``out``.
+
+    With ``shard=(i, n)`` only the studies whose id hashes to shard ``i`` of ``n`` are prepared and
+    the manifest, errors and log carry a ``.shard-i-of-n`` suffix; :func:`merge_shards` joins them.
+    """
     out = Path(out)
     studies = discover_studies(images)
+    suffix = ""
+    if shard is not None:
+        i, n = shard
+        studies = {sid: p for sid, p in studies.items() if shard_of(sid, n) == i}
+        suffix = f".shard-{i}-of-{n}"
     report_rows, problems = read_reports(reports)
     out.mkdir(parents=True, exist_ok=True)
-    logfile = out / "prep.log"
+    logfile = out / f"prep{suffix}.log"
     log_lines = [f"{time.strftime('%Y-%m-%d %H:%M:%S')} prep: {len(studies)} studies, {len(report_rows)} reports"]
     log_lines += [f"warning: {p}" for p in problems]
     errors: list[dict[str, str]] = []
@@ -197,7 +248,7 @@ def prepare_dataset(
             skipped += 1
         else:
             tasks.append((sid, str(path), to_dict(config), str(out)))
-    for sid in sorted(set(report_rows) - set(studies)):
+    for sid in sorted(set(report_rows) - set(discover_studies(images))):
         log_lines.append(f"warning: report for study {sid} has no images; ignored")
     workers = max(1, workers or config.workers)
     show = sys.stderr.isatty() if progress is None else progress
@@ -248,8 +299,8 @@ def prepare_dataset(
             "impression": sections["impression"],
             "labels": labeler.label(text),
         })
-    write_manifest(rows, vocab, out)
-    atomic_write_text_lines(out / "errors.jsonl", [json.dumps(e, ensure_ascii=False) for e in errors])
+    write_manifest(rows, vocab, out, f"manifest{suffix}.parquet")
+    atomic_write_text_lines(out / f"errors{suffix}.jsonl", [json.dumps(e, ensure_ascii=False) for e in errors])
     save_yaml(config, out / "prep_config.yaml")
     save_yaml(vocab, out / "vocab.yaml")
     reasons: dict[str, int] = {}
