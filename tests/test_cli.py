@@ -159,3 +159,47 @@ def test_study_to_report_retrieval_and_recall(trained_run, prepared_ct, phantom_
     assert got["recall@1"] == pytest.approx(np.mean(rank_of_pair < 1))
     assert got["recall@5"] == pytest.approx(np.mean(rank_of_pair < 5))
     assert got["chance@5"] == pytest.approx(5 / len(sims))
+
+
+def test_retrieval_eval_against_an_independent_loop(trained_run, prepared_ct, phantom_ct, tmp_path):
+    index = tmp_path / "index"
+    assert cli(["index", "--checkpoint", str(trained_run), "--data", str(prepared_ct), "--out", str(index)]) == 0
+    out = tmp_path / "ev"
+    assert cli(["retrieval-eval", "--index", str(index), "--data", str(prepared_ct), "--split", "all", "--labels", str(phantom_ct / "labels.csv"), "--out", str(out)]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert set(m["report_to_study"]) >= {"recall@1", "recall@5", "recall@10"} and "map@10" in m["study_to_study"]
+    meta = [json.loads(line) for line in (index / "meta.jsonl").read_text().splitlines()]
+    truth = {r["study_id"]: r for r in csv.DictReader(open(phantom_ct / "labels.csv"))}
+    findings = [c for c in next(iter(truth.values())) if c != "study_id"]
+    pos = [{f for f in findings if truth[x["study_id"]][f] == "1"} for x in meta]
+    emb = np.load(index / "study_embeddings.npy")
+    aps = []
+    for i in range(len(meta)):
+        def relevant(j):
+            return bool(pos[i] & pos[j]) or (not pos[i] and not pos[j])
+
+        others = sorted((j for j in range(len(meta)) if j != i), key=lambda j: -float(emb[i] @ emb[j]))
+        n_rel = sum(relevant(j) for j in others)
+        hits, total = 0, 0.0
+        for r, j in enumerate(others[:10], 1):
+            if relevant(j):
+                hits += 1
+                total += hits / r
+        aps.append(total / min(n_rel, 10) if n_rel else 0.0)
+    assert m["study_to_study"]["map@10"] == pytest.approx(np.mean(aps), abs=1e-6)
+    assert 0 < m["study_to_study"]["chance_map@10"] < 1
+    assert m["report_to_study"]["chance@5"] == pytest.approx(5 / 48)
+
+
+def test_demo_runs_every_stage_and_prints_the_summary(tmp_path):
+    out = tmp_path / "demo"
+    res = subprocess.run(MEDALIGN + ["demo", "--out", str(out), "--studies", "40", "--max-steps", "3"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "medalign demo (CT) finished" in res.stdout and "macro AUROC" in res.stdout
+    for path in ("zeroshot/metrics.json", "zeroshot/roc.png", "retrieve_study/montage.png", "retrieve_text/results.json",
+                 "retrieval_eval/metrics.json", "run/model/model.safetensors", "dataset/manifest.parquet"):
+        assert (out / path).is_file(), path
+    # a rerun into the same folder starts clean instead of mixing two phantom sets
+    res = subprocess.run(MEDALIGN + ["demo", "--out", str(out), "--studies", "30", "--max-steps", "2"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert len(list((out / "raw" / "images").iterdir())) == 30

@@ -26,8 +26,10 @@ def run_demo(out: Path, modality: str = "ct", studies: int | None = None, max_st
     """Run synth, prep, pretrain, zeroshot, index and retrieve under ``out``; print a summary."""
     out = Path(out)
     studies = studies or DEFAULT_STUDIES[modality]
-    raw, data, run, zs, index, ret_study, ret_text = (out / n for n in ("raw", "dataset", "run", "zeroshot", "index", "retrieve_study", "retrieve_text"))
-    for folder in (raw, data, run, zs, index, ret_study, ret_text):  # a rerun starts clean
+    raw, data, run, zs, index, ret_study, ret_text, ret_eval = (
+        out / n for n in ("raw", "dataset", "run", "zeroshot", "index", "retrieve_study", "retrieve_text", "retrieval_eval")
+    )
+    for folder in (raw, data, run, zs, index, ret_study, ret_text, ret_eval):  # a rerun starts clean
         shutil.rmtree(folder, ignore_errors=True)
     preset = f"demo_{modality}"
     timings: dict[str, float] = {}
@@ -46,18 +48,18 @@ def run_demo(out: Path, modality: str = "ct", studies: int | None = None, max_st
     _step("retrieve (study)", ["retrieve", "--index", str(index), "--study", str(query_study), "--k", "5", "--out", str(ret_study)], timings)
     query_text = "pleural effusion" if modality == "ct" else "subretinal fluid"
     _step("retrieve (text)", ["retrieve", "--index", str(index), "--text", query_text, "--k", "5", "--out", str(ret_text)], timings)
+    _step("retrieval-eval", ["retrieval-eval", "--index", str(index), "--data", str(data), "--labels", str(raw / "labels.csv"), "--split", "test", "--out", str(ret_eval)], timings)
     metrics = json.loads((zs / "metrics.json").read_text())
-    from medalign.tasks.retrieval_eval import text_to_study_recall
-
-    recall = text_to_study_recall(index, data, modality)
+    reval = json.loads((ret_eval / "metrics.json").read_text())
+    recall, s2s = reval["report_to_study"], reval["study_to_study"]
     rows = [
         ("phantom DICOM + reports", raw, f"{studies} studies"),
         ("dataset (manifest.parquet)", data, f"{timings['prep']:.0f} s"),
         ("exported model", run / "model", f"{timings['pretrain']:.0f} s"),
         ("zero-shot metrics + ROC", zs / "metrics.json", f"macro AUROC {metrics['macro_auroc']:.3f}"),
-        ("retrieval index", index, ""),
+        ("retrieval index + metrics", ret_eval / "metrics.json", f"study->study mAP@10 {s2s['map@10']:.2f} (chance {s2s['chance_map@10']:.2f})"),
         ("similar cases (study)", ret_study / "montage.png", ""),
-        ("similar cases (text)", ret_text / "montage.png", f"text->study R@5 {recall['recall@5']:.2f} (chance {recall['chance@5']:.2f})"),
+        ("similar cases (text)", ret_text / "montage.png", f"report->study R@5 {recall['recall@5']:.2f} (chance {recall['chance@5']:.2f})"),
     ]
     width = max(len(r[0]) for r in rows)
     print(f"\n== medalign demo ({modality.upper()}) finished in {time.time() - t0:.0f} s")

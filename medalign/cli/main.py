@@ -216,6 +216,17 @@ def cmd_retrieve(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_retrieval_eval(a: argparse.Namespace) -> int:
+    from medalign.tasks.retrieval_eval import evaluate_retrieval
+
+    m = evaluate_retrieval(a.index, a.data, a.out, a.split, a.labels)
+    r, s2s = m["report_to_study"], m["study_to_study"]
+    print(f"retrieval-eval ({m['n_studies']} {a.split} studies): report->study R@5 {r['recall@5']:.3f} (chance {r['chance@5']:.3f}), "
+          f"study->report R@5 {m['study_to_report']['recall@5']:.3f}, study->study mAP@10 {s2s['map@10']:.3f} "
+          f"(chance {s2s['chance_map@10']:.3f}) -> {a.out / 'metrics.json'}")
+    return 0
+
+
 def cmd_demo(a: argparse.Namespace) -> int:
     from medalign.cli.demo import run_demo
 
@@ -296,6 +307,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--device", default="auto")
     s.set_defaults(func=cmd_retrieve)
+
+    s = sub.add_parser("retrieval-eval", help="Recall@K (report<->study) and study->study mAP@10 on a split")
+    s.add_argument("--index", type=_existing_dir, required=True)
+    s.add_argument("--data", type=_existing_dir, required=True)
+    s.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
+    s.add_argument("--labels", type=_existing_file, default=None, help="ground truth CSV (default: labels parsed from reports)")
+    s.add_argument("--out", type=Path, required=True)
+    s.set_defaults(func=cmd_retrieval_eval)
 
     s = sub.add_parser("demo", help="synth -> prep -> pretrain -> zeroshot -> index -> retrieve on phantom data")
     s.add_argument("--out", type=Path, default=Path("demo_out"))

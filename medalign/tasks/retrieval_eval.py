@@ -1,4 +1,10 @@
-"""Retrieval metrics on an index: report -> study Recall@K where a report's own study is the match."""
+"""Retrieval metrics on an index.
+
+- report -> study and study -> report Recall@K: a report's own study is the one match (CT-CLIP);
+- study -> study mAP@10: a hit is relevant when it shares at least one of the query's positive
+  findings (a query without findings: when the hit has none either); the query is left out.
+Chance levels: K / N for recall; for mAP@10 the mean over 50 random rankings of the same sets.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from medalign.errors import InputError
+from medalign.io.atomic import atomic_write_json
 from medalign.tasks.retrieval import StudyIndex, top_k
 
 
@@ -21,8 +29,80 @@ def recall_at_k(query: np.ndarray, keys: np.ndarray, ks: tuple[int, ...] = (1, 5
     return out
 
 
+def relevance_matrix(positive: np.ndarray) -> np.ndarray:
+    """``(N, N)`` bool: j is relevant to i when they share a positive finding, or both have none."""
+    pos = positive.astype(bool)
+    shared = (pos.astype(np.int32) @ pos.T.astype(np.int32)) > 0
+    normal = ~pos.any(axis=1)
+    rel = shared | (normal[:, None] & normal[None, :])
+    np.fill_diagonal(rel, False)
+    return rel
+
+
+def average_precision_at_k(ranked_relevance: np.ndarray, n_relevant: int, k: int = 10) -> float:
+    """AP@k = (1 / min(R, k)) Σ_{r ≤ k} P@r · rel_r for one ranking (0 when nothing is relevant)."""
+    rel = ranked_relevance[:k].astype(float)
+    if n_relevant == 0:
+        return 0.0
+    precision = np.cumsum(rel) / (np.arange(len(rel)) + 1)
+    return float((precision * rel).sum() / min(n_relevant, k))
+
+
+def map_at_k(emb: np.ndarray, relevant: np.ndarray, k: int = 10, seed: int = 0) -> tuple[float, float]:
+    """Study -> study mAP@k over all queries (self excluded) and its chance level."""
+    n = len(emb)
+    sims = emb @ emb.T
+    np.fill_diagonal(sims, -np.inf)
+    order = np.argsort(-sims, axis=1, kind="stable")[:, : n - 1]
+    aps = [average_precision_at_k(relevant[i, order[i]], int(relevant[i].sum()), k) for i in range(n)]
+    rng = np.random.default_rng(seed)
+    chance = []
+    for _ in range(50):
+        for i in range(n):
+            others = np.delete(np.arange(n), i)
+            chance.append(average_precision_at_k(relevant[i, rng.permutation(others)], int(relevant[i].sum()), k))
+    return float(np.mean(aps)), float(np.mean(chance))
+
+
 def text_to_study_recall(index: Path, dataset: Path | None = None, modality: str | None = None, split: str = "test") -> dict[str, float]:
     """Report -> study Recall@1/5/10 on the ``split`` rows of ``index`` (chance levels beside)."""
     idx = StudyIndex(index)
     rows = [i for i, m in enumerate(idx.meta) if m.get("split") == split] or list(range(len(idx.meta)))
     return recall_at_k(idx.reports[rows], idx.studies[rows])
+
+
+def evaluate_retrieval(index: Path, dataset: Path, out: Path, split: str = "test", labels: Path | None = None) -> dict:
+    """Write ``out/metrics.json`` with report->study, study->report Recall@1/5/10 and study->study mAP@10."""
+    from medalign.data.manifest import read_manifest
+    from medalign.tasks.zeroshot import read_label_csv
+
+    idx = StudyIndex(index)
+    manifest = read_manifest(dataset)
+    rows = [i for i, m in enumerate(idx.meta) if split == "all" or m.get("split") == split]
+    if len(rows) < 2:
+        raise InputError(f"{index}: fewer than 2 indexed studies in split '{split}' (index the whole dataset)")
+    ids = [idx.meta[i]["study_id"] for i in rows]
+    if labels is not None:
+        y = read_label_csv(labels, ids, manifest.findings)
+    else:
+        pos = {sid: k for k, sid in enumerate(manifest.columns["study_id"])}
+        missing = [sid for sid in ids if sid not in pos]
+        if missing:
+            raise InputError(f"{dataset}: study {missing[0]} of the index is not in this dataset")
+        y = manifest.labels()[[pos[sid] for sid in ids]]
+    positive = np.nan_to_num(y, nan=0.0) == 1
+    studies, reports = idx.studies[rows], idx.reports[rows]
+    r2s, s2r = recall_at_k(reports, studies), recall_at_k(studies, reports)
+    m, chance = map_at_k(studies, relevance_matrix(positive), 10)
+    metrics = {
+        "split": split,
+        "n_studies": len(rows),
+        "report_to_study": r2s,  # recall@K with chance@K beside
+        "study_to_report": s2r,
+        "study_to_study": {"map@10": m, "chance_map@10": chance},
+        "relevance": "study->study: shares a positive finding with the query (both normal counts)",
+    }
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "metrics.json", metrics)
+    return metrics
