@@ -189,3 +189,18 @@ def test_missing_slice_resampled_by_policy(phantom_ct, tmp_path):
     np.testing.assert_array_equal(vol.array[:, :, kept], full.array[:, :, kept])  # real slices untouched
     expected = 0.5 * (full.array[:, :, gap - 1] + full.array[:, :, gap + 1])
     np.testing.assert_allclose(vol.array[:, :, gap], expected, atol=1e-3)  # the gap is the neighbours' mean
+
+
+def test_enhanced_ct_multiframe_matches_dcm2niix(tmp_path):
+    """pydicom-data's real Enhanced CT object: geometry from the per-frame functional groups."""
+    src = Path(get_testdata_file("eCT_Supplemental.dcm", download=False))
+    assert pydicom.dcmread(src, stop_before_pixels=True).SOPClassUID == "1.2.840.10008.5.1.4.1.1.2.1"
+    folder = tmp_path / "ect"
+    folder.mkdir()
+    shutil.copy(src, folder / "x")
+    with pytest.raises(InputError, match="image type DERIVED"):  # the default policy skips derived images
+        load_dicom_study(folder, SeriesSelection(min_slices=2))
+    vol, reason = load_dicom_study(folder, SeriesSelection(min_slices=2, skip_image_types=["LOCALIZER"]))
+    assert vol.array.shape == (512, 512, 2) and vol.spacing[2] == pytest.approx(10.0)
+    assert vol.array.min() == -1024  # rescale from the functional groups to HU
+    assert_matches_dcm2niix(vol, folder, tmp_path)
