@@ -157,13 +157,21 @@ def _pretrain_config(a: argparse.Namespace):
     from medalign.train.config import PretrainConfig
 
     name = a.config
-    if name is None:
+    if a.resume is not None:
+        if name is not None:
+            raise MedalignError("pretrain: --resume continues with the run's own config.yaml; drop --config")
+        name = str(a.resume / "config.yaml")
+        if not Path(name).is_file():
+            raise MedalignError(f"{a.resume}: not a run folder (no config.yaml)")
+    elif name is None:
         prep_cfg = Path(a.data) / "prep_config.yaml"
         modality = read_yaml(prep_cfg).get("modality", "ct") if prep_cfg.is_file() else "ct"
         name = f"demo_{modality}"
     overrides = list(a.overrides)
     if a.max_steps is not None:
         overrides.append(f"trainer.max_steps={a.max_steps}")
+    if a.checkpoint_every is not None:
+        overrides.append(f"trainer.checkpoint_every={a.checkpoint_every}")
     if a.device is not None:
         overrides.append(f"trainer.accelerator={'gpu' if a.device.startswith('cuda') else a.device}")
     return load_config(PretrainConfig, name, "pretrain", overrides)
@@ -180,7 +188,10 @@ def cmd_pretrain(a: argparse.Namespace) -> int:
         return 0
     from medalign.train.pretrain import pretrain
 
-    export = pretrain(a.data, a.out, config, progress=sys.stderr.isatty())
+    if (a.out is None) == (a.resume is None):
+        raise MedalignError("pretrain: give --out RUN for a new run or --resume RUN to continue one")
+    run = a.resume if a.resume is not None else a.out
+    export = pretrain(a.data, run, config, progress=sys.stderr.isatty(), resume=a.resume is not None)
     print(f"pretrain: model exported to {export}")
     return 0
 
@@ -269,7 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("pretrain", help="contrastive pretraining (Lightning)")
     s.add_argument("--data", type=_existing_dir, required=True)
-    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--out", type=Path, default=None, help="new run folder")
+    s.add_argument("--resume", type=_existing_dir, default=None, metavar="RUN", help="continue RUN from checkpoints/last.ckpt")
+    s.add_argument("--checkpoint-every", type=int, default=None, metavar="K", help="keep checkpoints/last.ckpt current every K steps")
     s.add_argument("--config", default=None, help="pretrain YAML or preset (default: demo_<modality of the dataset>)")
     s.add_argument("--max-steps", type=int, default=None)
     s.add_argument("--device", default=None, help="cpu, gpu/cuda or auto (default: the config's trainer.accelerator)")

@@ -58,6 +58,8 @@ class TrainerConfig:
     seed: int = 0
     deterministic: bool = False
     threads: int | None = None
+    #: keep checkpoints/last.ckpt current every K optimizer steps (None: at the end of each epoch)
+    checkpoint_every: int | None = None
 
 
 @dataclasses.dataclass

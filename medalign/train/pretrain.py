@@ -30,10 +30,22 @@ log = logging.getLogger(__name__)
 EXPORT = "model"
 
 
-def pretrain(dataset: Path, run: Path, config: PretrainConfig, progress: bool = True) -> Path:
-    """Train on the ``train`` split of ``dataset``; returns the exported model folder ``RUN/model``."""
+def pretrain(
+    dataset: Path,
+    run: Path,
+    config: PretrainConfig,
+    progress: bool = True,
+    resume: bool = False,
+) -> Path:
+    """Train on the ``train`` split of ``dataset``; returns the exported model folder ``RUN/model``.
+
+    ``trainer.checkpoint_every`` K keeps ``RUN/checkpoints/last.ckpt`` current every K steps; ``resume``
+    continues from it (weights, optimiser, scheduler, step) up to ``trainer.max_steps``.
+    """
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from medalign.train.checkpointing import AtomicCheckpointIO
     from lightning.pytorch.loggers import CSVLogger
 
     # Lightning sets its own INFO level on import; keep device banners and tips out of the output
@@ -48,6 +60,9 @@ def pretrain(dataset: Path, run: Path, config: PretrainConfig, progress: bool = 
         log.warning("only %d training studies: batch size %d -> %d", len(train), config.data.batch_size, len(train))
         print(f"note: only {len(train)} training studies; batch size lowered from {config.data.batch_size} to {len(train)}", file=sys.stderr)
         config.data.batch_size = len(train)
+    last = run / "checkpoints" / "last.ckpt"
+    if resume and not last.is_file():
+        raise InputError(f"{run}: nothing to resume (no checkpoints/last.ckpt)")
     run.mkdir(parents=True, exist_ok=True)
     save_yaml(config, run / "config.yaml")
     t = config.trainer
@@ -79,14 +94,16 @@ def pretrain(dataset: Path, run: Path, config: PretrainConfig, progress: bool = 
         log_every_n_steps=t.log_every_n_steps,
         deterministic=t.deterministic,
         logger=CSVLogger(str(run), name="logs", version=""),
-        callbacks=[ModelCheckpoint(dirpath=str(run / "checkpoints"), save_last=True, save_top_k=0, save_weights_only=False)],
+        callbacks=[ModelCheckpoint(dirpath=str(run / "checkpoints"), save_last=True, save_top_k=0,
+                                   every_n_train_steps=t.checkpoint_every, enable_version_counter=False)],
+        plugins=[AtomicCheckpointIO()],
         enable_progress_bar=progress,
         enable_model_summary=False,
     )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
-        trainer.fit(module, loader)
+        trainer.fit(module, loader, ckpt_path=str(last) if resume else None)
     export = run / EXPORT
     if trainer.is_global_zero:
         export_model(model.cpu(), dataset, export)

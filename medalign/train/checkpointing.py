@@ -1,0 +1,23 @@
+"""Checkpoints that survive being killed: written to a temporary file, then renamed into place."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """``last.ckpt`` is always a whole checkpoint: the old one or the new one, never half."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp")
+        super().save_checkpoint(checkpoint, tmp, storage_options)
+        os.replace(tmp, path)
+
+    def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = None) -> dict[str, Any]:
+        # checkpoints hold tensors and plain containers only: never unpickle arbitrary objects
+        return super().load_checkpoint(path, map_location=map_location, weights_only=True)
