@@ -47,8 +47,57 @@ def read_label_csv(path: Path, study_ids: list[str], findings: list[str]) -> np.
     return out
 
 
-def evaluate(scores: np.ndarray, truth: np.ndarray, findings: list[str]) -> dict:
-    """Per-finding AUROC / average precision and their macro means over findings with both classes.
+def youden_threshold(y: np.ndarray, s: np.ndarray) -> float:
+    """The score threshold maximising sensitivity + specificity − 1 (Youden's J) on ``(y, s)``."""
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, thresholds = roc_curve(y, s)
+    best = int(np.argmax(tpr - fpr))
+    return float(min(thresholds[best], 1.0))
+
+
+def threshold_metrics(y: np.ndarray, s: np.ndarray, threshold: float) -> dict[str, float]:
+    """Sensitivity, specificity, precision and F1 when ``s >= threshold`` is called positive."""
+    pred = s >= threshold
+    tp, fp = int(np.sum(pred & (y == 1))), int(np.sum(pred & (y == 0)))
+    fn, tn = int(np.sum(~pred & (y == 1))), int(np.sum(~pred & (y == 0)))
+    sens = tp / (tp + fn) if tp + fn else math.nan
+    spec = tn / (tn + fp) if tn + fp else math.nan
+    prec = tp / (tp + fp) if tp + fp else 0.0
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
+    return {"threshold": float(threshold), "sensitivity": sens, "specificity": spec, "precision": prec, "f1": f1}
+
+
+def bootstrap_auroc_ci(y: np.ndarray, s: np.ndarray, n: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile bootstrap interval of the AUROC, resampling studies (one-class resamples skipped)."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(n):
+        i = rng.integers(0, len(y), len(y))
+        if 0 < y[i].sum() < len(i):
+            values.append(roc_auc_score(y[i], s[i]))
+    if not values:
+        return math.nan, math.nan
+    lo, hi = np.percentile(values, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def _binary(truth_col: np.ndarray, score_col: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    keep = np.isfinite(truth_col) & (truth_col >= 0)
+    return (truth_col[keep] > 0.5).astype(int), score_col[keep]
+
+
+def evaluate(
+    scores: np.ndarray,
+    truth: np.ndarray,
+    findings: list[str],
+    thresholds: dict[str, float] | None = None,
+    n_bootstrap: int = 1000,
+) -> dict:
+    """Per-finding AUROC (with bootstrap 95% CI), average precision, and, at the given (Youden)
+    thresholds, sensitivity/specificity/precision/F1; macro means over findings with both classes.
 
     ``truth``: 1 positive, 0 negative, NaN or -1 (uncertain) excluded for that finding.
     """
@@ -56,23 +105,31 @@ def evaluate(scores: np.ndarray, truth: np.ndarray, findings: list[str]) -> dict
 
     per = {}
     for k, name in enumerate(findings):
-        y = truth[:, k]
-        keep = np.isfinite(y) & (y >= 0)
-        yk, sk = (y[keep] > 0.5).astype(int), scores[keep, k]
+        yk, sk = _binary(truth[:, k], scores[:, k])
         n_pos = int(yk.sum())
-        entry = {"n": int(keep.sum()), "n_positive": n_pos}
+        entry = {"n": int(len(yk)), "n_positive": n_pos}
         if 0 < n_pos < len(yk):
             entry["auroc"] = float(roc_auc_score(yk, sk))
+            entry["auroc_ci95"] = list(bootstrap_auroc_ci(yk, sk, n_bootstrap, seed=k))
             entry["average_precision"] = float(average_precision_score(yk, sk))
+            thr = (thresholds or {}).get(name)
+            entry.update(threshold_metrics(yk, sk, youden_threshold(yk, sk) if thr is None else thr))
         else:
             entry["auroc"] = None
         per[name] = entry
-    aurocs = [v["auroc"] for v in per.values() if v["auroc"] is not None]
-    aps = [v["average_precision"] for v in per.values() if v.get("average_precision") is not None]
+    evaluated = [v for v in per.values() if v["auroc"] is not None]
+
+    def macro(key: str) -> float:
+        vals = [v[key] for v in evaluated if v.get(key) is not None and not math.isnan(v[key])]
+        return float(np.mean(vals)) if vals else math.nan
+
     return {
-        "macro_auroc": float(np.mean(aurocs)) if aurocs else math.nan,
-        "macro_average_precision": float(np.mean(aps)) if aps else math.nan,
-        "n_findings_evaluated": len(aurocs),
+        "macro_auroc": macro("auroc"),
+        "macro_average_precision": macro("average_precision"),
+        "macro_sensitivity": macro("sensitivity"),
+        "macro_specificity": macro("specificity"),
+        "macro_f1": macro("f1"),
+        "n_findings_evaluated": len(evaluated),
         "per_finding": per,
     }
 

@@ -13,7 +13,16 @@ from medalign.prep.vocab import Vocabulary, load_vocabulary
 from medalign.tasks.embed import embed_studies
 from medalign.tasks.model_io import load_model
 from medalign.tasks.raw_study import prepare_raw_study
-from medalign.tasks.zeroshot import evaluate, finding_probabilities, plot_roc, read_label_csv, write_metrics, write_scores_csv
+from medalign.tasks.zeroshot import (
+    _binary,
+    evaluate,
+    finding_probabilities,
+    plot_roc,
+    read_label_csv,
+    write_metrics,
+    write_scores_csv,
+    youden_threshold,
+)
 
 
 def _vocabulary(vocab: str | None, model_dir: Path, dataset: Path | None) -> Vocabulary:
@@ -28,32 +37,52 @@ def _vocabulary(vocab: str | None, model_dir: Path, dataset: Path | None) -> Voc
 def zeroshot_dataset(checkpoint: Path, dataset: Path, out: Path, vocab: str | None = None, labels: Path | None = None, split: str = "test", device: str = "auto") -> dict:
     """Score every finding on ``split`` of ``dataset``; write metrics.json, roc.png, scores.csv under ``out``."""
     model, model_dir = load_model(checkpoint, device)
-    manifest = read_manifest(dataset).subset(None if split == "all" else split)
+    full_manifest = read_manifest(dataset)
+    manifest = full_manifest.subset(None if split == "all" else split)
     if len(manifest) == 0:
         raise InputError(f"{dataset}: no studies in split '{split}'")
     voc = _vocabulary(vocab, model_dir, dataset)
     ids = manifest.columns["study_id"]
-    if labels is not None:
-        truth = read_label_csv(labels, ids, voc.names)
-        source = str(labels)
-    else:
-        parsed = {name: k for k, name in enumerate(manifest.findings)}
-        truth = np.full((len(manifest), len(voc.names)), np.nan, np.float32)
-        full = manifest.labels()
-        for k, name in enumerate(voc.names):
-            if name in parsed:
-                col = full[:, parsed[name]]
-                truth[:, k] = np.where(np.isnan(col), 0.0, col)  # not mentioned counts as absent
-        source = "labels parsed from reports"
+    truth = _ground_truth(manifest, voc, labels)
     scores = finding_probabilities(model, embed_studies(model, manifest), voc)
-    metrics = evaluate(scores, truth, voc.names)
-    metrics.update({"split": split, "n_studies": len(manifest), "ground_truth": source, "score": "softmax over (positive, negative) prompt"})
+    # operating points (Youden's J) are chosen on the validation split, never on the split evaluated
+    val = full_manifest.subset("val")
+    thresholds, threshold_source = None, f"youden on the evaluated split '{split}' (no separate validation split)"
+    if split != "val" and len(val) > 0:
+        val_scores = finding_probabilities(model, embed_studies(model, val), voc)
+        val_truth = _ground_truth(val, voc, labels)
+        thresholds = {}
+        for k, name in enumerate(voc.names):
+            y, s = _binary(val_truth[:, k], val_scores[:, k])
+            if 0 < y.sum() < len(y):
+                thresholds[name] = youden_threshold(y, s)
+        threshold_source = "youden on the validation split"
+    metrics = evaluate(scores, truth, voc.names, thresholds)
+    metrics.update({
+        "split": split, "n_studies": len(manifest), "ground_truth": str(labels) if labels else "labels parsed from reports",
+        "score": "softmax over (positive, negative) prompt", "threshold_source": threshold_source,
+    })
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_metrics(out / "metrics.json", metrics)
     plot_roc(scores, truth, voc.names, metrics, out / "roc.png")
     write_scores_csv(out / "scores.csv", ids, scores, voc.names)
     return metrics
+
+
+def _ground_truth(manifest, voc: Vocabulary, labels: Path | None) -> np.ndarray:
+    """``(N, K)`` truth in vocabulary order: the labels CSV, else parsed labels (not mentioned = absent)."""
+    ids = manifest.columns["study_id"]
+    if labels is not None:
+        return read_label_csv(labels, ids, voc.names)
+    parsed = {name: k for k, name in enumerate(manifest.findings)}
+    truth = np.full((len(manifest), len(voc.names)), np.nan, np.float32)
+    full = manifest.labels()
+    for k, name in enumerate(voc.names):
+        if name in parsed:
+            col = full[:, parsed[name]]
+            truth[:, k] = np.where(np.isnan(col), 0.0, col)
+    return truth
 
 
 @torch.no_grad()

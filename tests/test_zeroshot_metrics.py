@@ -1,0 +1,53 @@
+"""Zero-shot metrics against scikit-learn and brute force, on generated scores with known structure."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import confusion_matrix, f1_score, roc_auc_score
+
+from medalign.tasks.zeroshot import bootstrap_auroc_ci, evaluate, threshold_metrics, youden_threshold
+
+
+def _data(n=200, seed=0):
+    rng = np.random.default_rng(seed)
+    y = (rng.random(n) < 0.4).astype(int)
+    s = np.clip(0.5 + 0.25 * (2 * y - 1) + rng.normal(0, 0.2, n), 0, 1)
+    return y, s
+
+
+def test_threshold_metrics_match_sklearn():
+    y, s = _data()
+    for thr in (0.3, 0.5, 0.62):
+        m = threshold_metrics(y, s, thr)
+        tn, fp, fn, tp = confusion_matrix(y, (s >= thr).astype(int)).ravel()
+        assert m["sensitivity"] == pytest.approx(tp / (tp + fn))
+        assert m["specificity"] == pytest.approx(tn / (tn + fp))
+        assert m["f1"] == pytest.approx(f1_score(y, (s >= thr).astype(int)))
+
+
+def test_youden_threshold_is_the_brute_force_optimum():
+    y, s = _data(seed=1)
+    best = max(np.unique(s), key=lambda t: threshold_metrics(y, s, t)["sensitivity"] + threshold_metrics(y, s, t)["specificity"])
+    j = lambda t: threshold_metrics(y, s, t)["sensitivity"] + threshold_metrics(y, s, t)["specificity"]  # noqa: E731
+    assert j(youden_threshold(y, s)) == pytest.approx(j(best))
+
+
+def test_bootstrap_interval_brackets_the_auroc():
+    y, s = _data(seed=2)
+    lo, hi = bootstrap_auroc_ci(y, s, n=300)
+    assert 0 <= lo <= roc_auc_score(y, s) <= hi <= 1
+    assert hi - lo < 0.2
+
+
+def test_evaluate_skips_one_class_and_uncertain():
+    y, s = _data(n=50, seed=3)
+    truth = np.stack([y, np.zeros(50), np.where(np.arange(50) < 10, -1, y)], axis=1).astype(float)
+    scores = np.stack([s, s, s], axis=1)
+    m = evaluate(scores, truth, ["a", "b", "c"], n_bootstrap=50)
+    assert m["per_finding"]["b"]["auroc"] is None
+    assert m["per_finding"]["c"]["n"] == 40  # uncertain rows left out
+    assert m["per_finding"]["a"]["auroc"] == pytest.approx(roc_auc_score(y, s))
+    assert m["per_finding"]["c"]["auroc"] == pytest.approx(roc_auc_score(y[10:], s[10:]))
+    assert m["n_findings_evaluated"] == 2
+    assert m["macro_auroc"] == pytest.approx(np.mean([m["per_finding"][k]["auroc"] for k in ("a", "c")]))
