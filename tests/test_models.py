@@ -56,3 +56,31 @@ def test_text_model_must_be_local():
 
     with pytest.raises(ConfigError, match="never downloads"):
         resolve_text_model("microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract")
+
+
+def test_prompt_ensemble_is_the_mean_of_its_prompts(tmp_path):
+    import numpy as np
+
+    from medalign.prep.vocab import load_vocabulary
+    from medalign.tasks.zeroshot import finding_probabilities
+
+    cfg = ModelConfig(embed_dim=16, image=ImageModelConfig("resnet10_3d", {"widen_factor": 0.25}))
+    torch.manual_seed(1)
+    model = DualEncoder(cfg).eval()
+    p = tmp_path / "v.yaml"
+    p.write_text(
+        "findings:\n"
+        "  - name: effusion\n    prompts: {positive: [Pleural effusion., There is pleural fluid.], negative: No pleural effusion.}\n"
+        "  - name: single\n    prompts: {positive: Pleural effusion., negative: No pleural effusion.}\n"
+    )
+    vocab = load_vocabulary(p)
+    emb = torch.nn.functional.normalize(torch.randn(3, 16), dim=1).numpy()
+    probs = finding_probabilities(model, emb, vocab)
+    with torch.no_grad():
+        t = model.encode_text(["Pleural effusion.", "There is pleural fluid.", "No pleural effusion."])
+        pos = torch.nn.functional.normalize(t[:2].mean(0), dim=0)
+        s = model.scale()
+        ref = torch.softmax(torch.stack([s * torch.from_numpy(emb) @ pos, s * torch.from_numpy(emb) @ t[2]], -1), -1)[:, 0]
+        single = torch.softmax(torch.stack([s * torch.from_numpy(emb) @ t[0], s * torch.from_numpy(emb) @ t[2]], -1), -1)[:, 0]
+    np.testing.assert_allclose(probs[:, 0], ref.numpy(), atol=1e-5)
+    np.testing.assert_allclose(probs[:, 1], single.numpy(), atol=1e-5)

@@ -12,10 +12,27 @@ from medalign.errors import ConfigError
 
 @dataclasses.dataclass
 class PromptPair:
-    """Zero-shot prompts stating a finding's presence and its absence."""
+    """Zero-shot prompts stating a finding's presence and its absence; a list is a prompt
+    ensemble whose text embeddings are averaged."""
 
-    positive: str
-    negative: str
+    positive: str | list[str]
+    negative: str | list[str]
+
+    def validate(self, where: str) -> None:
+        for side in ("positive", "negative"):
+            value = getattr(self, side)
+            if not value or (isinstance(value, list) and not all(isinstance(v, str) and v.strip() for v in value)):
+                raise ConfigError(f"{where}.{side}: needs a non-empty prompt or list of prompts")
+
+    @property
+    def positives(self) -> list[str]:
+        """The positive prompts as a list."""
+        return [self.positive] if isinstance(self.positive, str) else list(self.positive)
+
+    @property
+    def negatives(self) -> list[str]:
+        """The negative prompts as a list."""
+        return [self.negative] if isinstance(self.negative, str) else list(self.negative)
 
 
 @dataclasses.dataclass
