@@ -10,11 +10,22 @@ from medalign.models import DualEncoder, ModelConfig, create_image_encoder
 from medalign.models.config import ImageModelConfig
 
 
-@pytest.mark.parametrize("name, options", [("resnet10_3d", {"widen_factor": 0.25}), ("densenet121_3d", {})])
-def test_image_encoder_shapes(name, options):
+@pytest.mark.parametrize(
+    "name, options, size",
+    [
+        ("resnet10_3d", {"widen_factor": 0.25}, 32),
+        ("resnet10_3d", {"widen_factor": 0.25, "pooling": "avgmax"}, 32),
+        ("densenet121_3d", {}, 32),
+        ("swin_3d", {"feature_size": 12}, 64),
+        ("vit_3d", {"img_size": [32, 32, 32], "hidden_size": 48, "num_layers": 1, "num_heads": 2, "mlp_dim": 64}, 32),
+    ],
+)
+def test_image_encoder_shapes(name, options, size):
     enc = create_image_encoder(name, 32, **options)
-    out = enc(torch.randn(2, 1, 32, 32, 32))
+    out = enc(torch.randn(2, 1, size, size, size))
     assert out.shape == (2, 32)
+    out.sum().backward()
+    assert all(p.grad is not None for p in enc.proj.parameters())
 
 
 def test_unknown_encoder_and_option():

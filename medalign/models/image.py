@@ -71,6 +71,28 @@ def _densenet121(dropout_prob: float = 0.0) -> tuple[nn.Module, int]:
     return net, 1024
 
 
+class _SwinPooled(nn.Module):
+    """The Swin transformer of MONAI's SwinUNETR (no decoder), its deepest stage average-pooled."""
+
+    def __init__(self, swin: nn.Module) -> None:
+        super().__init__()
+        self.swin = swin
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if any(s % 32 for s in x.shape[2:]):
+            raise ValueError(f"swin_3d needs each spatial size to be a multiple of 32, got {tuple(x.shape[2:])}")
+        return self.swin(x, normalize=True)[-1].mean(dim=(2, 3, 4))
+
+
+@register_image_encoder("swin_3d")
+def _swin(feature_size: int = 24, depths: list[int] = (2, 2, 2, 2), num_heads: list[int] = (3, 6, 12, 24), use_checkpoint: bool = False) -> tuple[nn.Module, int]:
+    from monai.networks.nets import SwinUNETR
+
+    net = SwinUNETR(in_channels=1, out_channels=1, feature_size=feature_size, depths=tuple(depths), num_heads=tuple(num_heads),
+                    spatial_dims=3, use_checkpoint=use_checkpoint)
+    return _SwinPooled(net.swinViT), 16 * feature_size
+
+
 class _ViTPooled(nn.Module):
     def __init__(self, vit: nn.Module) -> None:
         super().__init__()
