@@ -95,3 +95,29 @@ def test_prompt_ensemble_is_the_mean_of_its_prompts(tmp_path):
         single = torch.softmax(torch.stack([s * torch.from_numpy(emb) @ t[0], s * torch.from_numpy(emb) @ t[2]], -1), -1)[:, 0]
     np.testing.assert_allclose(probs[:, 0], ref.numpy(), atol=1e-5)
     np.testing.assert_allclose(probs[:, 1], single.numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("loss", ["cwcl", "soft_labels"])
+def test_training_step_with_a_frozen_text_tower(loss):
+    import warnings
+
+    from medalign.train.config import LossConfig, PretrainConfig
+    from medalign.train.module import PretrainModule
+
+    cfg = ModelConfig(embed_dim=8, image=ImageModelConfig("resnet10_3d", {"widen_factor": 0.25}))
+    cfg.text.trainable_layers = 0
+    torch.manual_seed(0)
+    model = DualEncoder(cfg)
+    module = PretrainModule(model, PretrainConfig(model=cfg, loss=LossConfig(name=loss, mix=0.5)))
+    texts = ["No pleural effusion.", "Cardiomegaly.", "Large right pleural effusion.", "Emphysema."]
+    batch = {"image": torch.rand(4, 1, 24, 24, 16), "tokens": model.text.tokenize(texts),
+             "labels": torch.tensor([[0, 0], [0, 1], [1, 0], [0, 0]], dtype=torch.float32)}
+    calls = []
+    model.text.model.register_forward_hook(lambda *a: calls.append(1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # self.log outside a Trainer
+        loss_value = module.training_step(batch, 0)
+    loss_value.backward()
+    assert torch.isfinite(loss_value) and len(calls) == 1  # one text-tower pass per step
+    assert all(p.grad is None for p in model.text.model.parameters())
+    assert model.image.proj.weight.grad.abs().sum() > 0 and model.text.proj.weight.grad.abs().sum() > 0

@@ -7,6 +7,7 @@ import torch
 from torch.utils.data import Dataset
 
 from medalign.data.manifest import Manifest
+from medalign.prep.report_text import split_sections, split_sentences
 
 
 def soft_labels(labels: np.ndarray) -> np.ndarray:
@@ -16,16 +17,18 @@ def soft_labels(labels: np.ndarray) -> np.ndarray:
     return y
 
 
-def sample_sentences(text: str, rng: np.random.Generator) -> str:
+def report_sentences(text: str) -> list[str]:
+    """The sentences of a report's FINDINGS and IMPRESSION sections."""
+    sections = split_sections(text)
+    return split_sentences(sections["findings"] + "\n" + sections["impression"])
+
+
+def sample_sentences(sentences: list[str], rng: np.random.Generator) -> str | None:
     """A random non-empty subset of the report's sentences, shuffled: teaches the text tower that
     one sentence ("No pleural effusion.") means what it means inside a whole report, so that
     short zero-shot prompts land near the studies they describe (sentence sampling, as in CXR-CLIP)."""
-    from medalign.prep.report_text import split_sentences, split_sections
-
-    sections = split_sections(text)
-    sentences = split_sentences(sections["findings"] + "\n" + sections["impression"])
     if len(sentences) <= 1:
-        return text
+        return None  # nothing to sample from: keep the whole report
     keep = [s for s in sentences if rng.random() < 0.5] or [sentences[int(rng.integers(len(sentences)))]]
     rng.shuffle(keep)
     return " ".join(s + "." for s in keep)
@@ -44,6 +47,8 @@ class StudyDataset(Dataset):
         self.sentence_sampling = sentence_sampling
         self.rng = np.random.default_rng(seed)
         self.labels = soft_labels(manifest.labels())
+        texts = manifest.columns[text_field]
+        self.sentences = [report_sentences(t or "") for t in texts] if sentence_sampling > 0 else None
 
     def __len__(self) -> int:
         return len(self.manifest)
@@ -54,8 +59,8 @@ class StudyDataset(Dataset):
         if self.augment is not None:
             image = self.augment(image)
         text = self.manifest.columns[self.text_field][i] or ""
-        if self.sentence_sampling > 0 and self.rng.random() < self.sentence_sampling:
-            text = sample_sentences(text, self.rng)
+        if self.sentences is not None and self.rng.random() < self.sentence_sampling:
+            text = sample_sentences(self.sentences[i], self.rng) or text
         return {
             "image": image,
             "text": text,

@@ -12,7 +12,6 @@ import dataclasses
 import hashlib
 import logging
 from collections import defaultdict
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -360,10 +359,3 @@ def load_dicom_study(folder: Path, policy: SeriesSelection | None = None) -> tup
     if "resampled" in volume.info:
         reason += f"; {volume.info['resampled']}"
     return volume, reason
-
-
-def iter_dicom_files(folder: Path) -> Iterable[Path]:
-    """Files under ``folder`` that read as DICOM."""
-    for path in sorted(Path(folder).rglob("*")):
-        if path.is_file() and read_header(path) is not None:
-            yield path

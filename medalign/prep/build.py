@@ -227,7 +227,8 @@ def prepare_dataset(
     the manifest, errors and log carry a ``.shard-i-of-n`` suffix; :func:`merge_shards` joins them.
     """
     out = Path(out)
-    studies = discover_studies(images)
+    all_studies = discover_studies(images)
+    studies = all_studies
     suffix = ""
     if shard is not None:
         i, n = shard
@@ -248,7 +249,7 @@ def prepare_dataset(
             skipped += 1
         else:
             tasks.append((sid, str(path), to_dict(config), str(out)))
-    for sid in sorted(set(report_rows) - set(discover_studies(images))):
+    for sid in sorted(set(report_rows) - set(all_studies)):
         log_lines.append(f"warning: report for study {sid} has no images; ignored")
     workers = max(1, workers or config.workers)
     show = sys.stderr.isatty() if progress is None else progress
@@ -305,13 +306,18 @@ def prepare_dataset(
     save_yaml(vocab, out / "vocab.yaml")
     reasons: dict[str, int] = {}
     for e in errors:
-        key = e["reason"].split(":")[0] if e["reason"].startswith(("no ", "empty")) else e["reason"].split(" (")[0]
+        key = _reason_category(e["reason"])
         reasons[key] = reasons.get(key, 0) + 1
         log_lines.append(f"failed {e['study_id']}: {e['reason']}")
     log_lines.append(f"done {done}, skipped (already prepared) {skipped}, failed {len(errors)}; manifest rows {len(rows)}")
     previous = logfile.read_text(encoding="utf-8") if logfile.exists() else ""
     atomic_write_text_lines(logfile, [previous.rstrip("\n")] + log_lines if previous else log_lines)
     return PrepSummary(done=done, skipped=skipped, failed=len(errors), reasons=reasons, out=out)
+
+
+def _reason_category(reason: str) -> str:
+    """A failure reason without the file name in front and the details in brackets, for the summary counts."""
+    return reason.split(" (")[0].split(": ", 1)[-1]
 
 
 def atomic_write_text_lines(path: Path, lines: list[str]) -> None:

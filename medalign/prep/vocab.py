@@ -74,9 +74,6 @@ class Vocabulary:
         return [f.name for f in self.findings]
 
 
-DEFAULT_VOCAB = {"ct": "chest_ct", "oct": "oct"}
-
-
 def load_vocabulary(name_or_path: str | os.PathLike) -> Vocabulary:
     """Load a vocabulary YAML file or preset name under ``configs/vocab/`` (strict)."""
     path = resolve_config_path(name_or_path, "vocab")

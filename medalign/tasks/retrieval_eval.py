@@ -64,13 +64,6 @@ def map_at_k(emb: np.ndarray, relevant: np.ndarray, k: int = 10, seed: int = 0) 
     return float(np.mean(aps)), float(np.mean(chance))
 
 
-def text_to_study_recall(index: Path, dataset: Path | None = None, modality: str | None = None, split: str = "test") -> dict[str, float]:
-    """Report -> study Recall@1/5/10 on the ``split`` rows of ``index`` (chance levels beside)."""
-    idx = StudyIndex(index)
-    rows = [i for i, m in enumerate(idx.meta) if m.get("split") == split] or list(range(len(idx.meta)))
-    return recall_at_k(idx.reports[rows], idx.studies[rows])
-
-
 def evaluate_retrieval(index: Path, dataset: Path, out: Path, split: str = "test", labels: Path | None = None) -> dict:
     """Write ``out/metrics.json`` with report->study, study->report Recall@1/5/10 and study->study mAP@10."""
     from medalign.data.manifest import read_manifest

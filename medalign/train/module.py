@@ -6,6 +6,7 @@ import math
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 
 from medalign.losses import ContrastiveObjective
 from medalign.models import DualEncoder
@@ -23,12 +24,13 @@ class PretrainModule(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         img = self.model.encode_image(batch["image"])
-        txt = self.model.encode_tokens(batch["tokens"])
-        frozen = None
+        pooled = self.model.text.pooled(**batch["tokens"])  # one text-tower pass serves both uses below
+        txt = F.normalize(self.model.text.proj(pooled), dim=-1)
+        similarity_source = None
         if self.config.loss.name == "cwcl" or (self.config.loss.name == "soft_labels" and self.model.text.frozen):
-            with torch.no_grad():  # CWCL targets from the pretrained tower's report embeddings
-                frozen = self.model.text.pooled(**batch["tokens"])
-        loss = self.objective(img, txt, self.model.scale(), self.model.logit_bias, batch["labels"], frozen)
+            # report embeddings for similarity targets, without gradient (the pretrained tower when it is frozen)
+            similarity_source = pooled.detach()
+        loss = self.objective(img, txt, self.model.scale(), self.model.logit_bias, batch["labels"], similarity_source)
         bsz = batch["image"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bsz)
         self.log("train/logit_scale", self.model.scale().detach(), batch_size=bsz)
