@@ -12,7 +12,13 @@ import time
 import torch
 
 MEDALIGN = [sys.executable, "-m", "medalign.cli.main"]
-TINY = ["data.batch_size=8", "model.image.options.widen_factor=0.25", "optim.warmup_steps=2", "trainer.log_every_n_steps=1"]
+TINY = ["data.batch_size=8", "model.image.options.widen_factor=0.25", "optim.warmup_steps=2", "trainer.log_every_n_steps=1",
+        "trainer.deterministic=true", "data.crop_scale=0.9", "data.flip_axes=[0]"]
+
+
+def _losses(run) -> dict[int, float]:
+    """Training loss per step (the last row wins: a resumed run logs its steps again)."""
+    return {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(open(run / "logs" / "metrics.csv")) if r.get("train/loss")}
 
 
 def _step_of(ckpt) -> int:
@@ -47,9 +53,19 @@ def test_sigkill_then_resume(prepared_ct, tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     assert _step_of(last) == 24
     assert (run / "model" / "model.safetensors").is_file()
-    steps = [int(r["step"]) for r in csv.DictReader(open(run / "logs" / "metrics.csv")) if r.get("train/loss")]
-    assert max(steps) == 23  # Lightning logs steps from 0: the run reached its 24th
-    assert any(s > killed_after for s in steps)
+    resumed = _losses(run)
+    assert max(resumed) == 23  # Lightning logs steps from 0: the run reached its 24th
+
+    # the same run uninterrupted: after the resume every step sees the same batch, augmentation,
+    # sentence sample and dropout mask, so the losses are the same numbers
+    ref = tmp_path / "ref"
+    res = subprocess.run([a if a != str(run) else str(ref) for a in argv], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    reference = _losses(ref)
+    after = [s for s in range(killed_after, 24)]
+    assert len(after) >= 10
+    for s in after:
+        assert abs(resumed[s] - reference[s]) <= 1e-5 * abs(reference[s]), (s, resumed[s], reference[s])
 
 
 def test_resume_needs_a_checkpoint(prepared_ct, tmp_path):

@@ -1,14 +1,25 @@
-"""On-the-fly 3D augmentation from MONAI array transforms (random flips, intensity jitter)."""
+"""On-the-fly 3D augmentation from MONAI array transforms (random crop, flips, intensity jitter)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 
-def build_augmentation(flip_axes: list[int], intensity: float):
-    """MONAI ``Compose`` applied to a ``(1, X, Y, Z)`` tensor: flips along ``flip_axes`` (p=0.5) and
-    intensity scale/shift of up to ``intensity``. ``None`` when nothing is enabled."""
-    from monai.transforms import Compose, RandFlip, RandScaleIntensity, RandShiftIntensity
 
-    steps = [RandFlip(prob=0.5, spatial_axis=a) for a in flip_axes]
+def build_augmentation(flip_axes: list[int], intensity: float, crop_scale: float = 1.0, spatial_size: Sequence[int] | None = None):
+    """MONAI ``Compose`` applied to a ``(1, X, Y, Z)`` tensor, or ``None`` when nothing is enabled.
+
+    ``crop_scale`` < 1 crops a random box of that fraction of each side and pads it back to
+    ``spatial_size`` (a random shift of the anatomy); flips along ``flip_axes`` (p=0.5); intensity
+    scale and shift of up to ``intensity``.
+    """
+    from monai.transforms import Compose, RandFlip, RandScaleCrop, RandScaleIntensity, RandShiftIntensity, ResizeWithPadOrCrop
+
+    steps = []
+    if crop_scale < 1.0:
+        if spatial_size is None:
+            raise ValueError("a random crop needs the volumes' spatial size to pad back to")
+        steps += [RandScaleCrop(roi_scale=crop_scale, random_size=False), ResizeWithPadOrCrop(spatial_size=tuple(spatial_size))]
+    steps += [RandFlip(prob=0.5, spatial_axis=a) for a in flip_axes]
     if intensity > 0:
         steps += [RandScaleIntensity(factors=intensity, prob=1.0), RandShiftIntensity(offsets=intensity, prob=1.0)]
     if not steps:

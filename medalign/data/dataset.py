@@ -37,7 +37,10 @@ def sample_sentences(sentences: list[str], rng: np.random.Generator) -> str | No
 class StudyDataset(Dataset):
     """One item per study: ``{"image": (1, X, Y, Z) float32, "text": str, "labels": (K,), "index": int}``.
 
-    Volumes are memory-mapped; ``augment`` (a callable on the (1, X, Y, Z) tensor) runs on the fly.
+    Volumes are memory-mapped; ``augment`` (a MONAI transform on the (1, X, Y, Z) tensor) runs on the
+    fly. An item is asked for as ``i`` or as ``(i, draw)`` (from :class:`ResumableSampler`): its
+    augmentation and sentence sampling are then seeded by ``(seed, draw)``, the same in any worker,
+    process or resumed run.
     """
 
     def __init__(self, manifest: Manifest, augment=None, text_field: str = "report", sentence_sampling: float = 0.0, seed: int = 0) -> None:
@@ -45,7 +48,7 @@ class StudyDataset(Dataset):
         self.augment = augment
         self.text_field = text_field
         self.sentence_sampling = sentence_sampling
-        self.rng = np.random.default_rng(seed)
+        self.seed = seed
         self.labels = soft_labels(manifest.labels())
         texts = manifest.columns[text_field]
         self.sentences = [report_sentences(t or "") for t in texts] if sentence_sampling > 0 else None
@@ -53,14 +56,18 @@ class StudyDataset(Dataset):
     def __len__(self) -> int:
         return len(self.manifest)
 
-    def __getitem__(self, i: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        i, draw = (int(key[0]), int(key[1])) if isinstance(key, (tuple, list)) else (int(key), int(key))
+        rng = np.random.default_rng((self.seed, draw))
         volume = np.load(self.manifest.volume_path(i), mmap_mode="r")
         image = torch.from_numpy(np.asarray(volume, dtype=np.float32))[None]
         if self.augment is not None:
+            if hasattr(self.augment, "set_random_state"):
+                self.augment.set_random_state(seed=int(rng.integers(2**31)))
             image = self.augment(image)
         text = self.manifest.columns[self.text_field][i] or ""
-        if self.sentences is not None and self.rng.random() < self.sentence_sampling:
-            text = sample_sentences(self.sentences[i], self.rng) or text
+        if self.sentences is not None and rng.random() < self.sentence_sampling:
+            text = sample_sentences(self.sentences[i], rng) or text
         return {
             "image": image,
             "text": text,

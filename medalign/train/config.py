@@ -36,6 +36,8 @@ class DataConfig:
     num_workers: int = 0
     flip_axes: list[int] = dataclasses.field(default_factory=list)
     intensity: float = 0.05
+    #: random crop of this fraction of each side, padded back (1.0: no crop)
+    crop_scale: float = 1.0
     #: which manifest text trains the text tower: the cleaned report, or a section
     text_field: Literal["report", "findings", "impression"] = "report"
     #: probability that a study's text is a random subset of its sentences (0: whole report)
@@ -75,6 +77,8 @@ class PretrainConfig:
     def validate(self, where: str) -> None:
         if not 0.0 <= self.loss.mix <= 1.0:
             raise ConfigError(f"{where}.loss.mix: must lie in [0, 1], got {self.loss.mix}")
+        if not 0.5 <= self.data.crop_scale <= 1.0:
+            raise ConfigError(f"{where}.data.crop_scale: must lie in [0.5, 1], got {self.data.crop_scale}")
         if self.data.batch_size < 2:
             raise ConfigError(f"{where}.data.batch_size: contrastive training needs at least 2")
         if self.trainer.max_steps < 1:

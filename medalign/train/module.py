@@ -22,6 +22,10 @@ class PretrainModule(L.LightningModule):
         self.config = config
         self.objective = ContrastiveObjective(config.loss.name, config.loss.mix)
 
+    def on_train_start(self) -> None:
+        # Lightning keeps each submodule's mode; transformers loads the text tower in eval mode (no dropout)
+        self.model.train()
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         img = self.model.encode_image(batch["image"])
         pooled = self.model.text.pooled(**batch["tokens"])  # one text-tower pass serves both uses below

@@ -15,12 +15,14 @@ import sys
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from medalign.config import save_yaml
 from medalign.data.augment import build_augmentation
 from medalign.data.dataset import StudyDataset
 from medalign.data.manifest import read_manifest
+from medalign.data.sampler import ResumableLoader, ResumableSampler
 from medalign.errors import InputError
 from medalign.models import DualEncoder
 from medalign.train.config import PretrainConfig
@@ -40,12 +42,13 @@ def pretrain(
     """Train on the ``train`` split of ``dataset``; returns the exported model folder ``RUN/model``.
 
     ``trainer.checkpoint_every`` K keeps ``RUN/checkpoints/last.ckpt`` current every K steps; ``resume``
-    continues from it (weights, optimiser, scheduler, step) up to ``trainer.max_steps``.
+    continues from it (weights, optimiser, scheduler, step, data position, RNG) up to ``trainer.max_steps``.
     """
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from medalign.train.checkpointing import AtomicCheckpointIO
+    from medalign.train.state import TrainingStateCallback
     from lightning.pytorch.loggers import CSVLogger
 
     # Lightning sets its own INFO level on import; keep device banners and tips out of the output
@@ -71,15 +74,17 @@ def pretrain(
     L.seed_everything(t.seed, workers=True, verbose=False)
     model = DualEncoder(config.model)
     module = PretrainModule(model, config)
-    augment = build_augmentation(config.data.flip_axes, config.data.intensity)
-    loader = torch.utils.data.DataLoader(
-        StudyDataset(train, augment=augment, text_field=config.data.text_field, sentence_sampling=config.data.sentence_sampling, seed=t.seed),
-        batch_size=config.data.batch_size,
-        shuffle=True,
-        drop_last=True,
-        num_workers=config.data.num_workers,
+    d = config.data
+    spatial_size = np.load(train.volume_path(0), mmap_mode="r").shape
+    augment = build_augmentation(d.flip_axes, d.intensity, d.crop_scale, spatial_size)
+    dataset_ = StudyDataset(train, augment=augment, text_field=d.text_field, sentence_sampling=d.sentence_sampling, seed=t.seed)
+    sampler = ResumableSampler(len(train), d.batch_size, seed=t.seed)
+    loader = ResumableLoader(
+        dataset_,
+        sampler,
+        num_workers=d.num_workers,
         collate_fn=make_collate(model.text.tokenize),
-        persistent_workers=config.data.num_workers > 0,
+        persistent_workers=d.num_workers > 0,
     )
     trainer = L.Trainer(
         default_root_dir=str(run),
@@ -94,7 +99,8 @@ def pretrain(
         log_every_n_steps=t.log_every_n_steps,
         deterministic=t.deterministic,
         logger=CSVLogger(str(run), name="logs", version=""),
-        callbacks=[ModelCheckpoint(dirpath=str(run / "checkpoints"), save_last=True, save_top_k=0,
+        use_distributed_sampler=False,  # the sampler splits each global batch across ranks itself
+        callbacks=[TrainingStateCallback(sampler), ModelCheckpoint(dirpath=str(run / "checkpoints"), save_last=True, save_top_k=0,
                                    every_n_train_steps=t.checkpoint_every, enable_version_counter=False)],
         plugins=[AtomicCheckpointIO()],
         enable_progress_bar=progress,
