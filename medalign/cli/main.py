@@ -192,7 +192,8 @@ def cmd_pretrain(a: argparse.Namespace) -> int:
         raise MedalignError("pretrain: give --out RUN for a new run or --resume RUN to continue one")
     run = a.resume if a.resume is not None else a.out
     export = pretrain(a.data, run, config, progress=sys.stderr.isatty(), resume=a.resume is not None)
-    print(f"pretrain: model exported to {export}")
+    if export is not None:  # every rank runs this command; rank 0 reports
+        print(f"pretrain: model exported to {export}")
     return 0
 
 

@@ -11,18 +11,34 @@ def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
+class _AllGatherWithGrad(torch.autograd.Function):
+    """All-gather whose backward sums every rank's gradient for the global rows and keeps its own."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.rank, ctx.rows = dist.get_rank(), x.shape[0]
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)  # all_reduce, not reduce_scatter: gloo (CPU) has no reduce_scatter
+        return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows]
+
+
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """Concatenate ``x`` ``(b, ...)`` from every rank into ``(world * b, ...)`` in rank order.
 
-    Gradients flow back to each rank's own rows (``torch.distributed.nn.all_gather`` sums the
-    incoming gradients across ranks); with every rank computing the same global loss and DDP
-    averaging, parameter gradients equal those of a single process on the global batch.
+    Every rank must hold the same ``b`` (the sampler drops incomplete batches). Gradients flow back
+    to each rank's own rows, summed over the ranks that computed the loss; with every rank computing
+    the same global loss and DDP averaging, parameter gradients equal those of a single process on
+    the global batch (``tests/test_distributed.py`` checks this for every loss).
     """
     if world_size() == 1:
         return x
-    from torch.distributed.nn.functional import all_gather
-
-    return torch.cat(all_gather(x.contiguous()), dim=0)
+    return _AllGatherWithGrad.apply(x)
 
 
 def gather_no_grad(x: torch.Tensor) -> torch.Tensor:

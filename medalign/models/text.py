@@ -45,16 +45,16 @@ class TextEncoder(nn.Module):
     def set_trainable_layers(self, n: int) -> None:
         """Train the top ``n`` transformer layers (-1: all, 0: frozen tower; the projection always trains)."""
         self.trainable_layers = n
-        if n < 0:
-            self.model.requires_grad_(True)
-            return
-        self.model.requires_grad_(False)
+        self.model.requires_grad_(n < 0)
         layers = getattr(getattr(self.model, "encoder", None), "layer", None)
         if n > 0:
             if layers is None:
                 raise ConfigError("model.text.trainable_layers: this text model has no encoder.layer list; use -1 or 0")
             for layer in list(layers)[-n:]:
                 layer.requires_grad_(True)
+        if getattr(self.model, "pooler", None) is not None:
+            # BERT's pooler is never used (we pool hidden states); a trainable unused weight breaks DDP
+            self.model.pooler.requires_grad_(False)
 
     @property
     def frozen(self) -> bool:

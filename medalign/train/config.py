@@ -59,6 +59,8 @@ class TrainerConfig:
     log_every_n_steps: int = 10
     seed: int = 0
     deterministic: bool = False
+    #: BatchNorm statistics over the global batch (GPU only; CPU ranks keep per-rank statistics)
+    sync_batchnorm: bool = False
     threads: int | None = None
     #: keep checkpoints/last.ckpt current every K optimizer steps (None: at the end of each epoch)
     checkpoint_every: int | None = None

@@ -38,8 +38,9 @@ def pretrain(
     config: PretrainConfig,
     progress: bool = True,
     resume: bool = False,
-) -> Path:
-    """Train on the ``train`` split of ``dataset``; returns the exported model folder ``RUN/model``.
+) -> Path | None:
+    """Train on the ``train`` split of ``dataset``; returns the exported model folder ``RUN/model``
+    (``None`` on ranks other than 0).
 
     ``trainer.checkpoint_every`` K keeps ``RUN/checkpoints/last.ckpt`` current every K steps; ``resume``
     continues from it (weights, optimiser, scheduler, step, data position, RNG) up to ``trainer.max_steps``.
@@ -98,6 +99,7 @@ def pretrain(
         gradient_clip_val=t.gradient_clip_val,
         log_every_n_steps=t.log_every_n_steps,
         deterministic=t.deterministic,
+        sync_batchnorm=t.sync_batchnorm,
         logger=CSVLogger(str(run), name="logs", version=""),
         use_distributed_sampler=False,  # the sampler splits each global batch across ranks itself
         callbacks=[TrainingStateCallback(sampler), ModelCheckpoint(dirpath=str(run / "checkpoints"), save_last=True, save_top_k=0,
@@ -110,9 +112,10 @@ def pretrain(
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
         trainer.fit(module, loader, ckpt_path=str(last) if resume else None)
+    if not trainer.is_global_zero:
+        return None
     export = run / EXPORT
-    if trainer.is_global_zero:
-        export_model(model.cpu(), dataset, export)
+    export_model(model.cpu(), dataset, export)
     return export
 
 

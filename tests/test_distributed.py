@@ -1,0 +1,126 @@
+"""Two CPU processes (gloo, DDP) give the loss and every gradient of one process on the whole batch."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from torch import nn
+
+from medalign.losses import ContrastiveObjective
+
+GLOBAL_BATCH, WORLD = 8, 2
+CASES = [("info_nce", False), ("siglip", False), ("soft_labels", False), ("soft_labels", True), ("cwcl", True)]
+
+
+class TinyDualEncoder(nn.Module):
+    """Two linear towers, a logit scale and a bias: enough parameters to see every gradient path."""
+
+    def __init__(self, with_bias: bool) -> None:
+        super().__init__()
+        self.image = nn.Linear(16, 6)
+        self.text = nn.Linear(12, 6)
+        self.log_scale = nn.Parameter(torch.tensor(2.0))
+        # only SigLIP has a bias: an unused parameter would keep DDP from reducing its bucket
+        self.bias = nn.Parameter(torch.tensor(-1.0)) if with_bias else None
+
+    def forward(self, x_img, x_txt):
+        return F.normalize(self.image(x_img), dim=-1), F.normalize(self.text(x_txt), dim=-1), self.log_scale.exp(), self.bias
+
+
+def _batch() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(7)
+    labels = torch.tensor([[1, 0, 0], [1, 0, 0], [0, 1, 0.5], [0, 0, 0], [0, 0, 0], [1, 1, 0], [0, 1, 0.5], [1, 0, 0]], dtype=torch.float64)
+    return {
+        "x_img": torch.randn(GLOBAL_BATCH, 16, generator=g, dtype=torch.float64),
+        "x_txt": torch.randn(GLOBAL_BATCH, 12, generator=g, dtype=torch.float64),
+        "labels": labels,
+        "frozen": torch.randn(GLOBAL_BATCH, 5, generator=g, dtype=torch.float64),
+    }
+
+
+def _loss_and_grads(model: nn.Module, objective: ContrastiveObjective, batch: dict, rows: slice, with_frozen: bool):
+    img, txt, scale, bias = model(batch["x_img"][rows], batch["x_txt"][rows])
+    loss = objective(img, txt, scale, bias, batch["labels"][rows], batch["frozen"][rows] if with_frozen else None)
+    loss.backward()
+    inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    return loss.detach(), {n: p.grad.detach().clone() for n, p in inner.named_parameters()}
+
+
+def _worker(rank: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    try:
+        batch, local = _batch(), GLOBAL_BATCH // WORLD
+        results = {}
+        for name, with_frozen in CASES:
+            torch.manual_seed(0)
+            model = nn.parallel.DistributedDataParallel(TinyDualEncoder(name == "siglip").double())
+            results[f"{name}:{with_frozen}"] = _loss_and_grads(
+                model, ContrastiveObjective(name, mix=0.6), batch, slice(rank * local, (rank + 1) * local), with_frozen
+            )
+        torch.save(results, os.path.join(out, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp")
+    mp.start_processes(_worker, args=(_free_port(), str(out)), nprocs=WORLD, start_method="spawn", join=True)
+    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+
+
+@pytest.mark.parametrize("name,with_frozen", CASES)
+def test_two_ranks_equal_one_process(ranks, name, with_frozen):
+    torch.manual_seed(0)
+    single = TinyDualEncoder(name == "siglip").double()
+    loss, grads = _loss_and_grads(single, ContrastiveObjective(name, mix=0.6), _batch(), slice(None), with_frozen)
+    for r in range(WORLD):
+        r_loss, r_grads = ranks[r][f"{name}:{with_frozen}"]
+        assert torch.allclose(r_loss, loss, rtol=1e-5, atol=0), (r, float(r_loss), float(loss))
+        for n, g in grads.items():
+            rel = (r_grads[n] - g).norm() / g.norm()
+            assert rel < 1e-5, (name, r, n, float(rel))
+    assert all(g.abs().max() > 0 for g in grads.values())  # every parameter moves: the check is not vacuous
+
+
+def test_a_local_only_loss_differs(ranks):
+    """The check has teeth: the loss of one rank's half alone is not the global loss."""
+    torch.manual_seed(0)
+    single = TinyDualEncoder(False).double()
+    half, _ = _loss_and_grads(single, ContrastiveObjective("info_nce"), _batch(), slice(0, GLOBAL_BATCH // WORLD), False)
+    global_loss = ranks[0]["info_nce:False"][0]
+    assert abs(float(half) - float(global_loss)) > 1e-3
+
+
+def test_pretrain_runs_data_parallel_on_two_cpu_processes(prepared_ct, tmp_path):
+    """``medalign pretrain`` with Lightning's DDP on 2 CPU ranks: one export, every step, the global
+    batch split between the ranks (the sampler, not Lightning's DistributedSampler)."""
+    import csv
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    res = subprocess.run(
+        [sys.executable, "-m", "medalign.cli.main", "pretrain", "--data", str(prepared_ct), "--out", str(run), "--config", "demo_ct",
+         "--max-steps", "3", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp", "data.batch_size=4",
+         "trainer.log_every_n_steps=1", "model.image.options.widen_factor=0.25"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count("model exported") == 1
+    steps = [int(r["step"]) for r in csv.DictReader(open(run / "logs" / "metrics.csv")) if r.get("train/loss")]
+    assert steps == [0, 1, 2]
+    assert (run / "model" / "model.safetensors").is_file()
