@@ -15,6 +15,8 @@ class LossConfig:
 
     name: Literal["info_nce", "siglip", "soft_labels", "cwcl"] = "soft_labels"
     mix: float = 0.5
+    #: soft_labels only: average the label targets with CWCL similarity targets from the frozen text tower
+    with_similarity: bool = False
 
 
 @dataclasses.dataclass

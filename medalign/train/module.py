@@ -13,14 +13,44 @@ from medalign.models import DualEncoder
 from medalign.train.config import PretrainConfig
 
 
-class PretrainModule(L.LightningModule):
-    """Trains ``model`` on batches ``{"image", "tokens", "labels"}`` from :func:`make_collate`."""
+def needs_report_embeddings(config: PretrainConfig) -> bool:
+    """Whether training uses the frozen pretrained tower's report embeddings (see :mod:`report_cache`)."""
+    return uses_similarity_targets(config) or uses_cached_text(config)
 
-    def __init__(self, model: DualEncoder, config: PretrainConfig) -> None:
+
+def uses_similarity_targets(config: PretrainConfig) -> bool:
+    """CWCL targets, alone (``cwcl``) or beside the label targets (``soft_labels`` + ``with_similarity``)."""
+    return config.loss.name == "cwcl" or (config.loss.name == "soft_labels" and config.loss.with_similarity)
+
+
+def uses_cached_text(config: PretrainConfig) -> bool:
+    """A frozen tower on whole reports gives the same pooled vector every step: look it up instead."""
+    return config.model.text.trainable_layers == 0 and config.data.sentence_sampling == 0
+
+
+class PretrainModule(L.LightningModule):
+    """Trains ``model`` on batches ``{"image", "tokens", "labels", "index"}`` from :func:`make_collate`.
+
+    ``report_texts`` (the training split's texts, by dataset index) are embedded once by the frozen
+    pretrained text tower when :func:`needs_report_embeddings`; ``report_cache`` is where they are kept.
+    """
+
+    def __init__(self, model: DualEncoder, config: PretrainConfig, report_texts: list[str] | None = None, report_cache=None) -> None:
         super().__init__()
         self.model = model
         self.config = config
         self.objective = ContrastiveObjective(config.loss.name, config.loss.mix)
+        self.report_texts = report_texts if needs_report_embeddings(config) else None
+        self.report_cache = report_cache
+        # a plain attribute, not a buffer: DDP would broadcast a buffer every step
+        self.report_embeddings: torch.Tensor | None = None
+
+    def on_fit_start(self) -> None:
+        if self.report_texts is not None and self.report_embeddings is None:
+            from medalign.train.report_cache import load_or_embed_reports
+
+            emb = load_or_embed_reports(self.report_cache, self.model.text, self.report_texts, self.config.model.text.model, self.trainer.is_global_zero)
+            self.report_embeddings = emb.to(self.device)
 
     def on_train_start(self) -> None:
         # Lightning keeps each submodule's mode; transformers loads the text tower in eval mode (no dropout)
@@ -28,12 +58,15 @@ class PretrainModule(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         img = self.model.encode_image(batch["image"])
-        pooled = self.model.text.pooled(**batch["tokens"])  # one text-tower pass serves both uses below
+        if uses_cached_text(self.config):
+            pooled = self.report_embeddings[batch["index"]]
+        elif self.model.text.frozen:
+            with torch.no_grad():
+                pooled = self.model.text.pooled(**batch["tokens"])
+        else:
+            pooled = self.model.text.pooled(**batch["tokens"])
         txt = F.normalize(self.model.text.proj(pooled), dim=-1)
-        similarity_source = None
-        if self.config.loss.name == "cwcl" or (self.config.loss.name == "soft_labels" and self.model.text.frozen):
-            # report embeddings for similarity targets, without gradient (the pretrained tower when it is frozen)
-            similarity_source = pooled.detach()
+        similarity_source = self.report_embeddings[batch["index"]] if uses_similarity_targets(self.config) else None
         loss = self.objective(img, txt, self.model.scale(), self.model.logit_bias, batch["labels"], similarity_source)
         bsz = batch["image"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bsz)
@@ -61,14 +94,17 @@ class PretrainModule(L.LightningModule):
 
 
 def make_collate(tokenizer_fn):
-    """Collate study items into a batch, tokenising the texts once per batch (in the loader)."""
+    """Collate study items into a batch, tokenising the texts once per batch in the loader's workers
+    (``tokenizer_fn=None``: no tokens, the text side comes from the report cache)."""
 
     def collate(items: list[dict]) -> dict:
-        return {
+        batch = {
             "image": torch.stack([it["image"] for it in items]),
-            "tokens": tokenizer_fn([it["text"] for it in items]),
             "labels": torch.stack([it["labels"] for it in items]),
             "index": torch.tensor([it["index"] for it in items]),
         }
+        if tokenizer_fn is not None:
+            batch["tokens"] = tokenizer_fn([it["text"] for it in items])
+        return batch
 
     return collate

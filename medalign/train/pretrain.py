@@ -4,6 +4,7 @@ RUN/
     config.yaml          the merged configuration
     logs/                CSV metrics (Lightning CSVLogger)
     checkpoints/last.ckpt
+    cache/report_embeddings.safetensors   frozen text tower's report embeddings (CWCL targets, frozen text)
     model/               exported dual encoder (safetensors + config + tokenizer + prep preset + vocab)
 """
 
@@ -26,7 +27,7 @@ from medalign.data.sampler import ResumableLoader, ResumableSampler
 from medalign.errors import InputError
 from medalign.models import DualEncoder
 from medalign.train.config import PretrainConfig
-from medalign.train.module import PretrainModule, make_collate
+from medalign.train.module import PretrainModule, make_collate, uses_cached_text
 
 log = logging.getLogger(__name__)
 EXPORT = "model"
@@ -74,7 +75,8 @@ def pretrain(
         torch.set_num_threads(t.threads)
     L.seed_everything(t.seed, workers=True, verbose=False)
     model = DualEncoder(config.model)
-    module = PretrainModule(model, config)
+    texts = [t or "" for t in train.columns[config.data.text_field]]
+    module = PretrainModule(model, config, report_texts=texts, report_cache=run / "cache" / "report_embeddings.safetensors")
     d = config.data
     spatial_size = np.load(train.volume_path(0), mmap_mode="r").shape
     augment = build_augmentation(d.flip_axes, d.intensity, d.crop_scale, spatial_size)
@@ -84,7 +86,7 @@ def pretrain(
         dataset_,
         sampler,
         num_workers=d.num_workers,
-        collate_fn=make_collate(model.text.tokenize),
+        collate_fn=make_collate(None if uses_cached_text(config) else model.text.tokenize),
         persistent_workers=d.num_workers > 0,
     )
     trainer = L.Trainer(
