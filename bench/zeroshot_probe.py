@@ -27,7 +27,7 @@ def main() -> None:
 
     from medalign.data.manifest import read_manifest
     from medalign.prep.vocab import load_vocabulary
-    from medalign.tasks.embed import embed_studies
+    from medalign.models.inference import embed_studies
     from medalign.tasks.model_io import load_model
     from medalign.tasks.zeroshot import _binary, finding_probabilities
     from medalign.tasks.zeroshot_run import _ground_truth

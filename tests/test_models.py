@@ -99,18 +99,21 @@ def test_prompt_ensemble_is_the_mean_of_its_prompts(tmp_path):
 
 @pytest.mark.parametrize("loss", ["cwcl", "soft_labels"])
 def test_training_step_with_a_frozen_text_tower(loss):
+    """A frozen tower on whole reports is never run during training: its cached embeddings stand in."""
     import warnings
 
     from medalign.train.config import LossConfig, PretrainConfig
     from medalign.train.module import PretrainModule
+    from medalign.train.report_cache import embed_reports
 
     cfg = ModelConfig(embed_dim=8, image=ImageModelConfig("resnet10_3d", {"widen_factor": 0.25}))
     cfg.text.trainable_layers = 0
     torch.manual_seed(0)
     model = DualEncoder(cfg)
-    module = PretrainModule(model, PretrainConfig(model=cfg, loss=LossConfig(name=loss, mix=0.5)))
     texts = ["No pleural effusion.", "Cardiomegaly.", "Large right pleural effusion.", "Emphysema."]
-    batch = {"image": torch.rand(4, 1, 24, 24, 16), "tokens": model.text.tokenize(texts),
+    module = PretrainModule(model, PretrainConfig(model=cfg, loss=LossConfig(name=loss, mix=0.5, with_similarity=True)), report_texts=texts)
+    module.report_embeddings = embed_reports(model.text, texts)
+    batch = {"image": torch.rand(4, 1, 24, 24, 16), "index": torch.tensor([2, 0, 3, 1]),
              "labels": torch.tensor([[0, 0], [0, 1], [1, 0], [0, 0]], dtype=torch.float32)}
     calls = []
     model.text.model.register_forward_hook(lambda *a: calls.append(1))
@@ -118,6 +121,38 @@ def test_training_step_with_a_frozen_text_tower(loss):
         warnings.simplefilter("ignore")  # self.log outside a Trainer
         loss_value = module.training_step(batch, 0)
     loss_value.backward()
-    assert torch.isfinite(loss_value) and len(calls) == 1  # one text-tower pass per step
+    assert torch.isfinite(loss_value) and calls == []  # no transformer pass per step
     assert all(p.grad is None for p in model.text.model.parameters())
     assert model.image.proj.weight.grad.abs().sum() > 0 and model.text.proj.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize(
+    "name, options, size",
+    [
+        ("resnet10_3d", {"widen_factor": 0.25}, 32),
+        ("densenet121_3d", {}, 32),
+        ("swin_3d", {"feature_size": 12}, 64),
+        ("vit_3d", {"img_size": [32, 32, 32], "hidden_size": 48, "num_layers": 2, "num_heads": 2, "mlp_dim": 64}, 32),
+    ],
+)
+def test_activation_checkpointing_gives_the_same_gradients(name, options, size):
+    x = torch.randn(2, 1, size, size, size)
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        enc = create_image_encoder(name, 16, activation_checkpointing=checkpointing, **options).eval()  # eval: BN statistics fixed
+        enc.train()
+        for m in enc.modules():  # keep BN/dropout deterministic while the rest trains
+            if isinstance(m, (torch.nn.BatchNorm3d, torch.nn.Dropout)):
+                m.eval()
+        from medalign.models.image import _stages
+
+        inner = next(m for m in _stages(name, enc.backbone)[0].modules() if isinstance(m, (torch.nn.Conv3d, torch.nn.Linear)))
+        calls = []
+        inner.register_forward_hook(lambda *a: calls.append(1))
+        enc(x).square().sum().backward()
+        assert len(calls) == (2 if checkpointing else 1)  # recomputed in the backward pass
+        grads.append({n: p.grad.clone() for n, p in enc.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 4
+    for n in grads[0]:
+        torch.testing.assert_close(grads[1][n], grads[0][n], rtol=1e-4, atol=1e-6)

@@ -27,8 +27,12 @@ class Manifest:
         """Rows of one split (``None``: all)."""
         if split is None:
             return self
-        keep = [i for i, s in enumerate(self.columns["split"]) if s == split]
-        return Manifest(self.root, {k: [v[i] for i in keep] for k, v in self.columns.items()}, self.findings)
+        return self.subset_rows(i for i, s in enumerate(self.columns["split"]) if s == split)
+
+    def subset_rows(self, rows) -> "Manifest":
+        """The given row indices, in that order."""
+        rows = list(rows)
+        return Manifest(self.root, {k: [v[i] for i in rows] for k, v in self.columns.items()}, self.findings)
 
     def labels(self) -> np.ndarray:
         """``(N, K)`` float labels: 1 present, 0 negated, -1 uncertain, NaN not mentioned."""
@@ -37,6 +41,18 @@ class Manifest:
             for i, v in enumerate(self.columns[name]):
                 if v is not None:
                     out[i, k] = v
+        return out
+
+    def truth(self, names: list[str]) -> np.ndarray:
+        """``(N, len(names))`` evaluation truth from the parsed labels: 1 present, 0 negated or not
+        mentioned, -1 uncertain; NaN for a name the dataset's vocabulary does not have."""
+        parsed = {name: k for k, name in enumerate(self.findings)}
+        full = self.labels()
+        out = np.full((len(self), len(names)), np.nan, np.float32)
+        for k, name in enumerate(names):
+            if name in parsed:
+                col = full[:, parsed[name]]
+                out[:, k] = np.where(np.isnan(col), 0.0, col)
         return out
 
     def volume_path(self, i: int) -> Path:

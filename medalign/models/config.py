@@ -12,6 +12,8 @@ class ImageModelConfig:
 
     name: str = "resnet10_3d"
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: recompute each stage's activations in the backward pass (memory for compute)
+    activation_checkpointing: bool = False
 
 
 @dataclasses.dataclass

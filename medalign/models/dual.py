@@ -34,7 +34,7 @@ class DualEncoder(nn.Module):
     def __init__(self, config: ModelConfig, text_dir: str | Path | None = None) -> None:
         super().__init__()
         self.config = config
-        self.image = ImageEncoder(config.image.name, config.embed_dim, config.image.options)
+        self.image = ImageEncoder(config.image.name, config.embed_dim, config.image.options, config.image.activation_checkpointing)
         self.text = TextEncoder(
             text_dir or resolve_text_model(config.text.model), config.embed_dim,
             pooling=config.text.pooling, max_length=config.text.max_length, trainable_layers=config.text.trainable_layers,

@@ -112,10 +112,42 @@ def _vit(img_size: list[int] = (96, 96, 96), patch_size: list[int] = (16, 16, 16
     return _ViTPooled(vit), hidden_size
 
 
-class ImageEncoder(nn.Module):
-    """A registered backbone with a linear projection: ``(B, 1, X, Y, Z) -> (B, D)`` (not normalised)."""
+def _stages(name: str, backbone: nn.Module) -> list[nn.Module]:
+    """The blocks whose activations activation checkpointing recomputes, per encoder family."""
+    if name.startswith("resnet"):
+        return [backbone.layer1, backbone.layer2, backbone.layer3, backbone.layer4]
+    if name.startswith("densenet"):
+        return [m for n, m in backbone.features.named_children() if n.startswith("denseblock")]
+    if name == "vit_3d":
+        return list(backbone.vit.blocks)
+    if name == "swin_3d":
+        return [getattr(backbone.swin, f"layers{i}")[0] for i in (1, 2, 3, 4)]  # each a ModuleList of one BasicLayer
+    raise ConfigError(f"model.image.activation_checkpointing: not available for {name}")
 
-    def __init__(self, name: str, embed_dim: int, options: dict[str, Any] | None = None) -> None:
+
+def enable_activation_checkpointing(module: nn.Module) -> None:
+    """Recompute ``module``'s activations in the backward pass instead of storing them (less memory,
+    about one extra forward). The forward is replaced in place, so parameter names do not change.
+    BatchNorm running statistics see the recomputed forward too (a second momentum update)."""
+    from torch.utils.checkpoint import checkpoint
+
+    original = module.forward
+
+    def forward(*args, **kwargs):
+        if module.training and torch.is_grad_enabled():
+            return checkpoint(original, *args, use_reentrant=False, **kwargs)
+        return original(*args, **kwargs)
+
+    module.forward = forward
+
+
+class ImageEncoder(nn.Module):
+    """A registered backbone with a linear projection: ``(B, 1, X, Y, Z) -> (B, D)`` (not normalised).
+
+    ``activation_checkpointing`` recomputes each stage's activations in the backward pass.
+    """
+
+    def __init__(self, name: str, embed_dim: int, options: dict[str, Any] | None = None, activation_checkpointing: bool = False) -> None:
         super().__init__()
         if name not in IMAGE_ENCODERS:
             raise ConfigError(f"model.image.name: unknown image encoder '{name}' (known: {', '.join(sorted(IMAGE_ENCODERS))})")
@@ -130,11 +162,14 @@ class ImageEncoder(nn.Module):
         self.name = name
         self.backbone, self.feature_dim = factory(**options)
         self.proj = nn.Linear(self.feature_dim, embed_dim)
+        if activation_checkpointing:
+            for stage in _stages(name, self.backbone):
+                enable_activation_checkpointing(stage)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(self.backbone(x).flatten(1))
 
 
-def create_image_encoder(name: str, embed_dim: int = 256, **options: Any) -> ImageEncoder:
+def create_image_encoder(name: str, embed_dim: int = 256, activation_checkpointing: bool = False, **options: Any) -> ImageEncoder:
     """Create a registered encoder, e.g. ``create_image_encoder("resnet18_3d", 512)``."""
-    return ImageEncoder(name, embed_dim, options)
+    return ImageEncoder(name, embed_dim, options, activation_checkpointing)

@@ -11,7 +11,7 @@ from medalign.config import read_yaml
 from medalign.data.manifest import read_manifest
 from medalign.errors import InputError
 from medalign.io.atomic import atomic_write_json
-from medalign.tasks.embed import embed_studies, embed_texts
+from medalign.models.inference import embed_studies, embed_texts
 from medalign.tasks.model_io import load_model
 from medalign.tasks.montage import draw_montage
 from medalign.tasks.raw_study import prepare_raw_study

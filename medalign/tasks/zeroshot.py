@@ -11,34 +11,8 @@ import torch
 
 from medalign.errors import InputError
 from medalign.io.atomic import atomic_write, atomic_write_json
-from medalign.models import DualEncoder
+from medalign.models.inference import finding_probabilities  # noqa: F401 - part of this module's API
 from medalign.prep.vocab import Vocabulary
-
-
-@torch.no_grad()
-def _prompt_embeddings(model: DualEncoder, prompts: list[list[str]]) -> torch.Tensor:
-    """``(K, D)``: per finding, the renormalised mean embedding of its prompt ensemble."""
-    flat = [p for group in prompts for p in group]
-    emb = model.encode_text(flat)
-    out, start = [], 0
-    for group in prompts:
-        out.append(torch.nn.functional.normalize(emb[start : start + len(group)].mean(0), dim=0))
-        start += len(group)
-    return torch.stack(out)
-
-
-@torch.no_grad()
-def finding_probabilities(model: DualEncoder, study_emb: np.ndarray, vocab: Vocabulary) -> np.ndarray:
-    """``(N, K)``: for each finding, softmax over (positive, negative) prompt similarities × scale;
-    prompt ensembles are averaged in embedding space first."""
-    pairs = [f.prompt_pair() for f in vocab.findings]
-    device = model.logit_scale.device
-    pos = _prompt_embeddings(model, [p.positives for p in pairs])
-    neg = _prompt_embeddings(model, [p.negatives for p in pairs])
-    img = torch.as_tensor(study_emb, device=device)
-    s = model.scale()
-    logits = torch.stack([s * img @ pos.T, s * img @ neg.T], dim=-1)  # (N, K, 2)
-    return torch.softmax(logits, dim=-1)[..., 0].float().cpu().numpy()
 
 
 def read_label_csv(path: Path, study_ids: list[str], findings: list[str]) -> np.ndarray:

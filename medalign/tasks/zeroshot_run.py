@@ -10,7 +10,7 @@ import torch
 from medalign.data.manifest import read_manifest
 from medalign.errors import InputError
 from medalign.prep.vocab import Vocabulary, load_vocabulary
-from medalign.tasks.embed import embed_studies
+from medalign.models.inference import embed_studies
 from medalign.tasks.model_io import load_model
 from medalign.tasks.raw_study import prepare_raw_study
 from medalign.tasks.zeroshot import (
@@ -75,14 +75,7 @@ def _ground_truth(manifest, voc: Vocabulary, labels: Path | None) -> np.ndarray:
     ids = manifest.columns["study_id"]
     if labels is not None:
         return read_label_csv(labels, ids, voc.names)
-    parsed = {name: k for k, name in enumerate(manifest.findings)}
-    truth = np.full((len(manifest), len(voc.names)), np.nan, np.float32)
-    full = manifest.labels()
-    for k, name in enumerate(voc.names):
-        if name in parsed:
-            col = full[:, parsed[name]]
-            truth[:, k] = np.where(np.isnan(col), 0.0, col)
-    return truth
+    return manifest.truth(voc.names)
 
 
 @torch.no_grad()

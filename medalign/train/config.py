@@ -69,6 +69,16 @@ class TrainerConfig:
 
 
 @dataclasses.dataclass
+class ValidationConfig:
+    """Zero-shot macro AUROC and report->study Recall@5 on the val split during training."""
+
+    #: every K optimizer steps (and at the last); None: no validation during training
+    every_n_steps: int | None = None
+    #: the first N val studies (embedding the whole split every K steps can dominate a large run)
+    max_studies: int = 2000
+
+
+@dataclasses.dataclass
 class PretrainConfig:
     """A whole pretraining run."""
 
@@ -77,6 +87,7 @@ class PretrainConfig:
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     trainer: TrainerConfig = dataclasses.field(default_factory=TrainerConfig)
+    validation: ValidationConfig = dataclasses.field(default_factory=ValidationConfig)
 
     def validate(self, where: str) -> None:
         if not 0.0 <= self.loss.mix <= 1.0:
@@ -85,6 +96,8 @@ class PretrainConfig:
             raise ConfigError(f"{where}.data.crop_scale: must lie in [0.5, 1], got {self.data.crop_scale}")
         if self.data.batch_size < 2:
             raise ConfigError(f"{where}.data.batch_size: contrastive training needs at least 2")
+        if self.validation.every_n_steps is not None and self.validation.every_n_steps < 1:
+            raise ConfigError(f"{where}.validation.every_n_steps: must be >= 1 or null")
         if self.trainer.max_steps < 1:
             raise ConfigError(f"{where}.trainer.max_steps: must be >= 1")
         if self.loss.name == "siglip" and not self.model.logit_bias:

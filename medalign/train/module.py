@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import lightning as L
 import torch
@@ -44,6 +45,7 @@ class PretrainModule(L.LightningModule):
         self.report_cache = report_cache
         # a plain attribute, not a buffer: DDP would broadcast a buffer every step
         self.report_embeddings: torch.Tensor | None = None
+        self._last_step_time: float | None = None
 
     def on_fit_start(self) -> None:
         if self.report_texts is not None and self.report_embeddings is None:
@@ -70,6 +72,10 @@ class PretrainModule(L.LightningModule):
         loss = self.objective(img, txt, self.model.scale(), self.model.logit_bias, batch["labels"], similarity_source)
         bsz = batch["image"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bsz)
+        now = time.perf_counter()
+        if self._last_step_time is not None:  # whole-step throughput (data, forward, backward, optimizer), all ranks
+            self.log("train/volumes_per_s", bsz * self.trainer.world_size / (now - self._last_step_time), prog_bar=True, batch_size=bsz)
+        self._last_step_time = now
         self.log("train/logit_scale", self.model.scale().detach(), batch_size=bsz)
         return loss
 

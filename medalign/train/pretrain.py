@@ -2,8 +2,9 @@
 
 RUN/
     config.yaml          the merged configuration
-    logs/                CSV metrics (Lightning CSVLogger)
-    checkpoints/last.ckpt
+    logs/metrics.csv     training loss, logit scale, validation metrics (CSV)
+    tensorboard/         the same for TensorBoard (``tensorboard --logdir RUN/tensorboard``)
+    checkpoints/last.ckpt, best.ckpt (best val macro AUROC, when validation runs)
     cache/report_embeddings.safetensors   frozen text tower's report embeddings (CWCL targets, frozen text)
     model/               exported dual encoder (safetensors + config + tokenizer + prep preset + vocab)
 """
@@ -24,7 +25,7 @@ from medalign.data.augment import build_augmentation
 from medalign.data.dataset import StudyDataset
 from medalign.data.manifest import read_manifest
 from medalign.data.sampler import ResumableLoader, ResumableSampler
-from medalign.errors import InputError
+from medalign.errors import ConfigError, InputError
 from medalign.models import DualEncoder
 from medalign.train.config import PretrainConfig
 from medalign.train.module import PretrainModule, make_collate, uses_cached_text
@@ -51,7 +52,7 @@ def pretrain(
 
     from medalign.train.checkpointing import AtomicCheckpointIO
     from medalign.train.state import TrainingStateCallback
-    from lightning.pytorch.loggers import CSVLogger
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
     # Lightning sets its own INFO level on import; keep device banners and tips out of the output
     for name in ("lightning.pytorch", "lightning.fabric"):
@@ -89,6 +90,23 @@ def pretrain(
         collate_fn=make_collate(None if uses_cached_text(config) else model.text.tokenize),
         persistent_workers=d.num_workers > 0,
     )
+    callbacks = [TrainingStateCallback(sampler)]
+    v = config.validation
+    val = manifest.subset("val")
+    if v.every_n_steps and len(val) >= 2:
+        from medalign.prep.vocab import load_vocabulary
+        from medalign.train.validation import ZeroShotValidation
+
+        val = val.subset_rows(range(min(len(val), v.max_studies)))
+        callbacks.append(ZeroShotValidation(val, load_vocabulary(Path(dataset) / "vocab.yaml"), v.every_n_steps, d.text_field))
+        callbacks.append(ModelCheckpoint(dirpath=str(run / "checkpoints"), filename="best", monitor="val/macro_auroc", mode="max",
+                                         save_top_k=1, every_n_train_steps=v.every_n_steps, enable_version_counter=False))
+    elif v.every_n_steps:
+        log.warning("validation.every_n_steps is set but the dataset has fewer than 2 val studies: no validation")
+    callbacks.append(ModelCheckpoint(dirpath=str(run / "checkpoints"), save_last=True, save_top_k=0,
+                                     every_n_train_steps=t.checkpoint_every, enable_version_counter=False))
+    if t.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.accelerator: '{t.accelerator}' but no CUDA GPU is visible here; override with trainer.accelerator=cpu (or auto)")
     trainer = L.Trainer(
         default_root_dir=str(run),
         max_steps=t.max_steps,
@@ -102,10 +120,9 @@ def pretrain(
         log_every_n_steps=t.log_every_n_steps,
         deterministic=t.deterministic,
         sync_batchnorm=t.sync_batchnorm,
-        logger=CSVLogger(str(run), name="logs", version=""),
+        logger=[CSVLogger(str(run), name="logs", version=""), TensorBoardLogger(str(run), name="tensorboard", version="")],
         use_distributed_sampler=False,  # the sampler splits each global batch across ranks itself
-        callbacks=[TrainingStateCallback(sampler), ModelCheckpoint(dirpath=str(run / "checkpoints"), save_last=True, save_top_k=0,
-                                   every_n_train_steps=t.checkpoint_every, enable_version_counter=False)],
+        callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
         enable_progress_bar=progress,
         enable_model_summary=False,

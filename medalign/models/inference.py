@@ -1,0 +1,59 @@
+"""Inference with a dual encoder: study and text embeddings in batches, zero-shot finding scores.
+
+Used by the tasks and by validation during training (which must not import the tasks stage).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from medalign.data.dataset import StudyDataset
+from medalign.data.manifest import Manifest
+from medalign.models.dual import DualEncoder
+from medalign.prep.vocab import Vocabulary
+
+
+@torch.no_grad()
+def embed_studies(model: DualEncoder, manifest: Manifest, batch_size: int = 16) -> np.ndarray:
+    """``(N, D)`` float32 unit study embeddings, in manifest order."""
+    device = model.logit_scale.device
+    ds = StudyDataset(manifest)
+    out = []
+    for i in range(0, len(ds), batch_size):
+        images = torch.stack([ds[j]["image"] for j in range(i, min(i + batch_size, len(ds)))]).to(device)
+        out.append(model.encode_image(images).float().cpu())
+    dim = model.config.embed_dim
+    return torch.cat(out).numpy() if out else np.zeros((0, dim), np.float32)
+
+
+@torch.no_grad()
+def embed_texts(model: DualEncoder, texts: list[str], batch_size: int = 64) -> np.ndarray:
+    """``(N, D)`` float32 unit text embeddings."""
+    return model.encode_text(list(texts), batch_size=batch_size).float().cpu().numpy()
+
+
+@torch.no_grad()
+def prompt_embeddings(model: DualEncoder, prompts: list[list[str]]) -> torch.Tensor:
+    """``(K, D)``: per finding, the renormalised mean embedding of its prompt ensemble."""
+    flat = [p for group in prompts for p in group]
+    emb = model.encode_text(flat)
+    out, start = [], 0
+    for group in prompts:
+        out.append(torch.nn.functional.normalize(emb[start : start + len(group)].mean(0), dim=0))
+        start += len(group)
+    return torch.stack(out)
+
+
+@torch.no_grad()
+def finding_probabilities(model: DualEncoder, study_emb: np.ndarray, vocab: Vocabulary) -> np.ndarray:
+    """``(N, K)``: for each finding, softmax over (positive, negative) prompt similarities × scale;
+    prompt ensembles are averaged in embedding space first."""
+    pairs = [f.prompt_pair() for f in vocab.findings]
+    device = model.logit_scale.device
+    pos = prompt_embeddings(model, [p.positives for p in pairs])
+    neg = prompt_embeddings(model, [p.negatives for p in pairs])
+    img = torch.as_tensor(study_emb, device=device)
+    s = model.scale()
+    logits = torch.stack([s * img @ pos.T, s * img @ neg.T], dim=-1)  # (N, K, 2)
+    return torch.softmax(logits, dim=-1)[..., 0].float().cpu().numpy()

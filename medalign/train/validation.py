@@ -1,0 +1,78 @@
+"""Validation during training: zero-shot macro AUROC and report->study Recall@5 on the val split.
+
+Runs every ``validation.every_n_steps`` optimizer steps on every rank (the values agree, so the
+best-checkpoint callback sees the same metric everywhere) and logs ``val/macro_auroc`` and
+``val/report_to_study_r5``; the best checkpoint by AUROC is kept beside ``last.ckpt``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import lightning as L
+import numpy as np
+import torch
+
+from medalign.data.manifest import Manifest
+from medalign.models.inference import embed_studies, embed_texts, finding_probabilities
+from medalign.prep.vocab import Vocabulary
+
+log = logging.getLogger(__name__)
+
+
+def macro_auroc(scores: np.ndarray, truth: np.ndarray) -> float:
+    """Mean AUROC over findings with both classes; truth 1/0, uncertain (-1) and NaN left out. ``(N, K)``."""
+    from sklearn.metrics import roc_auc_score
+
+    aurocs = []
+    for k in range(truth.shape[1]):
+        keep = np.isfinite(truth[:, k]) & (truth[:, k] >= 0)
+        y = truth[keep, k] > 0.5
+        if 0 < y.sum() < len(y):
+            aurocs.append(roc_auc_score(y, scores[keep, k]))
+    return float(np.mean(aurocs)) if aurocs else float("nan")
+
+
+def recall_at_k_paired(query: np.ndarray, keys: np.ndarray, k: int) -> float:
+    """Fraction of rows ``i`` whose pair ``keys[i]`` ranks in the top ``k`` of ``query[i] @ keys.T``. ``(N, D)``."""
+    sim = query @ keys.T
+    rank = (sim > np.diag(sim)[:, None]).sum(1)  # how many keys beat the true pair
+    return float(np.mean(rank < k))
+
+
+class ZeroShotValidation(L.Callback):
+    """Logs ``val/macro_auroc`` and ``val/report_to_study_r5`` every ``every_n_steps`` steps (and at the last)."""
+
+    def __init__(self, manifest: Manifest, vocab: Vocabulary, every_n_steps: int, text_field: str = "report") -> None:
+        self.manifest = manifest
+        self.vocab = vocab
+        self.every_n_steps = every_n_steps
+        self.reports = [t or "" for t in manifest.columns[text_field]]
+        self.truth = manifest.truth(vocab.names)
+        self._last_step = -1
+
+    @torch.no_grad()
+    def evaluate(self, model) -> dict[str, float]:
+        """The two validation metrics for ``model`` (a :class:`DualEncoder`) as it is now."""
+        was_training = model.training
+        model.eval()
+        try:
+            studies = embed_studies(model, self.manifest)
+            reports = embed_texts(model, self.reports)
+            scores = finding_probabilities(model, studies, self.vocab)
+        finally:
+            model.train(was_training)
+        return {"val/macro_auroc": macro_auroc(scores, self.truth), "val/report_to_study_r5": recall_at_k_paired(reports, studies, 5)}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        step = trainer.global_step
+        if step == self._last_step or not (step % self.every_n_steps == 0 or step >= trainer.max_steps):
+            return
+        self._last_step = step
+        metrics = self.evaluate(pl_module.model)
+        # straight to the loggers (one row per validation, at the step's index as Lightning numbers
+        # training rows) and to callback_metrics, where the best-checkpoint callback looks
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=step - 1)
+        trainer.callback_metrics.update({k: torch.tensor(v) for k, v in metrics.items()})
+        log.info("step %d: %s", step, ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
