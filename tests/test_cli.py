@@ -11,6 +11,7 @@ from pathlib import Path
 import matplotlib.image as mpimg
 import numpy as np
 import pytest
+import torch
 from sklearn.metrics import roc_auc_score
 
 from medalign.cli.main import main as cli
@@ -203,3 +204,17 @@ def test_demo_runs_every_stage_and_prints_the_summary(tmp_path):
     res = subprocess.run(MEDALIGN + ["demo", "--out", str(out), "--studies", "30", "--max-steps", "2"], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
     assert len(list((out / "raw" / "images").iterdir())) == 30
+
+
+def test_export_writes_the_checkpoints_weights(trained_run, tmp_path):
+    """``medalign export RUN`` rebuilds the model folder from last.ckpt: the same tensors as the end-of-run export."""
+    from safetensors.torch import load_file
+
+    out = tmp_path / "exported"
+    res = subprocess.run(MEDALIGN + ["export", str(trained_run), "--out", str(out)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    a, b = load_file(str(trained_run / "model" / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (out / "prep_config.yaml").is_file() and (out / "vocab.yaml").is_file() and (out / "text" / "config.json").is_file()
+    res = subprocess.run(MEDALIGN + ["export", str(trained_run), "--checkpoint", "best"], capture_output=True, text=True)
+    assert res.returncode == 2 and "best.ckpt: no such checkpoint" in res.stderr

@@ -197,6 +197,13 @@ def cmd_pretrain(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(a: argparse.Namespace) -> int:
+    from medalign.train.pretrain import export_checkpoint
+
+    print(f"export: model written to {export_checkpoint(a.run, a.checkpoint, a.out)}")
+    return 0
+
+
 def cmd_zeroshot(a: argparse.Namespace) -> int:
     from medalign.tasks.zeroshot_run import zeroshot_dataset, zeroshot_study
 
@@ -278,6 +285,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--vocab", default=None)
     s.set_defaults(func=cmd_label)
+
+    s = sub.add_parser("export", help="export a run's checkpoint as a self-contained model folder")
+    s.add_argument("run", type=_existing_dir, metavar="RUN")
+    s.add_argument("--checkpoint", default="last", help="last (default), best, or another name under RUN/checkpoints")
+    s.add_argument("--out", type=Path, default=None, help="default: RUN/model (last) or RUN/model_<name>")
+    s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("pretrain", help="contrastive pretraining (Lightning)")
     s.add_argument("--data", type=_existing_dir, required=True)

@@ -6,7 +6,9 @@ RUN/
     tensorboard/         the same for TensorBoard (``tensorboard --logdir RUN/tensorboard``)
     checkpoints/last.ckpt, best.ckpt (best val macro AUROC, when validation runs)
     cache/report_embeddings.safetensors   frozen text tower's report embeddings (CWCL targets, frozen text)
-    model/               exported dual encoder (safetensors + config + tokenizer + prep preset + vocab)
+    dataset_files/       the dataset's prep_config.yaml and vocab.yaml
+    model/               exported dual encoder (safetensors + config + tokenizer + prep preset + vocab);
+                         ``medalign export RUN [--checkpoint best]`` writes it from a checkpoint
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from medalign.train.module import PretrainModule, make_collate, uses_cached_text
 
 log = logging.getLogger(__name__)
 EXPORT = "model"
+DATASET_FILES = "dataset_files"  # the dataset's prep preset and vocabulary, kept for exports
+DATASET_META = ("prep_config.yaml", "vocab.yaml")
 
 
 def pretrain(
@@ -71,6 +75,7 @@ def pretrain(
         raise InputError(f"{run}: nothing to resume (no checkpoints/last.ckpt)")
     run.mkdir(parents=True, exist_ok=True)
     save_yaml(config, run / "config.yaml")
+    _keep_dataset_files(dataset, run / DATASET_FILES)
     t = config.trainer
     if t.threads:
         torch.set_num_threads(t.threads)
@@ -134,17 +139,51 @@ def pretrain(
     if not trainer.is_global_zero:
         return None
     export = run / EXPORT
-    export_model(model.cpu(), dataset, export)
+    export_model(model.cpu(), run / DATASET_FILES, export)
     return export
 
 
-def export_model(model: DualEncoder, dataset: Path, folder: Path) -> None:
-    """Save the model with the dataset's preprocessing preset and vocabulary beside it."""
+def _keep_dataset_files(dataset: Path, folder: Path) -> None:
+    """Copy the dataset's preprocessing preset and vocabulary into the run (exports need them later)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in DATASET_META:
+        if (Path(dataset) / name).is_file():
+            shutil.copy2(Path(dataset) / name, folder / name)
+
+
+def export_model(model: DualEncoder, meta: Path, folder: Path) -> None:
+    """Save the model with the preprocessing preset and vocabulary found in ``meta`` beside it (atomically)."""
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
-    for name in ("prep_config.yaml", "vocab.yaml"):
-        if (Path(dataset) / name).is_file():
-            shutil.copy2(Path(dataset) / name, tmp / name)
+    for name in DATASET_META:
+        if (Path(meta) / name).is_file():
+            shutil.copy2(Path(meta) / name, tmp / name)
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
+
+
+def export_checkpoint(run: Path, which: str = "last", out: Path | None = None) -> Path:
+    """Export ``RUN/checkpoints/{which}.ckpt`` as a self-contained model folder (default ``RUN/model``
+    for ``last``, ``RUN/model_{which}`` otherwise). The checkpoint is read with ``weights_only=True``."""
+    from medalign.config import load_config
+
+    run = Path(run)
+    if not (run / "config.yaml").is_file():
+        raise InputError(f"{run}: not a run folder (no config.yaml)")
+    ckpt = run / "checkpoints" / f"{which}.ckpt"
+    if not ckpt.is_file():
+        raise InputError(f"{ckpt}: no such checkpoint")
+    config = load_config(PretrainConfig, str(run / "config.yaml"), "pretrain")
+    try:
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    except Exception as e:  # noqa: BLE001 - whatever torch raises, the user needs the file and the reason
+        raise InputError(f"{ckpt}: not a loadable checkpoint ({e.__class__.__name__}: {str(e).splitlines()[0][:200]})") from None
+    model = DualEncoder(config.model)
+    weights = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if missing or unexpected:
+        raise InputError(f"{ckpt}: does not match the run's model ({len(missing)} missing, {len(unexpected)} unexpected weights)")
+    folder = Path(out) if out is not None else run / (EXPORT if which == "last" else f"{EXPORT}_{which}")
+    export_model(model, run / DATASET_FILES, folder)
+    return folder
