@@ -35,7 +35,8 @@ def sample_sentences(sentences: list[str], rng: np.random.Generator) -> str | No
 
 
 class StudyDataset(Dataset):
-    """One item per study: ``{"image": (1, X, Y, Z) float32, "text": str, "labels": (K,), "index": int}``.
+    """One item per study: ``{"image": (1, X, Y, Z), "text": str, "labels": (K,), "index": int}``; the image
+    is in the cache's dtype (float32 once augmented); :meth:`DualEncoder.encode_image` converts it.
 
     Volumes are memory-mapped; ``augment`` (a MONAI transform on the (1, X, Y, Z) tensor) runs on the
     fly. An item is asked for as ``i`` or as ``(i, draw)`` (from :class:`ResumableSampler`): its
@@ -60,10 +61,15 @@ class StudyDataset(Dataset):
         i, draw = (int(key[0]), int(key[1])) if isinstance(key, (tuple, list)) else (int(key), int(key))
         rng = np.random.default_rng((self.seed, draw))
         volume = np.load(self.manifest.volume_path(i), mmap_mode="r")
-        image = torch.from_numpy(np.asarray(volume, dtype=np.float32))[None]
+        # the cache's dtype (float16 for the presets) travels to the device, which converts it: half the bytes
+        image = torch.from_numpy(np.array(volume))[None]
         if self.augment is not None:
-            if hasattr(self.augment, "set_random_state"):
-                self.augment.set_random_state(seed=int(rng.integers(2**31)))
+            image = image.float()
+            # one RandomState per item shared by the random steps (seeding each step separately costs more than the steps)
+            state = np.random.RandomState(int(rng.integers(2**31)))
+            for step in getattr(self.augment, "transforms", [self.augment]):
+                if hasattr(step, "set_random_state"):
+                    step.set_random_state(state=state)
             image = self.augment(image)
         text = self.manifest.columns[self.text_field][i] or ""
         if self.sentences is not None and rng.random() < self.sentence_sampling:
