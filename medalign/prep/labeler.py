@@ -21,9 +21,15 @@ PSEUDO_NEGATION = ["no change", "no significant change", "no interval change", "
 PRE_UNCERTAIN = [
     "possible", "possibly", "probable", "probably", "likely", "may represent", "may be", "might",
     "suspicious for", "concerning for", "questionable", "question of", "suggestive of", "suggest",
-    "suspected", "equivocal", "cannot exclude", "can not exclude", "differential includes", "versus",
+    "suspected", "equivocal", "cannot exclude", "can not exclude", "differential includes", "versus", "unlikely",
 ]
-POST_UNCERTAIN = ["cannot be excluded", "can not be excluded", "not excluded", "cannot be ruled out", "can not be ruled out", "is suspected", "versus", "vs"]
+POST_UNCERTAIN = [
+    "cannot be excluded", "can not be excluded", "not excluded", "cannot be ruled out", "can not be ruled out", "is suspected",
+    "versus", "vs", "is likely", "are likely", "is possible", "is probable", "is unlikely", "are unlikely", "is questioned",
+]
+#: a mention in a request or history context says nothing about this study (CheXpert's "indication" handling)
+PRE_IGNORE = ["history of", "evaluate for", "evaluation for", "assess for", "assessment for", "rule out", "to exclude", "indication"]
+IGNORE_WINDOW = 4
 TERMINATORS = ["but", "however", "although", "though", "except", "apart from", "aside from", "which", "whereas", "otherwise", "while"]
 #: how many words a pre-negation cue reaches forward (long enough for "no A, B or C")
 NEGATION_WINDOW = 8
@@ -47,6 +53,7 @@ _POST_NEG = _phrase_pattern(POST_NEGATION)
 _PSEUDO = _phrase_pattern(PSEUDO_NEGATION)
 _PRE_UNC = _phrase_pattern(PRE_UNCERTAIN)
 _POST_UNC = _phrase_pattern(POST_UNCERTAIN)
+_PRE_IGNORE = _phrase_pattern(PRE_IGNORE)
 _TERM = _phrase_pattern(TERMINATORS)
 
 
@@ -82,8 +89,11 @@ class ReportLabeler:
         self._mention = {f.name: _phrase_pattern(f.synonyms, plural=True) for f in vocab.findings}
         self._negative = {f.name: _phrase_pattern(f.negative_phrases) for f in vocab.findings if f.negative_phrases}
 
-    def mention_label(self, sentence: str, start: int, end: int) -> int:
-        """Label of one mention spanning ``sentence[start:end]`` (sentence lower-cased)."""
+    def mention_label(self, sentence: str, start: int, end: int) -> int | None:
+        """Label of one mention spanning ``sentence[start:end]`` (sentence lower-cased); ``None`` when
+        the mention is a request or history ("evaluate for nodule", "history of effusion")."""
+        if _cue_before(sentence, start, _PRE_IGNORE, IGNORE_WINDOW):
+            return None
         if _cue_after(sentence, end, _POST_UNC) or _cue_before(sentence, start, _PRE_UNC, UNCERTAIN_WINDOW):
             return -1
         if _cue_before(sentence, start, _PRE_NEG, NEGATION_WINDOW) or _cue_after(sentence, end, _POST_NEG):
@@ -102,7 +112,9 @@ class ReportLabeler:
                 # "effusion" inside "pericardial effusion" belongs to the longer finding's mention
                 if any(n != name and a <= start and end <= b and b - a > end - start for a, b, n in mentions):
                     continue
-                found[name].add(self.mention_label(sentence, start, end))
+                label = self.mention_label(sentence, start, end)
+                if label is not None:
+                    found[name].add(label)
         out: dict[str, int | None] = {}
         for name, labels in found.items():
             out[name] = 1 if 1 in labels else -1 if -1 in labels else 0 if 0 in labels else None
