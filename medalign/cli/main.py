@@ -204,6 +204,25 @@ def cmd_export(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_embed(a: argparse.Namespace) -> int:
+    from medalign.tasks.embeddings import embed_dataset
+
+    out, computed = embed_dataset(a.checkpoint, a.data, a.out, a.device)
+    print(f"embed: {'written to' if computed else 'up to date in'} {out}")
+    return 0
+
+
+def cmd_probe(a: argparse.Namespace) -> int:
+    from medalign.tasks.probe import probe_dataset
+
+    r = probe_dataset(a.checkpoint, a.data, a.out, a.labels, a.fractions, a.seeds, a.device)
+    for f in r["fractions"]:
+        p, b = r["pretrained"][str(f)]["macro_auroc"], r["random_init"][str(f)]["macro_auroc"]
+        print(f"probe: {f:>6.0%} of labels  macro AUROC {p:.3f} (random init {b:.3f})")
+    print(f"probe: {a.out / 'metrics.json'}, {a.out / 'label_efficiency.png'}")
+    return 0
+
+
 def cmd_zeroshot(a: argparse.Namespace) -> int:
     from medalign.tasks.zeroshot_run import zeroshot_dataset, zeroshot_study
 
@@ -220,8 +239,8 @@ def cmd_zeroshot(a: argparse.Namespace) -> int:
 def cmd_index(a: argparse.Namespace) -> int:
     from medalign.tasks.retrieval_run import index_dataset
 
-    n = index_dataset(a.checkpoint, a.data, a.out, a.device, a.split)
-    print(f"index: {n} studies -> {a.out}")
+    added, total = index_dataset(a.checkpoint, a.data, a.out, a.device, a.split, a.approximate, a.update)
+    print(f"index: {added} studies embedded, {total} in {a.out}")
     return 0
 
 
@@ -286,6 +305,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--vocab", default=None)
     s.set_defaults(func=cmd_label)
 
+    s = sub.add_parser("embed", help="cache a dataset's study and report embeddings (computed once per model and dataset)")
+    s.add_argument("--checkpoint", type=_existing_path, required=True)
+    s.add_argument("--data", type=_existing_dir, required=True)
+    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--device", default="auto")
+    s.set_defaults(func=cmd_embed)
+
+    s = sub.add_parser("probe", help="linear probes on frozen embeddings at several label fractions, against random init")
+    s.add_argument("--checkpoint", type=_existing_path, required=True)
+    s.add_argument("--data", type=_existing_dir, required=True)
+    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--labels", type=_existing_path, default=None, help="CSV: study_id + one 0/1 column per finding (default: labels parsed from reports)")
+    s.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.1, 1.0])
+    s.add_argument("--seeds", type=int, default=3, help="subsamples per fraction (averaged)")
+    s.add_argument("--device", default="auto")
+    s.set_defaults(func=cmd_probe)
+
     s = sub.add_parser("export", help="export a run's checkpoint as a self-contained model folder")
     s.add_argument("run", type=_existing_dir, metavar="RUN")
     s.add_argument("--checkpoint", default="last", help="last (default), best, or another name under RUN/checkpoints")
@@ -322,6 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--split", default="all", choices=["train", "val", "test", "all"])
     s.add_argument("--device", default="auto")
+    s.add_argument("--approximate", default="auto", choices=["auto", "hnsw", "off"],
+                   help="HNSW graphs for approximate search (auto: from 100,000 studies)")
+    s.add_argument("--update", action="store_true", help="add only the studies an existing index at --out lacks")
     s.set_defaults(func=cmd_index)
 
     s = sub.add_parser("retrieve", help="similar studies for a study or a text query")

@@ -28,7 +28,7 @@ def resolve_export(checkpoint: Path) -> Path:
         run = checkpoint.parent.parent
         if (run / "model" / "config.json").is_file():
             return run / "model"
-        raise InputError(f"{checkpoint}: checkpoint has no exported model beside it (run 'medalign pretrain' to the end)")
+        raise InputError(f"{checkpoint}: no exported model beside this checkpoint (run 'medalign export {run}')")
     if (checkpoint / "config.json").is_file():
         return checkpoint
     if (checkpoint / "model" / "config.json").is_file():

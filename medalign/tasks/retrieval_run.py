@@ -15,14 +15,27 @@ from medalign.models.inference import embed_studies, embed_texts
 from medalign.tasks.model_io import load_model
 from medalign.tasks.montage import draw_montage
 from medalign.tasks.raw_study import prepare_raw_study
-from medalign.tasks.retrieval import StudyIndex, build_index
+from medalign.tasks.retrieval import StudyIndex, build_index, update_index
 
 
-def index_dataset(checkpoint: Path, dataset: Path, out: Path, device: str = "auto", split: str = "all") -> int:
-    """Embed the studies and reports of ``dataset`` (one split or all) into index folder ``out``."""
+def index_dataset(checkpoint: Path, dataset: Path, out: Path, device: str = "auto", split: str = "all", approximate: str = "auto",
+                  update: bool = False) -> tuple[int, int]:
+    """Embed the studies and reports of ``dataset`` (one split or all) into index folder ``out``.
+
+    ``update``: add only the studies the existing index at ``out`` lacks (same model required).
+    Returns (studies embedded now, studies in the index).
+    """
     model, model_dir = load_model(checkpoint, device)
     manifest = read_manifest(dataset).subset(None if split == "all" else split)
-    if len(manifest) == 0:
+    existing = None
+    if update and (Path(out) / "index.json").is_file():
+        existing = StudyIndex(out)
+        existing.check_model(model_dir)
+        known = set(existing.ids)
+        manifest = manifest.subset_rows(i for i, sid in enumerate(manifest.columns["study_id"]) if sid not in known)
+        if len(manifest) == 0:
+            return 0, len(known)
+    elif len(manifest) == 0:
         raise InputError(f"{dataset}: no studies to index in split '{split}'")
     study_emb = embed_studies(model, manifest)
     report_emb = embed_texts(model, [r or "" for r in manifest.columns["report"]])
@@ -31,8 +44,10 @@ def index_dataset(checkpoint: Path, dataset: Path, out: Path, device: str = "aut
         {"study_id": c["study_id"][i], "split": c["split"][i], "volume": c["volume"][i], "impression": c["impression"][i] or c["findings"][i] or ""}
         for i in range(len(manifest))
     ]
-    build_index(out, model_dir, dataset, study_emb, report_emb, meta)
-    return len(manifest)
+    if existing is not None:
+        return len(manifest), update_index(out, model_dir, dataset, study_emb, report_emb, meta)
+    build_index(out, model_dir, dataset, study_emb, report_emb, meta, approximate)
+    return len(manifest), len(manifest)
 
 
 @torch.no_grad()

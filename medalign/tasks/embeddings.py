@@ -1,0 +1,71 @@
+"""``medalign embed``: study and report embeddings of a dataset, computed once per (model, dataset).
+
+EMB/
+    embeddings.safetensors   "study" (N, D) and "report" (N, D) float32 unit vectors, manifest order;
+                             metadata: model and dataset fingerprints
+    studies.json             study ids and splits, same order
+A rerun with the same model and dataset returns the cached files without computing anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medalign.data.manifest import MANIFEST, read_manifest
+from medalign.io.atomic import atomic_write, atomic_write_json
+from medalign.models.inference import embed_studies, embed_texts
+from medalign.tasks.model_io import load_model, resolve_export
+
+EMBEDDINGS = "embeddings.safetensors"
+
+
+def file_fingerprint(*paths: Path) -> str:
+    """sha256 over the bytes of ``paths`` (a model's weights, a dataset's manifest)."""
+    h = hashlib.sha256()
+    for p in paths:
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def _fingerprints(model_dir: Path, dataset: Path) -> dict[str, str]:
+    return {"model": file_fingerprint(model_dir / "model.safetensors", *sorted((model_dir / "text").glob("*.safetensors"))),
+            "dataset": file_fingerprint(Path(dataset) / MANIFEST)}
+
+
+def embed_dataset(checkpoint: Path, dataset: Path, out: Path, device: str = "auto") -> tuple[Path, bool]:
+    """Embed every study and report of ``dataset``; returns (``out``, whether it was computed now)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    model_dir = resolve_export(checkpoint)
+    prints = _fingerprints(model_dir, dataset)
+    if (out / EMBEDDINGS).is_file():
+        with safe_open(str(out / EMBEDDINGS), framework="pt") as f:
+            if (f.metadata() or {}) == prints:
+                return out, False
+    model, _ = load_model(checkpoint, device)
+    manifest = read_manifest(dataset)
+    study = torch.from_numpy(embed_studies(model, manifest))
+    report = torch.from_numpy(embed_texts(model, [r or "" for r in manifest.columns["report"]]))
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "studies.json", {"study_id": manifest.columns["study_id"], "split": manifest.columns["split"]})
+    atomic_write(out / EMBEDDINGS, lambda p: save_file({"study": study.contiguous(), "report": report.contiguous()}, str(p), metadata=prints))
+    return out, True
+
+
+def load_embeddings(folder: Path) -> dict:
+    """``{"study": (N, D), "report": (N, D), "study_id": [...], "split": [...]}`` from an ``embed`` folder."""
+    from safetensors.numpy import load_file
+
+    folder = Path(folder)
+    arrays = load_file(str(folder / EMBEDDINGS))
+    meta = json.loads((folder / "studies.json").read_text(encoding="utf-8"))
+    return {"study": np.asarray(arrays["study"]), "report": np.asarray(arrays["report"]), **meta}
