@@ -40,6 +40,8 @@ def is_secondary_capture(sop_class_uid: str) -> bool:
 
 #: Refuse volumes above this many voxels before allocating them.
 MAX_VOXELS = 2048 * 2048 * 4096
+#: no CT, MR or OCT frame is wider than this; larger Rows/Columns are corrupt headers
+MAX_SIDE = 8192
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
@@ -230,8 +232,9 @@ def _slices_from_file(path: Path) -> list[_Slice]:
         raise InputError(f"{path.name}: unreadable DICOM ({e.__class__.__name__}: {e})") from None
     rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
     n_frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if rows * cols * n_frames > MAX_VOXELS:
-        raise InputError(f"{path.name}: absurd dimensions {rows}x{cols}x{n_frames}")
+    if rows > MAX_SIDE or cols > MAX_SIDE or rows * cols * n_frames > MAX_VOXELS:
+        # refused from the header, before any pixel buffer is allocated
+        raise InputError(f"{path.name}: absurd dimensions {rows}x{cols}x{n_frames} (limit {MAX_SIDE} per side, {MAX_VOXELS} voxels)")
     if "PixelData" not in ds and "FloatPixelData" not in ds:
         raise InputError(f"{path.name}: no pixel data")
     try:

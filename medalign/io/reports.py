@@ -58,6 +58,8 @@ def read_reports(path: Path) -> tuple[dict[str, dict[str, str]], list[str]]:
             problems.append("a row without study_id was ignored")
             continue
         if sid in out:
+            if out[sid]["report"].strip() != r.get("report", "").strip():
+                out[sid]["conflict"] = True  # two different reports for one study: neither is trusted
             seen_twice.add(sid)
             continue
         entry = {"report": r.get("report", "")}
@@ -65,5 +67,8 @@ def read_reports(path: Path) -> tuple[dict[str, dict[str, str]], list[str]]:
             entry["split"] = r["split"].strip()
         out[sid] = entry
     for sid in sorted(seen_twice):
-        problems.append(f"study {sid}: duplicate study_id in reports, first row kept")
+        if out[sid].get("conflict"):
+            problems.append(f"study {sid}: several different reports under one study_id; the study is not prepared")
+        else:
+            problems.append(f"study {sid}: the same report appears twice; one kept")
     return out, problems

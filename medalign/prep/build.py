@@ -245,6 +245,10 @@ def prepare_dataset(
     for sid, path in studies.items():
         if sid not in report_rows:
             errors.append({"study_id": sid, "path": str(path), "reason": "no report for this study"})
+        elif report_rows[sid].get("conflict"):
+            errors.append({"study_id": sid, "path": str(path), "reason": f"{Path(reports).name}: several different reports for this study_id"})
+        elif not clean_report(report_rows[sid]["report"]):
+            errors.append({"study_id": sid, "path": str(path), "reason": f"{Path(reports).name}: empty report"})
         elif _is_done(out, sid):
             skipped += 1
         else:

@@ -13,6 +13,8 @@ _HEADER = re.compile(
     r"(?im)(?:^|(?<=[\s.]))(" + "|".join(n for names in _SECTION_NAMES.values() for n in names) + r")\s*:"
 )
 _RTF_CONTROL = re.compile(r"\\[a-z]+-?\d* ?|[{}]")
+#: RTF header groups (font and colour tables, styles, document info, ignorable destinations) hold no report text
+_RTF_HEADER_GROUP = re.compile(r"\{\\(?:fonttbl|colortbl|stylesheet|info|\*)(?:[^{}]|\{[^{}]*\})*\}")
 _TAG = re.compile(r"<[^>]{1,200}>")
 _SENTENCE_END = re.compile(r"(?<!\d)[.!?;](?!\d)|\n")
 
@@ -20,7 +22,7 @@ _SENTENCE_END = re.compile(r"(?<!\d)[.!?;](?!\d)|\n")
 def clean_report(text: str) -> str:
     """Strip HTML/RTF remnants, control characters and redundant whitespace."""
     if text.lstrip().startswith("{\\rtf"):
-        text = _RTF_CONTROL.sub(" ", text)
+        text = _RTF_CONTROL.sub(" ", _RTF_HEADER_GROUP.sub(" ", text))
     text = html.unescape(_TAG.sub(" ", text))
     text = "".join(ch if ch.isprintable() or ch == "\n" else " " for ch in text)
     lines = [re.sub(r"[ \t]+", " ", line).strip() for line in text.splitlines()]

@@ -8,6 +8,8 @@ from typing import Any
 
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from medalign.errors import InputError
+
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """``last.ckpt`` is always a whole checkpoint: the old one or the new one, never half."""
@@ -20,4 +22,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = None) -> dict[str, Any]:
         # checkpoints hold tensors and plain containers only: never unpickle arbitrary objects
-        return super().load_checkpoint(path, map_location=map_location, weights_only=True)
+        try:
+            return super().load_checkpoint(path, map_location=map_location, weights_only=True)
+        except Exception as e:  # noqa: BLE001 - a refused pickle, a truncated file: the user needs the file and the reason
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+            raise InputError(f"{path}: not a loadable checkpoint ({e.__class__.__name__}: {first})") from None
