@@ -34,6 +34,7 @@ from medalign.io.nifti import is_nifti, load_nifti
 from medalign.io.reports import read_reports
 from medalign.prep.config import PrepConfig
 from medalign.prep.labeler import ReportLabeler
+from medalign.prep.deid import redact_identifiers
 from medalign.prep.report_text import clean_report, split_sections
 from medalign.prep.vocab import Vocabulary
 
@@ -290,7 +291,7 @@ def prepare_dataset(
         if sid not in report_rows or not _is_done(out, sid):
             continue
         record = json.loads((out / "records" / f"{_safe_name(sid)}.json").read_text(encoding="utf-8"))
-        text = clean_report(report_rows[sid]["report"])
+        text = redact_identifiers(clean_report(report_rows[sid]["report"]))  # identifiers never reach the manifest
         sections = split_sections(text)
         split = report_rows[sid].get("split") or assign_split(sid, config.val_fraction, config.test_fraction)
         if split not in ("train", "val", "test"):
