@@ -46,3 +46,37 @@ def test_prep_writes_no_identifier_from_report_text(phantom_ct, tmp_path):
             data = p.read_bytes()
             for s in secrets:
                 assert s.encode() not in data, (s, p)
+
+
+def test_hash_ids_pseudonymises_every_study_id(phantom_ct, tmp_path):
+    import hashlib
+    import hmac
+    import json
+
+    import pyarrow.parquet as pq
+
+    rows = list(csv.DictReader(open(phantom_ct / "reports.csv", encoding="utf-8")))[:3]
+    images = tmp_path / "images"
+    for r in rows:
+        shutil.copytree(phantom_ct / "images" / r["study_id"], images / r["study_id"])
+    (images / "broken_study_x").mkdir()  # fails: empty
+    with open(tmp_path / "reports.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, ["study_id", "report"])
+        w.writeheader()
+        w.writerows([{"study_id": r["study_id"], "report": r["report"]} for r in rows]
+                    + [{"study_id": "broken_study_x", "report": "No effusion."}, {"study_id": "orphan_report_y", "report": "x"}])
+    key = tmp_path / "secret.key"
+    key.write_bytes(b"0123456789abcdef-hospital-secret")
+    out = tmp_path / "ds"
+    assert cli(["prep", "--images", str(images), "--reports", str(tmp_path / "reports.csv"), "--out", str(out), "--config", "demo_ct",
+                "--hash-ids", str(key)]) == 3
+    expected = {"s" + hmac.new(key.read_bytes(), r["study_id"].encode(), hashlib.sha256).hexdigest()[:20] for r in rows}
+    assert set(pq.read_table(out / "manifest.parquet").column("study_id").to_pylist()) == expected
+    originals = [r["study_id"] for r in rows] + ["broken_study_x", "orphan_report_y", str(images)]
+    for p in out.rglob("*"):
+        if p.is_file():
+            data = p.read_bytes()
+            for s in originals + ["hospital-secret"]:
+                assert s.encode() not in data, (s, p)
+    error = json.loads((out / "errors.jsonl").read_text())
+    assert "empty study folder" in error["reason"] and error["study_id"].startswith("s")

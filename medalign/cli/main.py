@@ -116,7 +116,12 @@ def cmd_prep(a: argparse.Namespace) -> int:
         raise MedalignError("prep: --images and --reports are required (except with --merge)")
     config = load_config(PrepConfig, a.config or default_prep_preset(a.images), "prep")
     vocab = load_vocabulary(a.vocab or config.vocab)
-    s = prepare_dataset(a.images, a.reports, a.out, vocab, config, workers=a.workers, shard=a.shard)
+    key = None
+    if a.hash_ids is not None:
+        key = a.hash_ids.read_bytes().strip()
+        if len(key) < 16:
+            raise MedalignError(f"--hash-ids {a.hash_ids}: the key must hold at least 16 bytes of secret")
+    s = prepare_dataset(a.images, a.reports, a.out, vocab, config, workers=a.workers, shard=a.shard, id_key=key)
     reasons = "; ".join(f"{k}: {v}" for k, v in s.reasons.items())
     print(f"prep: {s.done} prepared, {s.skipped} already done, {s.failed} failed{' (' + reasons + ')' if reasons else ''} -> {s.out}")
     if s.failed:
@@ -294,6 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--shard", type=_shard, default=None, metavar="I/N", help="prepare only shard I of N (cluster array jobs); then --merge")
     s.add_argument("--merge", action="store_true", help="join the shards' manifests in --out into manifest.parquet")
+    s.add_argument("--hash-ids", type=_existing_path, default=None, metavar="KEYFILE",
+                   help="replace study ids by a keyed hash (HMAC-SHA256) with the secret in KEYFILE; the key is never written")
     s.add_argument("--vocab", default=None, help="vocabulary YAML or preset (default: the prep preset's)")
     s.add_argument("--config", default=None, help="prep YAML or preset under configs/prep (default: demo_ct, demo_oct for OCT)")
     s.add_argument("--workers", type=int, default=None)

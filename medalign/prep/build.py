@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import hmac
 import json
 import logging
 import multiprocessing as mp
+import re
 import sys
 import time
 from pathlib import Path
@@ -86,6 +88,28 @@ def load_study(path: Path, config: PrepConfig) -> tuple[Volume, str]:
     if not any(p.is_file() for p in path.rglob("*")):
         raise InputError(f"{path}: empty study folder")
     return load_dicom_study(path, config.series)
+
+
+def pseudonym(study_id: str, key: bytes) -> str:
+    """A pseudonymous study id: HMAC-SHA256 of the id under the user's secret ``key`` (20 hex digits).
+    The same key gives the same ids on every run; without the key they cannot be reversed or recomputed."""
+    return "s" + hmac.new(key, study_id.encode("utf-8"), hashlib.sha256).hexdigest()[:20]
+
+
+def _pseudonymise(key: bytes, studies: dict, reports: dict, problems: list[str]):
+    """Study and report ids replaced by :func:`pseudonym`; messages that name an id use the pseudonym."""
+    ids = set(studies) | set(reports)
+    names = {sid: pseudonym(sid, key) for sid in ids}
+    problems = [re.sub(r"^study (.+?):", lambda m: f"study {names.get(m.group(1), '<withheld>')}:", p) for p in problems]
+    return {names[s]: p for s, p in studies.items()}, {names[s]: e for s, e in reports.items()}, problems
+
+
+def _withhold_path(error: dict, study_path: Path | None) -> dict:
+    """An error row without the study's folder or file path (its name is the original study id)."""
+    reason = error["reason"]
+    if study_path is not None:
+        reason = reason.replace(str(study_path), "<study>").replace(Path(study_path).name, "<study>")
+    return {**error, "path": "<withheld: --hash-ids>", "reason": reason}
 
 
 def assign_split(study_id: str, val_fraction: float = 0.1, test_fraction: float = 0.1) -> str:
@@ -221,21 +245,26 @@ def prepare_dataset(
     workers: int | None = None,
     progress: bool | None = None,
     shard: tuple[int, int] | None = None,
+    id_key: bytes | None = None,
 ) -> PrepSummary:
     """Prepare every study under ``images`` with its report into dataset folder ``out``.
 
     With ``shard=(i, n)`` only the studies whose id hashes to shard ``i`` of ``n`` are prepared and
     the manifest, errors and log carry a ``.shard-i-of-n`` suffix; :func:`merge_shards` joins them.
+    With ``id_key`` every study id is replaced by :func:`pseudonym` (a keyed hash) before anything
+    is written, and study folder paths are withheld from errors and logs.
     """
     out = Path(out)
     all_studies = discover_studies(images)
+    report_rows, problems = read_reports(reports)
+    if id_key is not None:
+        all_studies, report_rows, problems = _pseudonymise(id_key, all_studies, report_rows, problems)
     studies = all_studies
     suffix = ""
     if shard is not None:
         i, n = shard
         studies = {sid: p for sid, p in studies.items() if shard_of(sid, n) == i}
         suffix = f".shard-{i}-of-{n}"
-    report_rows, problems = read_reports(reports)
     out.mkdir(parents=True, exist_ok=True)
     logfile = out / f"prep{suffix}.log"
     log_lines = [f"{time.strftime('%Y-%m-%d %H:%M:%S')} prep: {len(studies)} studies, {len(report_rows)} reports"]
@@ -306,6 +335,8 @@ def prepare_dataset(
             "labels": labeler.label(text),
         })
     write_manifest(rows, vocab, out, f"manifest{suffix}.parquet")
+    if id_key is not None:
+        errors = [_withhold_path(e, studies.get(e["study_id"])) for e in errors]
     atomic_write_text_lines(out / f"errors{suffix}.jsonl", [json.dumps(e, ensure_ascii=False) for e in errors])
     save_yaml(config, out / "prep_config.yaml")
     save_yaml(vocab, out / "vocab.yaml")
