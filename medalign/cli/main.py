@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -398,6 +399,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+#: errno values that mean the output storage refused the write (full, read-only, forbidden, quota)
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT}
+EXIT_STORAGE_ERROR = 4
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -410,6 +416,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"medalign {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:
+        if e.errno not in _STORAGE_ERRNOS:
+            raise
+        # a full disk or a read-only / forbidden output folder is the machine's state, not a bug: say where
+        where = f" {e.filename}" if e.filename else ""
+        print(f"medalign {args.command}: error: cannot write{where}: {e.strerror or e}", file=sys.stderr)
+        return EXIT_STORAGE_ERROR
 
 
 if __name__ == "__main__":
