@@ -27,7 +27,9 @@ def main() -> None:
     ap.add_argument("--studies", type=int, default=30)
     args = ap.parse_args()
     from medalign.config import load_config
+    from medalign.data.dataset import as_unit_array
     from medalign.io.dicom import load_dicom_study
+    from medalign.prep.build import to_cache_dtype
     from medalign.io.nifti import save_nifti
     from medalign.prep.config import PrepConfig
     from medalign.prep.transforms import apply_preprocessing, build_preprocessing
@@ -59,7 +61,7 @@ def main() -> None:
     for i, v in enumerate(volumes):
         save_nifti(v, work / "nii" / f"{i}.nii.gz")
         arr, _ = apply_preprocessing(v, pipe)
-        np.save(work / "npy" / f"{i}.npy", arr.astype(np.float16))
+        np.save(work / "npy" / f"{i}.npy", to_cache_dtype(arr, "uint8"))  # what medalign prep writes
     from monai import transforms as T
 
     monai_pipeline = T.Compose([
@@ -78,7 +80,7 @@ def main() -> None:
     t_monai = time.perf_counter() - t
     t = time.perf_counter()
     for i in range(len(volumes)):
-        x = torch.from_numpy(np.asarray(np.load(work / "npy" / f"{i}.npy", mmap_mode="r"), dtype=np.float32))[None]
+        x = torch.from_numpy(as_unit_array(np.load(work / "npy" / f"{i}.npy", mmap_mode="r")))[None]
     t_cache = time.perf_counter() - t
     print(f"training-time loading of one preprocessed volume ({len(volumes)} volumes, 48x48x40)")
     print(f"  medalign .npy cache     {1000 * t_cache / len(volumes):8.2f} ms/volume")

@@ -15,6 +15,7 @@ import pytest
 from nibabel.testing import data_path
 
 from medalign.cli.main import main as cli
+from medalign.data.dataset import as_unit_array
 from medalign.prep.build import assign_split
 
 
@@ -25,8 +26,8 @@ def test_manifest_rows_labels_and_volumes(prepared_ct, phantom_ct):
     for row in table:
         assert row["split"] == assign_split(row["study_id"])
         vol = np.load(prepared_ct / row["volume"], mmap_mode="r")
-        assert vol.shape == (48, 48, 40) and vol.dtype == np.float16
-        assert 0.0 <= float(vol.min()) and float(vol.max()) <= 1.0
+        assert vol.shape == (48, 48, 40) and vol.dtype == np.uint8
+        assert int(vol.min()) == 0 and int(vol.max()) > 200  # the window in 256 levels: air at 0, bone near 255
         assert row["spacing"] == pytest.approx([8.0, 8.0, 7.5])
         for f in ("pleural effusion", "cardiomegaly", "lung nodule", "emphysema", "consolidation"):
             assert (row[f] == 1) == (truth[row["study_id"]][f] == "1")
@@ -38,7 +39,7 @@ def test_manifest_rows_labels_and_volumes(prepared_ct, phantom_ct):
 def test_preprocessed_volume_is_ras_and_windowed(prepared_ct, phantom_ct):
     """Air maps to 0 and bone to 1; in RAS the spine (midline bone) lies at low Y, the posterior side."""
     row = pq.read_table(prepared_ct / "manifest.parquet").to_pylist()[0]
-    vol = np.load(prepared_ct / row["volume"]).astype(np.float32)
+    vol = as_unit_array(np.load(prepared_ct / row["volume"]))
     assert vol[0, 0, :].max() < 0.05  # corner: air (or padding)
     x_mid = vol.shape[0] // 2
     midline = vol[x_mid - 2 : x_mid + 3]
@@ -135,9 +136,9 @@ def test_nifti_studies_from_nibabel(tmp_path):
     assert set(rows) == {"a", "b"}
     assert rows["a"]["source_spacing"] == pytest.approx(list(img.header.get_zooms()[:3]), rel=1e-4)
     assert rows["a"]["pleural effusion"] == 0 and rows["b"]["cardiomegaly"] == 1
-    a = np.load(out / rows["a"]["volume"])
-    b = np.load(out / rows["b"]["volume"])
-    np.testing.assert_allclose(a, b, atol=1e-3)  # same image, same result via either layout
+    a = as_unit_array(np.load(out / rows["a"]["volume"]))
+    b = as_unit_array(np.load(out / rows["b"]["volume"]))
+    np.testing.assert_allclose(a, b, atol=1.01 / 255)  # same image, same result via either layout
 
 
 def test_oct_studies_prepare_with_the_oct_preset_by_default(tmp_path):

@@ -47,7 +47,7 @@ def test_embed_is_cached_and_matches_the_model(trained_run, prepared_ct, tmp_pat
     assert emb["study"].shape[0] == len(manifest) and emb["study_id"] == manifest.columns["study_id"]
     model, _ = load_model(trained_run, "cpu")
     i = len(manifest) // 2
-    volume = torch.from_numpy(np.load(manifest.volume_path(i)).astype(np.float32))[None, None]
+    volume = torch.from_numpy(np.load(manifest.volume_path(i)))[None, None]  # uint8 cache: encode_image scales it
     with torch.no_grad():
         direct = model.encode_image(volume)[0].numpy()
     np.testing.assert_allclose(emb["study"][i], direct, atol=1e-5)

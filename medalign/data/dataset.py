@@ -10,6 +10,16 @@ from medalign.data.manifest import Manifest
 from medalign.prep.report_text import split_sections, split_sentences
 
 
+def as_unit_float(image: torch.Tensor) -> torch.Tensor:
+    """A cached volume as float32 in ``[0, 1]``: integer caches hold 256 levels (``/ 255``)."""
+    return image.float() if image.is_floating_point() else image.float() / 255.0
+
+
+def as_unit_array(volume: np.ndarray) -> np.ndarray:
+    """:func:`as_unit_float` for NumPy arrays (e.g. a memory-mapped cache volume), float32."""
+    return np.asarray(volume, dtype=np.float32) / (255.0 if np.issubdtype(volume.dtype, np.integer) else 1.0)
+
+
 def soft_labels(labels: np.ndarray) -> np.ndarray:
     """Labels for soft targets: present 1, uncertain 0.5, negated or not mentioned 0. ``(N, K)``."""
     y = np.nan_to_num(labels.astype(np.float32), nan=0.0)
@@ -36,7 +46,7 @@ def sample_sentences(sentences: list[str], rng: np.random.Generator) -> str | No
 
 class StudyDataset(Dataset):
     """One item per study: ``{"image": (1, X, Y, Z), "text": str, "labels": (K,), "index": int}``; the image
-    is in the cache's dtype (float32 once augmented); :meth:`DualEncoder.encode_image` converts it.
+    is in the cache's dtype (float32 in [0, 1] once augmented); :meth:`DualEncoder.encode_image` converts it.
 
     Volumes are memory-mapped; ``augment`` (a MONAI transform on the (1, X, Y, Z) tensor) runs on the
     fly. An item is asked for as ``i`` or as ``(i, draw)`` (from :class:`ResumableSampler`): its
@@ -61,10 +71,10 @@ class StudyDataset(Dataset):
         i, draw = (int(key[0]), int(key[1])) if isinstance(key, (tuple, list)) else (int(key), int(key))
         rng = np.random.default_rng((self.seed, draw))
         volume = np.load(self.manifest.volume_path(i), mmap_mode="r")
-        # the cache's dtype (float16 for the presets) travels to the device, which converts it: half the bytes
+        # the cache's dtype (uint8 for the presets) travels to the device, which converts it: fewer bytes
         image = torch.from_numpy(np.array(volume))[None]
         if self.augment is not None:
-            image = image.float()
+            image = as_unit_float(image)
             # one RandomState per item shared by the random steps (seeding each step separately costs more than the steps)
             state = np.random.RandomState(int(rng.integers(2**31)))
             for step in getattr(self.augment, "transforms", [self.augment]):

@@ -47,8 +47,12 @@ class DualEncoder(nn.Module):
         return self.logit_scale.exp().clamp(max=self.config.max_logit_scale)
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        """``(B, 1, X, Y, Z) -> (B, D)`` unit vectors; any float or integer input dtype (converted on the device)."""
-        return F.normalize(self.image(images.to(self.logit_scale.dtype)), dim=-1)
+        """``(B, 1, X, Y, Z) -> (B, D)`` unit vectors. Float input is the ``[0, 1]`` window; integer (uint8)
+        input holds it in 256 levels and is scaled here, on the device."""
+        x = images.to(self.logit_scale.dtype)
+        if not images.is_floating_point():
+            x = x / 255.0
+        return F.normalize(self.image(x), dim=-1)
 
     def encode_tokens(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
         """Tokenised texts ``-> (B, D)`` unit vectors."""

@@ -112,6 +112,13 @@ def _withhold_path(error: dict, study_path: Path | None) -> dict:
     return {**error, "path": "<withheld: --hash-ids>", "reason": reason}
 
 
+def to_cache_dtype(array: np.ndarray, dtype: str) -> np.ndarray:
+    """The preprocessed ``[0, 1]`` volume in the cache's dtype (uint8: 256 levels, 0 -> 0 and 1 -> 255)."""
+    if dtype == "uint8":
+        return np.round(np.clip(array, 0.0, 1.0) * 255.0).astype(np.uint8)
+    return array.astype(dtype)
+
+
 def assign_split(study_id: str, val_fraction: float = 0.1, test_fraction: float = 0.1) -> str:
     """Deterministic train/val/test split from a hash of the study id."""
     u = int(hashlib.sha256(study_id.encode("utf-8")).hexdigest()[:12], 16) / float(16**12)
@@ -154,7 +161,7 @@ def _prepare_one(task: tuple[str, str, dict, str]) -> dict[str, Any]:
         return {"study_id": study_id, "error": f"{e.__class__.__name__}: {e}"}
     name = _safe_name(study_id)
     rel = f"volumes/{name}.npy"
-    atomic_save_npy(Path(out) / rel, array.astype(config.cache_dtype))
+    atomic_save_npy(Path(out) / rel, to_cache_dtype(array, config.cache_dtype))
     record = {
         "study_id": study_id,
         "volume": rel,

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from medalign.config import read_yaml
+from medalign.data.dataset import as_unit_array
 from medalign.data.manifest import read_manifest
 from medalign.errors import InputError
 from medalign.io.atomic import atomic_write_json
@@ -77,7 +78,7 @@ def retrieve(index: Path, out: Path, study: Path | None = None, text: str | None
     atomic_write_json(out / "results.json", hits)
     dataset = Path(idx.info["dataset"])
     by_id = {m["study_id"]: m for m in idx.meta}
-    volumes = [np.load(dataset / by_id[h["study_id"]]["volume"], mmap_mode="r") for h in hits]
+    volumes = [as_unit_array(np.load(dataset / by_id[h["study_id"]]["volume"], mmap_mode="r")) for h in hits]
     prep_cfg = model_dir / "prep_config.yaml"
     modality = read_yaml(prep_cfg).get("modality", "ct") if prep_cfg.is_file() else "ct"
     title = f"Query study {Path(study).name}" if study is not None else ""
