@@ -11,10 +11,15 @@ export TOKENIZERS_PARALLELISM := false
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# open_clip's losses are the tests' reference for info_nce/siglip; its wheel is installed without
+# dependencies (they would replace the pinned CPU torch), and the tests load only its loss.py
+OPEN_CLIP := open_clip_torch==3.3.0
+
+$(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "installing medalign and its pinned dependencies into $(VENV) (about a minute on a fresh machine)"
 	@$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]" > $(VENV)/pip.log 2>&1 || (grep -v "^WARNING: Location" $(VENV)/pip.log; exit 1)
+	@$(PY) -m pip install --quiet --disable-pip-version-check --no-deps $(OPEN_CLIP) >> $(VENV)/pip.log 2>&1 || (grep -v "^WARNING: Location" $(VENV)/pip.log; exit 1)
 	@$(PY) -c "import torch, monai, transformers, medalign" || (echo "install failed" && exit 1)
 	@touch $(STAMP)
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -104,3 +106,28 @@ def test_soft_label_gradients_flow_to_both_towers():
     y = torch.tensor([[1, 0], [1, 0], [0, 1], [0, 0], [0, 0], [1, 1]], dtype=torch.float64)
     soft_label_contrastive(img, txt, targets_from_labels(y, 1.0), 3.0).backward()
     assert img.grad.abs().sum() > 0 and txt.grad.abs().sum() > 0
+
+
+def _open_clip_losses():
+    """open_clip's loss.py, loaded alone (its package __init__ needs torchvision); skip if absent."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("open_clip_torch is not installed (make install adds it without dependencies)")
+    path = Path(list(spec.submodule_search_locations)[0]) / "loss.py"
+    module_spec = importlib.util.spec_from_file_location("open_clip_loss_reference", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("batch", [2, 7, 32])
+def test_info_nce_and_siglip_equal_open_clip(batch):
+    oc = _open_clip_losses()
+    g = torch.Generator().manual_seed(batch)
+    img = F.normalize(torch.randn(batch, 24, generator=g, dtype=torch.float64), dim=-1)
+    txt = F.normalize(torch.randn(batch, 24, generator=g, dtype=torch.float64), dim=-1)
+    scale, bias = torch.tensor(14.3, dtype=torch.float64), torch.tensor(-3.1, dtype=torch.float64)
+    torch.testing.assert_close(info_nce(img, txt, scale), oc.ClipLoss()(img, txt, scale), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(siglip(img, txt, scale, bias), oc.SigLipLoss()(img, txt, scale, bias), rtol=1e-12, atol=1e-12)
