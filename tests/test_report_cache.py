@@ -59,3 +59,19 @@ def test_cwcl_uses_the_cached_report_similarity(prepared_ct, tmp_path):
     res = subprocess.run(MEDALIGN + ["pretrain", "--data", str(prepared_ct), "--resume", str(run), "--max-steps", "4"], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
     assert cache.stat().st_mtime_ns == first
+
+
+def test_compile_option_compiles_the_image_tower_in_place(prepared_ct, tmp_path, monkeypatch):
+    """``trainer.compile=true`` calls ``nn.Module.compile`` on the image tower (compiling itself is
+    too slow for CPU tests); the export keeps the uncompiled parameter names."""
+    from torch import nn
+
+    from medalign.cli.main import main as cli
+
+    compiled = []
+    monkeypatch.setattr(nn.Module, "compile", lambda self, *a, **k: compiled.append(type(self).__name__))
+    run = tmp_path / "run"
+    assert cli(["pretrain", "--data", str(prepared_ct), "--out", str(run), "--config", "demo_ct", "--max-steps", "1", "data.batch_size=4",
+                "model.image.options.widen_factor=0.25", "trainer.compile=true"]) == 0
+    assert compiled == ["ImageEncoder"]
+    assert any(k.startswith("image.backbone.") for k in load_file(str(run / "model" / "model.safetensors")))

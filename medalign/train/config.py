@@ -63,6 +63,8 @@ class TrainerConfig:
     deterministic: bool = False
     #: BatchNorm statistics over the global batch (GPU only; CPU ranks keep per-rank statistics)
     sync_batchnorm: bool = False
+    #: torch.compile the image tower (in place: parameter names and exports are unchanged)
+    compile: bool = False
     threads: int | None = None
     #: keep checkpoints/last.ckpt current every K optimizer steps (None: at the end of each epoch)
     checkpoint_every: int | None = None

@@ -81,6 +81,8 @@ def pretrain(
         torch.set_num_threads(t.threads)
     L.seed_everything(t.seed, workers=True, verbose=False)
     model = DualEncoder(config.model)
+    if t.compile:
+        model.image.compile()  # nn.Module.compile: in place, so state_dict keys keep their names
     texts = [t or "" for t in train.columns[config.data.text_field]]
     module = PretrainModule(model, config, report_texts=texts, report_cache=run / "cache" / "report_embeddings.safetensors")
     d = config.data
