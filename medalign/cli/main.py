@@ -277,6 +277,13 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return run_demo(a.out, a.modality, a.studies, a.max_steps)
 
 
+def _model_data_out(s: argparse.ArgumentParser) -> None:
+    """The arguments of commands that run a trained model over a prepared dataset."""
+    s.add_argument("--checkpoint", type=_existing_path, required=True, help="run folder, exported model folder or .ckpt")
+    s.add_argument("--data", type=_existing_dir, required=True)
+    s.add_argument("--out", type=Path, required=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="medalign", description="3D medical vision-language pretraining, zero-shot diagnosis and case retrieval.")
     p.add_argument("--version", action="version", version="medalign 0.1.0")
@@ -314,16 +321,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_label)
 
     s = sub.add_parser("embed", help="cache a dataset's study and report embeddings (computed once per model and dataset)")
-    s.add_argument("--checkpoint", type=_existing_path, required=True)
-    s.add_argument("--data", type=_existing_dir, required=True)
-    s.add_argument("--out", type=Path, required=True)
+    _model_data_out(s)
     s.add_argument("--device", default="auto")
     s.set_defaults(func=cmd_embed)
 
     s = sub.add_parser("probe", help="linear probes on frozen embeddings at several label fractions, against random init")
-    s.add_argument("--checkpoint", type=_existing_path, required=True)
-    s.add_argument("--data", type=_existing_dir, required=True)
-    s.add_argument("--out", type=Path, required=True)
+    _model_data_out(s)
     s.add_argument("--labels", type=_existing_path, default=None, help="CSV: study_id + one 0/1 column per finding (default: labels parsed from reports)")
     s.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.1, 1.0])
     s.add_argument("--seeds", type=int, default=3, help="subsamples per fraction (averaged)")
@@ -361,9 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_zeroshot)
 
     s = sub.add_parser("index", help="embed a dataset's studies and reports for retrieval")
-    s.add_argument("--checkpoint", type=_existing_path, required=True)
-    s.add_argument("--data", type=_existing_dir, required=True)
-    s.add_argument("--out", type=Path, required=True)
+    _model_data_out(s)
     s.add_argument("--split", default="all", choices=["train", "val", "test", "all"])
     s.add_argument("--device", default="auto")
     s.add_argument("--approximate", default="auto", choices=["auto", "hnsw", "off"],
