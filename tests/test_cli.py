@@ -218,3 +218,41 @@ def test_export_writes_the_checkpoints_weights(trained_run, tmp_path):
     assert (out / "prep_config.yaml").is_file() and (out / "vocab.yaml").is_file() and (out / "text" / "config.json").is_file()
     res = subprocess.run(MEDALIGN + ["export", str(trained_run), "--checkpoint", "best"], capture_output=True, text=True)
     assert res.returncode == 2 and "best.ckpt: no such checkpoint" in res.stderr
+
+
+def test_retrieve_html_is_a_self_contained_page(trained_run, prepared_ct, phantom_ct, tmp_path):
+    """The page parses, inlines every image as a decodable PNG, and loads nothing from outside."""
+    import base64
+    import io
+    from html.parser import HTMLParser
+
+    index = tmp_path / "index"
+    assert cli(["index", "--checkpoint", str(trained_run), "--data", str(prepared_ct), "--out", str(index), "--split", "test"]) == 0
+    study = next(p for p in sorted((phantom_ct / "images").iterdir()))
+    out = tmp_path / "q"
+    assert cli(["retrieve", "--index", str(index), "--study", str(study), "--k", "3", "--out", str(out), "--html"]) == 0
+
+    class Page(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.tags, self.srcs, self.text = [], [], []
+
+        def handle_starttag(self, tag, attrs):
+            self.tags.append(tag)
+            a = dict(attrs)
+            if "src" in a or "href" in a:
+                self.srcs.append(a.get("src") or a.get("href"))
+
+        def handle_data(self, data):
+            self.text.append(data)
+
+    page = Page()
+    page.feed((out / "results.html").read_text(encoding="utf-8"))
+    hits = json.loads((out / "results.json").read_text())
+    assert page.tags.count("img") == 3 * (1 + len(hits)) and "script" not in page.tags
+    assert all(s.startswith("data:image/png;base64,") for s in page.srcs)
+    for s in page.srcs:
+        img = mpimg.imread(io.BytesIO(base64.b64decode(s.split(",", 1)[1])), format="png")
+        assert img.shape[0] > 10 and img.std() > 0.01  # a real slice, not a blank
+    body = " ".join(page.text)
+    assert all(h["study_id"] in body for h in hits) and f"{hits[0]['score']:.3f}" in body

@@ -253,10 +253,10 @@ def cmd_index(a: argparse.Namespace) -> int:
 def cmd_retrieve(a: argparse.Namespace) -> int:
     from medalign.tasks.retrieval_run import retrieve
 
-    hits = retrieve(a.index, a.out, study=a.study, text=a.text, k=a.k, device=a.device, target=a.target)
+    hits = retrieve(a.index, a.out, study=a.study, text=a.text, k=a.k, device=a.device, target=a.target, html=a.html)
     for h in hits:
         print(f"{h['rank']:>3}  {h['study_id']:<24} {h['score']:.3f}  {h['impression'][:80]}")
-    print(f"retrieve: {a.out / 'results.json'}, {a.out / 'montage.png'}")
+    print(f"retrieve: {a.out / 'results.json'}, {a.out / 'montage.png'}" + (f", {a.out / 'results.html'}" if a.html else ""))
     return 0
 
 
@@ -379,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--text")
     s.add_argument("--k", type=int, default=5)
     s.add_argument("--target", choices=["studies", "reports"], default="studies", help="search study images (default) or reports")
+    s.add_argument("--html", action="store_true", help="also write results.html, a self-contained page of the same")
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--device", default="auto")
     s.set_defaults(func=cmd_retrieve)

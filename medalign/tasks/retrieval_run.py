@@ -14,7 +14,7 @@ from medalign.errors import InputError
 from medalign.io.atomic import atomic_write_json
 from medalign.models.inference import embed_studies, embed_texts
 from medalign.tasks.model_io import load_model
-from medalign.tasks.montage import draw_montage
+from medalign.tasks.montage import draw_montage, write_html
 from medalign.tasks.raw_study import prepare_raw_study
 from medalign.tasks.retrieval import StudyIndex, build_index, update_index
 
@@ -52,8 +52,10 @@ def index_dataset(checkpoint: Path, dataset: Path, out: Path, device: str = "aut
 
 
 @torch.no_grad()
-def retrieve(index: Path, out: Path, study: Path | None = None, text: str | None = None, k: int = 5, device: str = "auto", target: str = "studies") -> list[dict]:
-    """Top-``k`` studies (or reports) for a raw study or a text; writes results.json and montage.png."""
+def retrieve(index: Path, out: Path, study: Path | None = None, text: str | None = None, k: int = 5, device: str = "auto", target: str = "studies",
+             html: bool = False) -> list[dict]:
+    """Top-``k`` studies (or reports) for a raw study or a text; writes results.json and montage.png
+    (and ``results.html``, a self-contained page, with ``html``)."""
     if k < 1:
         raise InputError(f"--k {k}: must be at least 1")
     idx = StudyIndex(index)
@@ -83,4 +85,6 @@ def retrieve(index: Path, out: Path, study: Path | None = None, text: str | None
     modality = read_yaml(prep_cfg).get("modality", "ct") if prep_cfg.is_file() else "ct"
     title = f"Query study {Path(study).name}" if study is not None else ""
     draw_montage(text if text is not None else query_volume, title, hits, volumes, out / "montage.png", modality)
+    if html:
+        write_html(text if text is not None else query_volume, title, hits, volumes, out / "results.html", modality)
     return hits
