@@ -106,9 +106,12 @@ def lightning_loop(model, config, batches, device: str) -> float:
                         enable_progress_bar=False, enable_model_summary=False, callbacks=[timer], num_sanity_val_steps=0)
     loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False)
     import logging
+    import warnings
 
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    trainer.fit(PretrainModule(model, config), loader)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Lightning's tips about loaders and loggers, not results
+        trainer.fit(PretrainModule(model, config), loader)
     if device == "cuda":
         torch.cuda.synchronize()
     starts = timer.starts[3:] + [time.perf_counter()]
