@@ -68,3 +68,33 @@ def test_probe_command_writes_metrics_and_plot(trained_run, prepared_ct, tmp_pat
     res = subprocess.run(MEDALIGN + ["probe", "--checkpoint", str(trained_run), "--data", str(prepared_ct), "--out", str(out), "--fractions", "0"],
                          capture_output=True, text=True)
     assert res.returncode == 2 and "--fractions" in res.stderr
+
+
+def test_finetune_reports_the_auroc_of_the_classifier_it_saves(trained_run, prepared_ct, phantom_ct, tmp_path):
+    """The saved classifier, reloaded and run here, scores the test split to the AUROC it reported (sklearn)."""
+    from safetensors.torch import load_file
+    from sklearn.metrics import roc_auc_score
+
+    from medalign.data.dataset import StudyDataset
+    from medalign.data.manifest import read_manifest
+    from medalign.models.image import ImageEncoder
+    from medalign.tasks.finetune import FindingClassifier
+    from medalign.tasks.zeroshot import read_label_csv
+
+    out = tmp_path / "ft"
+    res = subprocess.run(MEDALIGN + ["finetune", "--checkpoint", str(trained_run), "--data", str(prepared_ct), "--out", str(out),
+                                     "--labels", str(phantom_ct / "labels.csv"), "--epochs", "2", "--batch-size", "8"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    m = json.loads((out / "metrics.json").read_text())
+    spec = json.loads((out / "classifier.json").read_text())
+    model = FindingClassifier(ImageEncoder(spec["image"]["name"], 8, spec["image"]["options"]), len(spec["findings"]))
+    state = load_file(str(out / "classifier.safetensors"))
+    model.load_state_dict({k: v for k, v in state.items() if not k.startswith("encoder.proj.")}, strict=False)
+    model.eval()
+    test = read_manifest(prepared_ct).subset("test")
+    truth = read_label_csv(phantom_ct / "labels.csv", test.columns["study_id"], spec["findings"])
+    with torch.no_grad():
+        probs = torch.sigmoid(model(torch.stack([StudyDataset(test)[i]["image"] for i in range(len(test))]))).numpy()
+    for k, name in enumerate(spec["findings"]):
+        assert abs(roc_auc_score(truth[:, k] > 0.5, probs[:, k]) - m["per_finding"][name]) < 1e-6
+    assert m["from_scratch"] is False and 0 <= m["epoch_chosen"] < 2

@@ -229,6 +229,15 @@ def cmd_probe(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_finetune(a: argparse.Namespace) -> int:
+    from medalign.tasks.finetune import finetune
+
+    r = finetune(a.checkpoint, a.data, a.out, a.labels, a.epochs, a.batch_size, a.lr, a.from_scratch, a.device, a.seed)
+    start = "random init" if a.from_scratch else "pretrained encoder"
+    print(f"finetune ({start}): test macro AUROC {r['macro_auroc']:.3f} (epoch {r['epoch_chosen'] + 1} of {r['epochs']}) -> {a.out}")
+    return 0
+
+
 def cmd_zeroshot(a: argparse.Namespace) -> int:
     from medalign.tasks.zeroshot_run import zeroshot_dataset, zeroshot_study
 
@@ -332,6 +341,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seeds", type=int, default=3, help="subsamples per fraction (averaged)")
     s.add_argument("--device", default="auto")
     s.set_defaults(func=cmd_probe)
+
+    s = sub.add_parser("finetune", help="train the image encoder and a linear head on finding labels, end to end")
+    _model_data_out(s)
+    s.add_argument("--labels", type=_existing_path, default=None, help="CSV: study_id + one 0/1 column per finding (default: parsed labels)")
+    s.add_argument("--epochs", type=int, default=5)
+    s.add_argument("--batch-size", type=int, default=16)
+    s.add_argument("--lr", type=float, default=3e-4)
+    s.add_argument("--from-scratch", action="store_true", help="random initial weights: the supervised baseline")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="auto")
+    s.set_defaults(func=cmd_finetune)
 
     s = sub.add_parser("export", help="export a run's checkpoint as a self-contained model folder")
     s.add_argument("run", type=_existing_dir, metavar="RUN")
