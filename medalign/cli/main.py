@@ -286,6 +286,13 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return run_demo(a.out, a.modality, a.studies, a.max_steps)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (no usage block): a user mistake reads like every other one."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _model_data_out(s: argparse.ArgumentParser) -> None:
     """The arguments of commands that run a trained model over a prepared dataset."""
     s.add_argument("--checkpoint", type=_existing_path, required=True, help="run folder, exported model folder or .ckpt")
@@ -294,7 +301,7 @@ def _model_data_out(s: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="medalign", description="3D medical vision-language pretraining, zero-shot diagnosis and case retrieval.")
+    p = _Parser(prog="medalign", description="3D medical vision-language pretraining, zero-shot diagnosis and case retrieval.")
     p.add_argument("--version", action="version", version="medalign 0.1.0")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
