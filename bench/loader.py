@@ -9,10 +9,10 @@ Readers of the same prepared volumes, one after the other in this process, each 
   and, for information, medalign with the training augmentation (flip, intensity jitter).
 Goals (issue 3): medalign >= 20x the baseline, and within 2x of the in-memory ceiling.
 ``--shape X Y Z`` resamples the dataset's volumes to that size first (e.g. the chest-CT preset's
-240 x 240 x 120), written as a float16 cache like ``medalign prep`` writes.
+240 x 240 x 120), written in ``--dtype`` (uint8 by default, as ``medalign prep`` writes it).
 
     .venv/bin/python bench/loader.py --data /tmp/demo_ct/dataset --batch 24 --workers 2
-    .venv/bin/python bench/loader.py --data /tmp/demo_ct/dataset --batch 4 --workers 2 --studies 48 --shape 240 240 120
+    .venv/bin/python bench/loader.py --data /tmp/demo_ct/dataset --batch 4 --workers 2 --studies 24 --shape 240 240 120
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ def main() -> None:
     p.add_argument("--passes", type=int, default=3)
     p.add_argument("--studies", type=int, default=240)
     p.add_argument("--shape", type=int, nargs=3, default=None)
+    p.add_argument("--dtype", default="uint8", choices=["uint8", "float16"], help="cache dtype with --shape (prep's default: uint8)")
     a = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         run(a, Path(tmp))
@@ -78,12 +79,13 @@ def run(a, tmp: Path) -> None:
         from scipy.ndimage import zoom
 
         from medalign.data.manifest import Manifest
+        from medalign.prep.build import to_cache_dtype
 
         names = []
         for i in range(len(manifest)):
             v = np.load(manifest.volume_path(i)).astype(np.float32)
             big = zoom(v, [t / s for t, s in zip(a.shape, v.shape)], order=1)
-            np.save(tmp / f"v{i}.npy", big.astype(np.float16))
+            np.save(tmp / f"v{i}.npy", to_cache_dtype(np.clip(big, 0, 1), a.dtype))
             names.append(f"v{i}.npy")
         manifest = Manifest(tmp, {**manifest.columns, "volume": names}, manifest.findings)
     arrays = [np.load(manifest.volume_path(i)) for i in range(len(manifest))]
