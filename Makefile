@@ -32,9 +32,14 @@ demo-oct: install
 test: install
 	$(PY) -m pytest -q
 
+# the self-contained benchmarks; the ones that need a prepared dataset or a trained run
+# (loader, cache_format, losses, zeroshot_probe) take --data/--checkpoint: see docs/benchmarks.md
 bench: install
 	$(PY) bench/prep.py
 	$(PY) bench/retrieval.py
+	$(PY) bench/labeler.py
+	$(PY) bench/models.py
+	$(PY) bench/train.py --preset demo_ct --steps 10
 
 clean:
 	rm -rf demo_out demo_out_oct .pytest_cache
