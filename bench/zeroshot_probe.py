@@ -29,7 +29,8 @@ def main() -> None:
     from medalign.prep.vocab import load_vocabulary
     from medalign.models.inference import embed_studies
     from medalign.tasks.model_io import load_model
-    from medalign.tasks.zeroshot import _binary, finding_probabilities
+    from medalign.metrics import binary_labels
+    from medalign.tasks.zeroshot import finding_probabilities
     from medalign.tasks.zeroshot_run import _ground_truth
 
     model, model_dir = load_model(a.checkpoint, "cpu")
@@ -42,7 +43,7 @@ def main() -> None:
     print(f"{'finding':<22} {'prompt AUROC':>12} {'probe AUROC':>12} {'ratio':>6}")
     ratios = []
     for k, name in enumerate(vocab.names):
-        yt, st = _binary(y_test[:, k], zs[:, k])
+        yt, st = binary_labels(y_test[:, k], zs[:, k])
         keep = np.isfinite(y_train[:, k]) & (y_train[:, k] >= 0)
         ytr = (y_train[keep, k] > 0.5).astype(int)
         if not (0 < yt.sum() < len(yt)) or not (0 < ytr.sum() < len(ytr)):

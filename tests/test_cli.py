@@ -144,7 +144,7 @@ def test_checkpoint_file_resolves_to_its_runs_export(trained_run, phantom_ct):
 
 
 def test_study_to_report_retrieval_and_recall(trained_run, prepared_ct, phantom_ct, tmp_path):
-    from medalign.tasks.retrieval_eval import recall_at_k
+    from medalign.metrics import paired_recall_at_k
 
     index = tmp_path / "index"
     assert cli(["index", "--checkpoint", str(trained_run), "--data", str(prepared_ct), "--out", str(index)]) == 0
@@ -156,7 +156,7 @@ def test_study_to_report_retrieval_and_recall(trained_run, prepared_ct, phantom_
     reports, studies = np.load(index / "report_embeddings.npy"), np.load(index / "study_embeddings.npy")
     sims = reports @ studies.T
     rank_of_pair = np.array([(sims[i] > sims[i, i]).sum() for i in range(len(sims))])
-    got = recall_at_k(reports, studies, ks=(1, 5))
+    got = paired_recall_at_k(reports, studies, ks=(1, 5))
     assert got["recall@1"] == pytest.approx(np.mean(rank_of_pair < 1))
     assert got["recall@5"] == pytest.approx(np.mean(rank_of_pair < 5))
     assert got["chance@5"] == pytest.approx(5 / len(sims))

@@ -62,11 +62,11 @@ class ResumableSampler(Sampler[tuple[int, int]]):
         rank, world = _rank_and_world()
         global_batch = self.batch_size * world
         per_epoch = self.batches_per_epoch()
-        order = self.permutation(epoch)
+        order = self.permutation(epoch).tolist()  # one conversion, not a tensor index per item
         for b in range(start, per_epoch):
             first = b * global_batch + rank * self.batch_size
             for pos in range(first, first + self.batch_size):
-                yield int(order[pos]), epoch * per_epoch * global_batch + pos
+                yield order[pos], epoch * per_epoch * global_batch + pos
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "consumed": self.consumed, "seed": self.seed, "num_items": self.num_items}

@@ -21,6 +21,7 @@ from torch import nn
 
 from medalign.config import from_dict, to_dict
 from medalign.errors import InputError
+from medalign.io.fingerprint import file_sha256
 from medalign.models.config import ModelConfig
 from medalign.models.image import ImageEncoder
 from medalign.models.text import TextEncoder, resolve_text_model
@@ -106,3 +107,10 @@ class DualEncoder(nn.Module):
         if missing or unexpected:
             raise InputError(f"{folder / WEIGHTS}: weights do not match the config (missing {missing[:3]}, unexpected {unexpected[:3]})")
         return model.to(map_location).eval()
+
+
+def export_fingerprint(folder: str | Path) -> str:
+    """sha256 of an export folder's weights (``model.safetensors`` and the text model's): caches and
+    indexes built with one model refuse another."""
+    folder = Path(folder)
+    return file_sha256(folder / WEIGHTS, *sorted((folder / "text").glob("*.safetensors")))

@@ -9,7 +9,6 @@ A rerun with the same model and dataset returns the cached files without computi
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -18,25 +17,16 @@ import torch
 
 from medalign.data.manifest import MANIFEST, read_manifest
 from medalign.io.atomic import atomic_write, atomic_write_json
+from medalign.io.fingerprint import file_sha256
+from medalign.models.dual import export_fingerprint
 from medalign.models.inference import embed_studies, embed_texts
 from medalign.tasks.model_io import load_model, resolve_export
 
 EMBEDDINGS = "embeddings.safetensors"
 
 
-def file_fingerprint(*paths: Path) -> str:
-    """sha256 over the bytes of ``paths`` (a model's weights, a dataset's manifest)."""
-    h = hashlib.sha256()
-    for p in paths:
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
-
-
 def _fingerprints(model_dir: Path, dataset: Path) -> dict[str, str]:
-    return {"model": file_fingerprint(model_dir / "model.safetensors", *sorted((model_dir / "text").glob("*.safetensors"))),
-            "dataset": file_fingerprint(Path(dataset) / MANIFEST)}
+    return {"model": export_fingerprint(model_dir), "dataset": file_sha256(Path(dataset) / MANIFEST)}
 
 
 def embed_dataset(checkpoint: Path, dataset: Path, out: Path, device: str = "auto") -> tuple[Path, bool]:

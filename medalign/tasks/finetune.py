@@ -28,7 +28,7 @@ from medalign.io.atomic import atomic_write, atomic_write_json
 from medalign.models.image import ImageEncoder
 from medalign.prep.vocab import load_vocabulary
 from medalign.tasks.model_io import load_model, resolve_device
-from medalign.train.validation import macro_auroc
+from medalign.metrics import finding_aurocs, known_rows, macro_auroc
 
 
 class FindingClassifier(nn.Module):
@@ -73,7 +73,7 @@ def finetune(checkpoint: Path, dataset: Path, out: Path, labels: Path | None = N
         raise InputError(f"{dataset}: fine-tuning needs train and test splits (have {len(splits['train'])} and {len(splits['test'])})")
     y = {s: _targets(m, names, labels) for s, m in splits.items()}
     # findings that both classes represent in train and test; uncertain (-1) and unknown (NaN) are masked
-    usable = [k for k in range(len(names)) if all(0 < np.nansum(y[s][:, k] == 1) < np.sum(np.isfinite(y[s][:, k]) & (y[s][:, k] >= 0)) for s in ("train", "test"))]
+    usable = [k for k in range(len(names)) if all(0 < np.sum(y[s][:, k] == 1) < np.sum(known_rows(y[s][:, k])) for s in ("train", "test"))]
     if not usable:
         raise InputError(f"{dataset}: no finding has positive and negative studies in both train and test")
     names = [names[k] for k in usable]
@@ -119,12 +119,7 @@ def finetune(checkpoint: Path, dataset: Path, out: Path, labels: Path | None = N
             best = (score, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, epoch)
     model.load_state_dict(best[1])
     probs = _predict(model, StudyDataset(splits["test"]), dev)
-    from sklearn.metrics import roc_auc_score
-
-    per = {}
-    for k, name in enumerate(names):
-        keep = np.isfinite(y["test"][:, k]) & (y["test"][:, k] >= 0)
-        per[name] = float(roc_auc_score(y["test"][keep, k] > 0.5, probs[keep, k]))
+    per = dict(zip(names, finding_aurocs(probs, y["test"])))
     result = {"macro_auroc": float(np.mean(list(per.values()))), "per_finding": per, "epoch_chosen": best[2], "epochs": epochs,
               "from_scratch": from_scratch, "encoder": cfg.name, "n_train": len(splits["train"]), "n_test": len(splits["test"]),
               "ground_truth": str(labels) if labels else "labels parsed from reports"}

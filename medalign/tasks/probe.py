@@ -21,6 +21,7 @@ import torch
 from medalign.data.manifest import read_manifest
 from medalign.errors import InputError
 from medalign.io.atomic import atomic_write, atomic_write_json
+from medalign.metrics import known_rows
 from medalign.models.image import ImageEncoder
 from medalign.models.inference import embed_studies
 from medalign.prep.vocab import load_vocabulary
@@ -55,11 +56,11 @@ def run_probes(emb_train: np.ndarray, y_train: np.ndarray, emb_test: np.ndarray,
     for f in fractions:
         per = {}
         for k, name in enumerate(names):
-            te = np.isfinite(y_test[:, k]) & (y_test[:, k] >= 0)
+            te = known_rows(y_test[:, k])
             values = []
             for s in range(seeds):
                 rows = subsample(len(emb_train), f, seed=s)
-                tr = rows[np.isfinite(y_train[rows, k]) & (y_train[rows, k] >= 0)]
+                tr = rows[known_rows(y_train[rows, k])]
                 values.append(probe_auroc(emb_train[tr], y_train[tr, k] > 0.5, emb_test[te], y_test[te, k] > 0.5))
             values = [v for v in values if not math.isnan(v)]
             per[name] = float(np.mean(values)) if values else None

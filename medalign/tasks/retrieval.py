@@ -15,7 +15,6 @@ longer arrays are read up to ``count`` and a rerun adds the missing studies agai
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -23,15 +22,7 @@ import numpy as np
 
 from medalign.errors import InputError
 from medalign.io.atomic import atomic_save_npy, atomic_write_json, atomic_write_text
-
-
-def model_fingerprint(model_dir: Path) -> str:
-    """Short hash of the exported weights: an index only answers queries from the same model."""
-    h = hashlib.sha256()
-    with open(Path(model_dir) / "model.safetensors", "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
+from medalign.models.dual import export_fingerprint
 
 
 #: collections at least this large get an approximate (HNSW) index with ``approximate="auto"``
@@ -125,7 +116,7 @@ def _write_rows(out: Path, model_dir: Path, dataset: Path, studies: np.ndarray, 
     atomic_write_json(out / "index.json", {
         "format": "medalign-index/1",
         "model": str(Path(model_dir).resolve()),
-        "model_fingerprint": model_fingerprint(model_dir),
+        "model_fingerprint": export_fingerprint(model_dir),
         "dataset": str(Path(dataset).resolve()),
         "dim": int(studies.shape[1]),
         "count": int(studies.shape[0]),
@@ -187,7 +178,7 @@ class StudyIndex:
 
     def check_model(self, model_dir: Path) -> None:
         """Refuse queries embedded by a model other than the index's."""
-        if model_fingerprint(model_dir) != self.info["model_fingerprint"]:
+        if export_fingerprint(model_dir) != self.info["model_fingerprint"]:
             raise InputError(f"{self.folder}: index was built with another model than {model_dir}")
 
     def search(self, query: np.ndarray, k: int, target: str = "studies") -> list[dict]:

@@ -14,19 +14,8 @@ import numpy as np
 
 from medalign.errors import InputError
 from medalign.io.atomic import atomic_write_json
+from medalign.metrics import paired_recall_at_k
 from medalign.tasks.retrieval import StudyIndex, top_k
-
-
-def recall_at_k(query: np.ndarray, keys: np.ndarray, ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:
-    """Row ``i`` of ``query`` matches row ``i`` of ``keys``; fraction of queries whose match is in the top K."""
-    n = len(query)
-    _, idx = top_k(query, keys, max(ks))
-    hit_rank = np.array([np.where(idx[i] == i)[0][0] if i in idx[i] else np.inf for i in range(n)])
-    out = {}
-    for k in ks:
-        out[f"recall@{k}"] = float(np.mean(hit_rank < k)) if n else float("nan")
-        out[f"chance@{k}"] = min(1.0, k / n) if n else float("nan")
-    return out
 
 
 def relevance_matrix(positive: np.ndarray) -> np.ndarray:
@@ -85,7 +74,7 @@ def evaluate_retrieval(index: Path, dataset: Path, out: Path, split: str = "test
         y = manifest.labels()[[pos[sid] for sid in ids]]
     positive = np.nan_to_num(y, nan=0.0) == 1
     studies, reports = idx.studies[rows], idx.reports[rows]
-    r2s, s2r = recall_at_k(reports, studies), recall_at_k(studies, reports)
+    r2s, s2r = paired_recall_at_k(reports, studies), paired_recall_at_k(studies, reports)
     m, chance = map_at_k(studies, relevance_matrix(positive), 10)
     metrics = {
         "split": split,

@@ -11,6 +11,7 @@ import torch
 
 from medalign.errors import InputError
 from medalign.io.atomic import atomic_write, atomic_write_json
+from medalign.metrics import binary_labels
 from medalign.models.inference import finding_probabilities  # noqa: F401 - part of this module's API
 from medalign.prep.vocab import Vocabulary
 
@@ -71,11 +72,6 @@ def bootstrap_auroc_ci(y: np.ndarray, s: np.ndarray, n: int = 1000, seed: int = 
     return float(lo), float(hi)
 
 
-def _binary(truth_col: np.ndarray, score_col: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    keep = np.isfinite(truth_col) & (truth_col >= 0)
-    return (truth_col[keep] > 0.5).astype(int), score_col[keep]
-
-
 def evaluate(
     scores: np.ndarray,
     truth: np.ndarray,
@@ -92,7 +88,7 @@ def evaluate(
 
     per = {}
     for k, name in enumerate(findings):
-        yk, sk = _binary(truth[:, k], scores[:, k])
+        yk, sk = binary_labels(truth[:, k], scores[:, k])
         n_pos = int(yk.sum())
         entry = {"n": int(len(yk)), "n_positive": n_pos}
         if 0 < n_pos < len(yk):

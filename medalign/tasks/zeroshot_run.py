@@ -9,12 +9,12 @@ import torch
 
 from medalign.data.manifest import read_manifest
 from medalign.errors import InputError
-from medalign.prep.vocab import Vocabulary, load_vocabulary
+from medalign.metrics import binary_labels
 from medalign.models.inference import embed_studies
+from medalign.prep.vocab import Vocabulary, load_vocabulary
 from medalign.tasks.model_io import load_model
 from medalign.tasks.raw_study import prepare_raw_study
 from medalign.tasks.zeroshot import (
-    _binary,
     evaluate,
     finding_probabilities,
     plot_roc,
@@ -53,7 +53,7 @@ def zeroshot_dataset(checkpoint: Path, dataset: Path, out: Path, vocab: str | No
         val_truth = _ground_truth(val, voc, labels)
         thresholds = {}
         for k, name in enumerate(voc.names):
-            y, s = _binary(val_truth[:, k], val_scores[:, k])
+            y, s = binary_labels(val_truth[:, k], val_scores[:, k])
             if 0 < y.sum() < len(y):
                 thresholds[name] = youden_threshold(y, s)
         threshold_source = "youden on the validation split"

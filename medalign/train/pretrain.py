@@ -83,8 +83,8 @@ def pretrain(
     model = DualEncoder(config.model)
     if t.compile:
         model.image.compile()  # nn.Module.compile: in place, so state_dict keys keep their names
-    texts = [t or "" for t in train.columns[config.data.text_field]]
-    module = PretrainModule(model, config, report_texts=texts, report_cache=run / "cache" / "report_embeddings.safetensors")
+    reports = [text or "" for text in train.columns[config.data.text_field]]
+    module = PretrainModule(model, config, report_texts=reports, report_cache=run / "cache" / "report_embeddings.safetensors")
     d = config.data
     spatial_size = np.load(train.volume_path(0), mmap_mode="r").shape
     augment = build_augmentation(d.flip_axes, d.intensity, d.crop_scale, spatial_size)
@@ -177,10 +177,9 @@ def export_checkpoint(run: Path, which: str = "last", out: Path | None = None) -
     if not ckpt.is_file():
         raise InputError(f"{ckpt}: no such checkpoint")
     config = load_config(PretrainConfig, str(run / "config.yaml"), "pretrain")
-    try:
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
-    except Exception as e:  # noqa: BLE001 - whatever torch raises, the user needs the file and the reason
-        raise InputError(f"{ckpt}: not a loadable checkpoint ({e.__class__.__name__}: {str(e).splitlines()[0][:200]})") from None
+    from medalign.train.checkpointing import AtomicCheckpointIO
+
+    state = AtomicCheckpointIO().load_checkpoint(ckpt, map_location="cpu")["state_dict"]  # weights_only, one-line errors
     model = DualEncoder(config.model)
     weights = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
     missing, unexpected = model.load_state_dict(weights, strict=False)

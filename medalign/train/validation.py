@@ -10,34 +10,14 @@ from __future__ import annotations
 import logging
 
 import lightning as L
-import numpy as np
 import torch
 
 from medalign.data.manifest import Manifest
+from medalign.metrics import macro_auroc, paired_recall_at_k
 from medalign.models.inference import embed_studies, embed_texts, finding_probabilities
 from medalign.prep.vocab import Vocabulary
 
 log = logging.getLogger(__name__)
-
-
-def macro_auroc(scores: np.ndarray, truth: np.ndarray) -> float:
-    """Mean AUROC over findings with both classes; truth 1/0, uncertain (-1) and NaN left out. ``(N, K)``."""
-    from sklearn.metrics import roc_auc_score
-
-    aurocs = []
-    for k in range(truth.shape[1]):
-        keep = np.isfinite(truth[:, k]) & (truth[:, k] >= 0)
-        y = truth[keep, k] > 0.5
-        if 0 < y.sum() < len(y):
-            aurocs.append(roc_auc_score(y, scores[keep, k]))
-    return float(np.mean(aurocs)) if aurocs else float("nan")
-
-
-def recall_at_k_paired(query: np.ndarray, keys: np.ndarray, k: int) -> float:
-    """Fraction of rows ``i`` whose pair ``keys[i]`` ranks in the top ``k`` of ``query[i] @ keys.T``. ``(N, D)``."""
-    sim = query @ keys.T
-    rank = (sim > np.diag(sim)[:, None]).sum(1)  # how many keys beat the true pair
-    return float(np.mean(rank < k))
 
 
 class ZeroShotValidation(L.Callback):
@@ -62,7 +42,7 @@ class ZeroShotValidation(L.Callback):
             scores = finding_probabilities(model, studies, self.vocab)
         finally:
             model.train(was_training)
-        return {"val/macro_auroc": macro_auroc(scores, self.truth), "val/report_to_study_r5": recall_at_k_paired(reports, studies, 5)}
+        return {"val/macro_auroc": macro_auroc(scores, self.truth), "val/report_to_study_r5": paired_recall_at_k(reports, studies, (5,))["recall@5"]}
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         step = trainer.global_step

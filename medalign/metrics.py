@@ -1,0 +1,54 @@
+"""Evaluation metrics shared by validation during training and the tasks (no medalign imports).
+
+Truth arrays follow one convention everywhere: 1 positive, 0 negative, -1 uncertain and NaN
+unknown; the last two are left out of the finding they belong to.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def known_rows(truth_col: np.ndarray) -> np.ndarray:
+    """``(N,)`` bool: rows with a definite label (not NaN, not uncertain)."""
+    return np.isfinite(truth_col) & (truth_col >= 0)
+
+
+def binary_labels(truth_col: np.ndarray, score_col: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The known rows of one finding: 0/1 labels and their scores."""
+    keep = known_rows(truth_col)
+    return (truth_col[keep] > 0.5).astype(int), score_col[keep]
+
+
+def finding_aurocs(scores: np.ndarray, truth: np.ndarray) -> list[float | None]:
+    """AUROC per finding ``(N, K) -> K`` (scikit-learn); ``None`` where the known rows lack a class."""
+    from sklearn.metrics import roc_auc_score
+
+    out: list[float | None] = []
+    for k in range(truth.shape[1]):
+        y, s = binary_labels(truth[:, k], scores[:, k])
+        out.append(float(roc_auc_score(y, s)) if 0 < y.sum() < len(y) else None)
+    return out
+
+
+def macro_auroc(scores: np.ndarray, truth: np.ndarray) -> float:
+    """Mean of :func:`finding_aurocs` over the findings that have one (NaN when none does)."""
+    values = [v for v in finding_aurocs(scores, truth) if v is not None]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def paired_recall_at_k(query: np.ndarray, keys: np.ndarray, ks: tuple[int, ...] = (1, 5, 10), chunk: int = 4096) -> dict[str, float]:
+    """Row ``i`` of ``query`` matches row ``i`` of ``keys`` ``(N, D)``: the fraction of queries whose
+    match ranks in the top K by inner product, and the chance level ``K / N``. Exact, ``chunk`` rows
+    of the similarity matrix at a time."""
+    n = len(query)
+    ranks = np.empty(n, dtype=np.int64)
+    for start in range(0, n, chunk):
+        sim = query[start : start + chunk] @ keys.T
+        own = sim[np.arange(len(sim)), np.arange(start, start + len(sim))]
+        ranks[start : start + len(sim)] = (sim > own[:, None]).sum(1)  # keys scoring strictly above the match
+    out = {}
+    for k in ks:
+        out[f"recall@{k}"] = float(np.mean(ranks < k)) if n else float("nan")
+        out[f"chance@{k}"] = min(1.0, k / n) if n else float("nan")
+    return out
