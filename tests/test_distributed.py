@@ -65,6 +65,7 @@ def _worker(rank: int, port: int, out: str) -> None:
                 model, ContrastiveObjective(name, mix=0.6), batch, slice(rank * local, (rank + 1) * local), with_frozen
             )
         torch.save(results, os.path.join(out, f"rank{rank}.pt"))
+        dist.barrier()  # neither rank tears gloo down while the other still has work on it
     finally:
         dist.destroy_process_group()
 
