@@ -7,9 +7,22 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo demo-oct test bench clean
+.PHONY: install browser demo demo-oct test bench clean
 
 install: $(STAMP)
+
+# headless Chromium renders the retrieval page in a test; Debian's package, installed when missing
+# (needs root or passwordless sudo; without it that one test is skipped and says why)
+BROWSER_STAMP := $(VENV)/.browser
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)
+APT_BROWSER := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends chromium-headless-shell
+browser: $(BROWSER_STAMP)
+
+$(BROWSER_STAMP): $(STAMP)
+	@command -v chromium-headless-shell > /dev/null || command -v chromium > /dev/null || \
+	  ($(APT_BROWSER) > $(VENV)/apt.log 2>&1 || ($(SUDO) apt-get update -q >> $(VENV)/apt.log 2>&1 && $(APT_BROWSER) >> $(VENV)/apt.log 2>&1)) || \
+	  echo "warning: could not install chromium-headless-shell (see $(VENV)/apt.log); the browser test will be skipped"
+	@touch $@
 
 # open_clip's losses are the tests' reference for info_nce/siglip; its wheel is installed without
 # dependencies (they would replace the pinned CPU torch), and the tests load only its loss.py
@@ -29,8 +42,8 @@ demo: install
 demo-oct: install
 	$(VENV)/bin/medalign demo --out demo_out_oct --modality oct
 
-test: install
-	$(PY) -m pytest -q
+test: install browser
+	$(PY) -m pytest -q -rs
 
 # the self-contained benchmarks; the ones that need a prepared dataset or a trained run
 # (loader, cache_format, losses, zeroshot_probe) take --data/--checkpoint: see docs/benchmarks.md

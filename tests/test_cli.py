@@ -256,3 +256,54 @@ def test_retrieve_html_is_a_self_contained_page(trained_run, prepared_ct, phanto
         assert img.shape[0] > 10 and img.std() > 0.01  # a real slice, not a blank
     body = " ".join(page.text)
     assert all(h["study_id"] in body for h in hits) and f"{hits[0]['score']:.3f}" in body
+
+
+def _headless_chromium() -> str | None:
+    import shutil
+
+    return next((p for p in map(shutil.which, ("chromium-headless-shell", "chromium", "google-chrome")) if p), None)
+
+
+def test_retrieve_html_renders_in_headless_chromium(trained_run, prepared_ct, phantom_ct, tmp_path):
+    """A real browser lays the page out: every image decodes at its size, every hit's text shows, and
+    the screenshot holds the slices (not a blank page)."""
+    browser = _headless_chromium()
+    if browser is None:
+        pytest.skip("no headless Chromium on PATH (make test installs chromium-headless-shell with apt-get; needs root)")
+    index = tmp_path / "index"
+    assert cli(["index", "--checkpoint", str(trained_run), "--data", str(prepared_ct), "--out", str(index), "--split", "test"]) == 0
+    study = sorted((phantom_ct / "images").iterdir())[0]
+    out = tmp_path / "q"
+    assert cli(["retrieve", "--index", str(index), "--study", str(study), "--k", "3", "--out", str(out), "--html"]) == 0
+    hits = json.loads((out / "results.json").read_text())
+    page = (out / "results.html").read_text(encoding="utf-8")
+    # the probe script is the test's, added to a copy: it reports what the browser actually rendered
+    probe = (
+        "<script>window.addEventListener('load',()=>{document.body.setAttribute('data-probe',JSON.stringify({"
+        "images:[...document.images].map(i=>[i.complete,i.naturalWidth,i.naturalHeight,Math.round(i.getBoundingClientRect().width)]),"
+        "text:document.body.innerText}))});</script>"
+    )
+    probed = tmp_path / "probed.html"
+    probed.write_text(page.replace("</body>", probe + "</body>"), encoding="utf-8")
+    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files"]
+    dom = subprocess.run(flags + ["--virtual-time-budget=5000", "--dump-dom", probed.as_uri()], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    import html as html_lib
+    import re
+
+    found = re.search(r'data-probe="([^"]*)"', dom.stdout)
+    assert found, "the browser did not fire the load event"
+    rendered = json.loads(html_lib.unescape(found.group(1)))
+    assert len(rendered["images"]) == 3 * (1 + len(hits))
+    for complete, width, height, shown in rendered["images"]:
+        assert complete and width > 10 and height > 10 and shown == 220  # decoded, and laid out at the page's width
+    assert all(h["study_id"] in rendered["text"] for h in hits) and f"score {hits[0]['score']:.3f}" in rendered["text"]
+
+    shot = tmp_path / "page.png"
+    res = subprocess.run(flags + ["--window-size=1200,1600", f"--screenshot={shot}", (out / "results.html").as_uri()],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and shot.is_file(), res.stderr[-2000:]
+    pixels = mpimg.imread(str(shot))[..., :3]
+    grey = pixels.mean(axis=-1)
+    # the slices are drawn on black: a large dark, textured area, not a white page with captions only
+    assert (grey < 0.5).mean() > 0.05 and grey[grey < 0.5].std() > 0.01
