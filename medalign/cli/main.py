@@ -232,7 +232,11 @@ def cmd_probe(a: argparse.Namespace) -> int:
 def cmd_finetune(a: argparse.Namespace) -> int:
     from medalign.tasks.finetune import finetune
 
-    r = finetune(a.checkpoint, a.data, a.out, a.labels, a.epochs, a.batch_size, a.lr, a.from_scratch, a.device, a.seed)
+    r = finetune(a.checkpoint, a.data, a.out, a.labels, a.epochs, a.batch_size, a.lr, a.from_scratch, a.device, a.seed,
+                 devices=a.devices, num_nodes=a.num_nodes, strategy=a.strategy, precision=a.precision, num_workers=a.workers,
+                 resume=a.resume, progress=sys.stderr.isatty())
+    if r is None:  # every rank runs this command; rank 0 reports
+        return 0
     start = "random init" if a.from_scratch else "pretrained encoder"
     print(f"finetune ({start}): test macro AUROC {r['macro_auroc']:.3f} (epoch {r['epoch_chosen'] + 1} of {r['epochs']}) -> {a.out}")
     return 0
@@ -357,7 +361,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lr", type=float, default=3e-4)
     s.add_argument("--from-scratch", action="store_true", help="random initial weights: the supervised baseline")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--device", default="auto")
+    s.add_argument("--device", default="auto", help="auto, cpu or cuda (the Lightning accelerator)")
+    s.add_argument("--devices", type=int, default=1, help="devices per node (DDP when more than one)")
+    s.add_argument("--num-nodes", type=int, default=1)
+    s.add_argument("--strategy", default="auto", help="Lightning strategy: auto, ddp, ...")
+    s.add_argument("--precision", default="auto", help="auto (bf16-mixed on GPU, 32-true on CPU), 32-true, bf16-mixed, 16-mixed")
+    s.add_argument("--workers", type=int, default=0, help="data-loader worker processes per device")
+    s.add_argument("--resume", action="store_true", help="continue OUT from OUT/checkpoints/last.ckpt")
     s.set_defaults(func=cmd_finetune)
 
     s = sub.add_parser("export", help="export a run's checkpoint as a self-contained model folder")

@@ -97,3 +97,19 @@ class ResumableLoader(DataLoader):
 
     def load_state_dict(self, state: dict) -> None:
         self.sampler.load_state_dict(state)
+
+
+class ShardSampler(Sampler[int]):
+    """Evaluation order: rank ``r`` of ``W`` takes items ``r, r + W, ...`` (no padding, no repeats);
+    rank and world are read when iterating, like :class:`ResumableSampler`."""
+
+    def __init__(self, num_items: int) -> None:
+        self.num_items = num_items
+
+    def __len__(self) -> int:
+        rank, world = _rank_and_world()
+        return len(range(rank, self.num_items, world))
+
+    def __iter__(self) -> Iterator[int]:
+        rank, world = _rank_and_world()
+        return iter(range(rank, self.num_items, world))

@@ -1,34 +1,43 @@
 """``medalign finetune``: the image encoder plus a linear head, trained end to end on finding labels.
 
-Multi-label BCE with class-balanced positive weights, AdamW with warm-up and cosine decay,
-Lightning for the loop (the pretraining's precision and devices), the best epoch by validation
-macro AUROC kept. ``from_scratch`` starts the same encoder from random weights: the supervised
+Lightning owns the loop, as in pretraining: any accelerator and device count (DDP across GPUs
+and nodes), bf16-mixed precision on GPU, gradient clipping, atomic checkpoints and an exact
+``--resume``. Multi-label BCE with class-balanced positive weights (uncertain and unknown labels
+masked), AdamW with warm-up and cosine decay, validation macro AUROC after every epoch with the
+best epoch kept. ``from_scratch`` starts the same encoder from random weights: the supervised
 baseline a pretrained encoder has to beat.
 
 OUT/
-    metrics.json          test AUROC per finding and macro, the epoch chosen, the settings
+    metrics.json              test AUROC per finding and macro, the epoch chosen, the settings
     classifier.safetensors    encoder + head weights; classifier.json: names, encoder config
+    checkpoints/last.ckpt, best.ckpt    Lightning checkpoints (resume; best by val macro AUROC)
+    logs/metrics.csv, tensorboard/      training loss and validation AUROC per epoch
 """
 
 from __future__ import annotations
 
-import json
-import math
+import logging
+import warnings
+from functools import partial
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
 from medalign.data.augment import build_augmentation
 from medalign.data.dataset import StudyDataset, as_unit_float
 from medalign.data.manifest import read_manifest
-from medalign.errors import InputError
+from medalign.data.sampler import ResumableLoader, ResumableSampler, ShardSampler
+from medalign.errors import ConfigError, InputError
 from medalign.io.atomic import atomic_write, atomic_write_json
+from medalign.metrics import finding_aurocs, known_rows, macro_auroc
 from medalign.models.image import ImageEncoder
 from medalign.prep.vocab import load_vocabulary
 from medalign.tasks.model_io import load_model, resolve_device
-from medalign.metrics import finding_aurocs, known_rows, macro_auroc
+from medalign.train.schedule import warmup_cosine
 
 
 class FindingClassifier(nn.Module):
@@ -42,6 +51,84 @@ class FindingClassifier(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = as_unit_float(images)  # uint8 or float16 cache -> float32 in [0, 1]
         return self.head(self.encoder.backbone(x).flatten(1))
+
+
+class LabelledStudies(Dataset):
+    """``{"image": (1, X, Y, Z), "target": (K,), "index": int}``: a study and its finding labels
+    (1/0, and -1 where uncertain or unknown: masked in the loss)."""
+
+    def __init__(self, studies: StudyDataset, targets: np.ndarray) -> None:
+        self.studies = studies
+        self.targets = torch.from_numpy(np.nan_to_num(targets, nan=-1.0).astype(np.float32))
+
+    def __len__(self) -> int:
+        return len(self.studies)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        item = self.studies[key]
+        return {"image": item["image"], "target": self.targets[item["index"]], "index": item["index"]}
+
+
+def masked_bce(logits: torch.Tensor, target: torch.Tensor, pos_weight: torch.Tensor) -> torch.Tensor:
+    """Class-balanced BCE ``(B, K)`` averaged over the known labels (target >= 0) only."""
+    mask = (target >= 0).to(logits.dtype)
+    loss = nn.functional.binary_cross_entropy_with_logits(logits, target.clamp(min=0).to(logits.dtype), pos_weight=pos_weight, reduction="none")
+    return (loss * mask).sum() / mask.sum().clamp(min=1)
+
+
+class FinetuneModule(L.LightningModule):
+    """Encoder + head under Lightning; logs ``train/loss`` per step and ``val/macro_auroc`` per epoch
+    (computed on the whole val split gathered from every rank)."""
+
+    def __init__(self, classifier: FindingClassifier, pos_weight: torch.Tensor, lr: float, total_steps: int, weight_decay: float = 0.01) -> None:
+        super().__init__()
+        self.classifier = classifier
+        self.register_buffer("pos_weight", pos_weight)
+        self.lr, self.total_steps, self.weight_decay = lr, total_steps, weight_decay
+        self._val: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = masked_bce(self.classifier(batch["image"]), batch["target"], self.pos_weight)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["image"].shape[0])
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        probs = torch.sigmoid(self.classifier(batch["image"]).float())
+        self._val.append((batch["index"], probs, batch["target"]))
+
+    def on_validation_epoch_end(self) -> None:
+        index, probs, target = (torch.cat(parts) for parts in zip(*self._val)) if self._val else (None, None, None)
+        self._val.clear()
+        index, probs, target = _gather_rows(self, index, probs, target)
+        score = macro_auroc(probs.numpy(), target.numpy())
+        # every rank computed the same number from the same gathered rows: no further reduction
+        self.log("val/macro_auroc", float(score) if np.isfinite(score) else -1.0, prog_bar=True, sync_dist=False)
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        schedule = partial(warmup_cosine, warmup_steps=max(1, self.total_steps // 10), total_steps=self.total_steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, schedule), "interval": "step"}}
+
+
+def _gather_rows(module: L.LightningModule, index, probs, target) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every rank's validation rows, in dataset order: ``(N,), (N, K), (N, K)`` on the CPU."""
+    if module.trainer.world_size == 1:
+        order = torch.argsort(index)
+        return index[order].cpu(), probs[order].cpu(), target[order].cpu()
+    # ranks hold different row counts: pad to the largest (index -1), gather, drop the padding
+    k = module.classifier.head.out_features
+    n = torch.tensor([0 if index is None else len(index)], device=module.device)
+    most = int(module.all_gather(n).max())
+    pad_index = torch.full((most,), -1, dtype=torch.long, device=module.device)
+    pad_probs = torch.zeros(most, k, device=module.device)
+    pad_target = torch.full((most, k), -1.0, device=module.device)
+    if index is not None:
+        pad_index[: len(index)], pad_probs[: len(index)], pad_target[: len(index)] = index, probs, target
+    gathered = [module.all_gather(t).flatten(0, 1).cpu() for t in (pad_index, pad_probs, pad_target)]
+    keep = gathered[0] >= 0
+    index, probs, target = (g[keep] for g in gathered)
+    order = torch.argsort(index)
+    return index[order], probs[order], target[order]
 
 
 def _targets(manifest, names: list[str], labels: Path | None) -> np.ndarray:
@@ -60,10 +147,34 @@ def _predict(model: FindingClassifier, dataset: StudyDataset, device: torch.devi
     return torch.cat(out).numpy()
 
 
+def _accelerator(device: str) -> str:
+    """``--device`` (auto, cpu, cuda) as a Lightning accelerator; a GPU request without one is an error."""
+    if device == "auto":
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") or device == "gpu":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {device}: no CUDA device is available")
+        return "gpu"
+    if device == "cpu":
+        return "cpu"
+    raise ConfigError(f"--device {device}: expected auto, cpu or cuda")
+
+
 def finetune(checkpoint: Path, dataset: Path, out: Path, labels: Path | None = None, epochs: int = 5, batch_size: int = 16,
-             lr: float = 3e-4, from_scratch: bool = False, device: str = "auto", seed: int = 0) -> dict:
-    """Train encoder + head on the train split, choose the epoch on val, report test AUROC."""
-    dev = resolve_device(device)
+             lr: float = 3e-4, from_scratch: bool = False, device: str = "auto", seed: int = 0, devices: int = 1,
+             num_nodes: int = 1, strategy: str = "auto", precision: str = "auto", num_workers: int = 0,
+             resume: bool = False, progress: bool = False) -> dict | None:
+    """Train encoder + head on the train split (``batch_size`` per device), keep the epoch with the best
+    val macro AUROC, report test AUROC. Returns the metrics (``None`` on ranks other than 0)."""
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    accelerator = _accelerator(device)
+    if precision == "auto":
+        precision = "bf16-mixed" if accelerator == "gpu" else "32-true"
+    out = Path(out)
+    last = out / "checkpoints" / "last.ckpt"
+    if resume and not last.is_file():
+        raise InputError(f"{out}: nothing to resume (no checkpoints/last.ckpt)")
     model_dual, model_dir = load_model(checkpoint, "cpu")
     vocab_file = Path(model_dir) / "vocab.yaml"
     manifest = read_manifest(dataset)
@@ -79,55 +190,86 @@ def finetune(checkpoint: Path, dataset: Path, out: Path, labels: Path | None = N
     names = [names[k] for k in usable]
     y = {s: v[:, usable] for s, v in y.items()}
 
-    torch.manual_seed(seed)
+    L.seed_everything(seed, workers=True, verbose=False)
     cfg = model_dual.config.image
     encoder = ImageEncoder(cfg.name, model_dual.config.embed_dim, cfg.options, cfg.activation_checkpointing)
     if not from_scratch:
         encoder.load_state_dict(model_dual.image.state_dict())
-    model = FindingClassifier(encoder, len(names)).to(dev)
+    classifier = FindingClassifier(encoder, len(names))
+    encoder.proj.requires_grad_(False)  # the contrastive projection is not on the classifier's path (DDP needs every trainable weight used)
     train_y = torch.from_numpy(np.nan_to_num(y["train"], nan=-1.0))
     known = train_y >= 0
     positives = ((train_y == 1) & known).sum(0).float()
-    pos_weight = ((known.sum(0).float() - positives) / positives.clamp(min=1)).clamp(max=50).to(dev)  # class-balanced
+    pos_weight = ((known.sum(0).float() - positives) / positives.clamp(min=1)).clamp(max=50)  # class-balanced
+
+    world = max(1, int(devices) * int(num_nodes))
+    per_device = min(batch_size, len(splits["train"]) // world)
+    if per_device < 1:
+        raise InputError(f"{dataset}: {len(splits['train'])} training studies cannot fill a batch on each of {world} devices")
     spatial = np.load(splits["train"].volume_path(0), mmap_mode="r").shape
-    train_ds = StudyDataset(splits["train"], augment=build_augmentation([0], 0.05, 0.9, spatial), seed=seed)
-    g = torch.Generator().manual_seed(seed)
-    loader = torch.utils.data.DataLoader(range(len(train_ds)), batch_size=min(batch_size, len(train_ds)), shuffle=True, drop_last=True, generator=g)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    total = max(1, epochs * len(loader))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, total // 10)) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total))))
-    loss_fn = nn.BCEWithLogitsLoss(pos_weight=pos_weight, reduction="none")
-    eval_val = StudyDataset(splits["val"]) if len(splits["val"]) >= 2 else None
-    best = (-1.0, None, -1)
-    draw = 0
-    for epoch in range(epochs):
-        model.train()
-        for rows in loader:
-            items = [train_ds[(int(i), draw + n)] for n, i in enumerate(rows)]
-            draw += len(items)
-            images = torch.stack([it["image"] for it in items]).to(dev)
-            target = train_y[rows].to(dev)
-            mask = (target >= 0).float()
-            loss = (loss_fn(model(images), target.clamp(min=0)) * mask).sum() / mask.sum().clamp(min=1)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-        score = macro_auroc(_predict(model, eval_val, dev), y["val"]) if eval_val is not None else float(epoch)
-        if not score <= best[0]:  # NaN (no usable val finding) keeps the latest
-            best = (score, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, epoch)
-    model.load_state_dict(best[1])
-    probs = _predict(model, StudyDataset(splits["test"]), dev)
-    per = dict(zip(names, finding_aurocs(probs, y["test"])))
-    result = {"macro_auroc": float(np.mean(list(per.values()))), "per_finding": per, "epoch_chosen": best[2], "epochs": epochs,
-              "from_scratch": from_scratch, "encoder": cfg.name, "n_train": len(splits["train"]), "n_test": len(splits["test"]),
-              "ground_truth": str(labels) if labels else "labels parsed from reports"}
-    out = Path(out)
+    train_ds = LabelledStudies(StudyDataset(splits["train"], augment=build_augmentation([0], 0.05, 0.9, spatial), seed=seed), y["train"])
+    sampler = ResumableSampler(len(train_ds), per_device, seed=seed)
+    train_loader = ResumableLoader(train_ds, sampler, num_workers=num_workers, persistent_workers=num_workers > 0)
+    # validation only scores findings both classes represent in val; without any, the last epoch is kept
+    has_val = len(splits["val"]) >= 2 and any(0 < np.sum(y["val"][:, k] == 1) < np.sum(known_rows(y["val"][:, k])) for k in range(len(names)))
+    val_loader = None
+    if has_val:
+        val_ds = LabelledStudies(StudyDataset(splits["val"]), y["val"])
+        val_loader = DataLoader(val_ds, batch_size=per_device, sampler=ShardSampler(len(val_ds)), num_workers=num_workers)
+
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    from medalign.train.checkpointing import AtomicCheckpointIO
+    from medalign.train.state import TrainingStateCallback
+
+    steps_per_epoch = len(train_ds) // (per_device * world)
+    module = FinetuneModule(classifier, pos_weight, lr, total_steps=max(1, epochs * steps_per_epoch))
+    callbacks = [TrainingStateCallback(sampler),
+                 ModelCheckpoint(dirpath=str(out / "checkpoints"), save_last=True, save_top_k=0, enable_version_counter=False)]
+    if has_val:
+        callbacks.append(ModelCheckpoint(dirpath=str(out / "checkpoints"), filename="best", monitor="val/macro_auroc", mode="max",
+                                         save_top_k=1, enable_version_counter=False))
     out.mkdir(parents=True, exist_ok=True)
+    trainer = L.Trainer(
+        default_root_dir=str(out),
+        max_epochs=epochs,
+        accelerator=accelerator,
+        devices=devices,
+        num_nodes=num_nodes,
+        strategy=strategy,
+        precision=precision,
+        gradient_clip_val=1.0,
+        log_every_n_steps=max(1, min(10, steps_per_epoch)),
+        logger=[CSVLogger(str(out), name="logs", version=""), TensorBoardLogger(str(out), name="tensorboard", version="")],
+        use_distributed_sampler=False,  # the samplers shard across ranks themselves
+        num_sanity_val_steps=0,
+        callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
+        trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if resume else None)
+    if not trainer.is_global_zero:
+        return None
+
+    chosen = out / "checkpoints" / ("best.ckpt" if has_val else "last.ckpt")
+    ckpt = AtomicCheckpointIO().load_checkpoint(chosen, map_location="cpu")
+    module.load_state_dict(ckpt["state_dict"])
+    model = module.classifier.float()
+    dev = resolve_device("cuda" if accelerator == "gpu" else "cpu")
+    probs = _predict(model.to(dev), StudyDataset(splits["test"]), dev)
+    per = dict(zip(names, finding_aurocs(probs, y["test"])))
+    result = {"macro_auroc": float(np.mean(list(per.values()))), "per_finding": per, "epoch_chosen": int(ckpt["epoch"]), "epochs": epochs,
+              "from_scratch": from_scratch, "encoder": cfg.name, "n_train": len(splits["train"]), "n_test": len(splits["test"]),
+              "precision": precision, "devices": world, "batch_size_per_device": per_device,
+              "ground_truth": str(labels) if labels else "labels parsed from reports"}
     from safetensors.torch import save_file
 
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     atomic_write(out / "classifier.safetensors", lambda p: save_file(state, str(p)))
     atomic_write_json(out / "classifier.json", {"findings": names, "image": {"name": cfg.name, "options": cfg.options}})
     atomic_write_json(out / "metrics.json", result)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import math
 import time
+from functools import partial
 
 import lightning as L
 import torch
@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from medalign.losses import ContrastiveObjective
 from medalign.models import DualEncoder
 from medalign.train.config import PretrainConfig
+from medalign.train.schedule import warmup_cosine
 
 
 def needs_report_embeddings(config: PretrainConfig) -> bool:
@@ -88,14 +89,7 @@ class PretrainModule(L.LightningModule):
             groups.append({"params": text_params, "lr": o.text_lr})
         optimizer = torch.optim.AdamW(groups, weight_decay=o.weight_decay)
         total = max(1, self.config.trainer.max_steps)
-
-        def schedule(step: int) -> float:
-            if step < o.warmup_steps:
-                return (step + 1) / max(1, o.warmup_steps)
-            progress = min(1.0, (step - o.warmup_steps) / max(1, total - o.warmup_steps))
-            return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(warmup_cosine, warmup_steps=o.warmup_steps, total_steps=total, min_ratio=o.min_lr_ratio))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
