@@ -220,13 +220,12 @@ def finetune(checkpoint: Path, dataset: Path, out: Path, labels: Path | None = N
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-    from medalign.train.checkpointing import AtomicCheckpointIO
+    from medalign.train.checkpointing import AtomicCheckpointIO, LastCheckpoint
     from medalign.train.state import TrainingStateCallback
 
     steps_per_epoch = len(train_ds) // (per_device * world)
     module = FinetuneModule(classifier, pos_weight, lr, total_steps=max(1, epochs * steps_per_epoch))
-    callbacks = [TrainingStateCallback(sampler),
-                 ModelCheckpoint(dirpath=str(out / "checkpoints"), save_last=True, save_top_k=0, enable_version_counter=False)]
+    callbacks = [TrainingStateCallback(sampler), LastCheckpoint(out / "checkpoints")]
     if has_val:
         callbacks.append(ModelCheckpoint(dirpath=str(out / "checkpoints"), filename="best", monitor="val/macro_auroc", mode="max",
                                          save_top_k=1, enable_version_counter=False))

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from medalign.errors import InputError
@@ -27,3 +28,18 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         except Exception as e:  # noqa: BLE001 - a refused pickle, a truncated file: the user needs the file and the reason
             first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
             raise InputError(f"{path}: not a loadable checkpoint ({e.__class__.__name__}: {first})") from None
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """``DIR/last.ckpt`` kept current every K optimizer steps (``None``: after every epoch) and at the
+    end of training. (Lightning's ``save_last`` only copies a checkpoint some other trigger saved:
+    alone, it writes nothing until training ends.)"""
+
+    def __init__(self, dirpath: Path | str, every_n_train_steps: int | None = None) -> None:
+        super().__init__(dirpath=str(dirpath), filename="last", save_top_k=1, every_n_train_steps=every_n_train_steps,
+                         enable_version_counter=False)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if trainer.global_step != self._last_global_step_saved:  # the final steps fell between two triggers
+            trainer.save_checkpoint(str(Path(self.dirpath) / "last.ckpt"))
+            self._last_global_step_saved = trainer.global_step

@@ -54,7 +54,7 @@ def pretrain(
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from medalign.train.checkpointing import AtomicCheckpointIO
+    from medalign.train.checkpointing import AtomicCheckpointIO, LastCheckpoint
     from medalign.train.state import TrainingStateCallback
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
@@ -110,8 +110,7 @@ def pretrain(
                                          save_top_k=1, every_n_train_steps=v.every_n_steps, enable_version_counter=False))
     elif v.every_n_steps:
         log.warning("validation.every_n_steps is set but the dataset has fewer than 2 val studies: no validation")
-    callbacks.append(ModelCheckpoint(dirpath=str(run / "checkpoints"), save_last=True, save_top_k=0,
-                                     every_n_train_steps=t.checkpoint_every, enable_version_counter=False))
+    callbacks.append(LastCheckpoint(run / "checkpoints", every_n_train_steps=t.checkpoint_every))
     if t.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise ConfigError(f"trainer.accelerator: '{t.accelerator}' but no CUDA GPU is visible here; override with trainer.accelerator=cpu (or auto)")
     trainer = L.Trainer(

@@ -9,7 +9,7 @@ from medalign.data.sampler import ResumableSampler
 
 
 class TrainingStateCallback(L.Callback):
-    """Keeps the sampler's batch count current and carries the torch RNG state (dropout) in checkpoints.
+    """Keeps the sampler's batch count current and carries it and the torch RNG state (dropout) in checkpoints.
 
     The loader's position itself is saved by Lightning (the loader is stateful); this callback
     marks each batch as consumed before any checkpoint of that step is written (Lightning runs
@@ -34,7 +34,12 @@ class TrainingStateCallback(L.Callback):
         return {
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "sampler": self.sampler.state_dict(),
         }
 
     def load_state_dict(self, state_dict: dict) -> None:
         self._rng_to_restore = state_dict
+        # Lightning restores a stateful loader only mid-epoch; at an epoch boundary the sampler would
+        # restart at epoch 0, so its position travels here too (restoring it twice is harmless)
+        if "sampler" in state_dict:
+            self.sampler.load_state_dict(state_dict["sampler"])
