@@ -51,6 +51,7 @@ bench: install
 	$(PY) bench/prep.py
 	$(PY) bench/retrieval.py
 	$(PY) bench/labeler.py
+	$(PY) bench/tokens.py
 	$(PY) bench/models.py
 	$(PY) bench/train.py --preset demo_ct --steps 10
 

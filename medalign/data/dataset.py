@@ -45,7 +45,7 @@ def sample_sentences(sentences: list[str], rng: np.random.Generator) -> str | No
 
 
 class StudyDataset(Dataset):
-    """One item per study: ``{"image": (1, X, Y, Z), "text": str, "labels": (K,), "index": int}``; the image
+    """One item per study: ``{"image": (1, X, Y, Z), "text": str, "text_is_report": bool, "labels": (K,), "index": int}``; the image
     is in the cache's dtype (float32 in [0, 1] once augmented); :meth:`DualEncoder.encode_image` converts it.
 
     Volumes are memory-mapped; ``augment`` (a MONAI transform on the (1, X, Y, Z) tensor) runs on the
@@ -82,11 +82,13 @@ class StudyDataset(Dataset):
                     step.set_random_state(state=state)
             image = self.augment(image)
         text = self.manifest.columns[self.text_field][i] or ""
+        sampled = None
         if self.sentences is not None and rng.random() < self.sentence_sampling:
-            text = sample_sentences(self.sentences[i], rng) or text
+            sampled = sample_sentences(self.sentences[i], rng)
         return {
             "image": image,
-            "text": text,
+            "text": sampled or text,
+            "text_is_report": sampled is None,  # False: a sentence sample, not in the token cache
             "labels": torch.from_numpy(self.labels[i]),
             "index": i,
         }

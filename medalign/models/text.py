@@ -34,6 +34,9 @@ class TextEncoder(nn.Module):
     def __init__(self, model_dir: str | Path, embed_dim: int, pooling: str = "mean", max_length: int = 128, trainable_layers: int = -1) -> None:
         super().__init__()
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # a per-weight loading bar for a local folder is noise in logs
 
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
         self.model = AutoModel.from_pretrained(str(model_dir), local_files_only=True)
@@ -64,6 +67,10 @@ class TextEncoder(nn.Module):
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         """Pad and truncate ``texts`` to ``max_length`` tokens."""
         return dict(self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"))
+
+    def token_ids(self, texts: list[str]) -> list[list[int]]:
+        """Each text's ids as :meth:`tokenize` would give them, unpadded (for the token cache)."""
+        return self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
 
     def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **extra: torch.Tensor) -> torch.Tensor:
         """Pooled hidden states ``(B, H)`` before the projection."""

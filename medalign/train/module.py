@@ -93,9 +93,12 @@ class PretrainModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-def make_collate(tokenizer_fn):
-    """Collate study items into a batch, tokenising the texts once per batch in the loader's workers
-    (``tokenizer_fn=None``: no tokens, the text side comes from the report cache)."""
+def make_collate(tokenizer=None, max_length: int = 128, tokens=None):
+    """Collate study items into a batch. The text side: whole reports from ``tokens`` (a
+    :class:`ReportTokens` cache, tokenised once per run), sentence samples tokenised here by the
+    Hugging Face ``tokenizer`` (in the loader's workers); without ``tokens`` every text is tokenised
+    per batch. ``tokenizer=None``: no tokens (the report embedding cache gives the text side)."""
+    from medalign.data.tokens import pad_token_ids
 
     def collate(items: list[dict]) -> dict:
         batch = {
@@ -103,8 +106,13 @@ def make_collate(tokenizer_fn):
             "labels": torch.stack([it["labels"] for it in items]),
             "index": torch.tensor([it["index"] for it in items]),
         }
-        if tokenizer_fn is not None:
-            batch["tokens"] = tokenizer_fn([it["text"] for it in items])
+        if tokenizer is not None and tokens is None:
+            batch["tokens"] = dict(tokenizer([it["text"] for it in items], padding=True, truncation=True, max_length=max_length, return_tensors="pt"))
+        elif tokenizer is not None:
+            fresh = [it["text"] for it in items if not it["text_is_report"]]
+            fresh_ids = iter(tokenizer(fresh, truncation=True, max_length=max_length)["input_ids"] if fresh else [])
+            seqs = [tokens.ids(it["index"]) if it["text_is_report"] else next(fresh_ids) for it in items]
+            batch["tokens"] = pad_token_ids(seqs, int(tokenizer.pad_token_id or 0), tokenizer.padding_side)
         return batch
 
     return collate

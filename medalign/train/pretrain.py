@@ -6,6 +6,7 @@ RUN/
     tensorboard/         the same for TensorBoard (``tensorboard --logdir RUN/tensorboard``)
     checkpoints/last.ckpt, best.ckpt (best val macro AUROC, when validation runs)
     cache/report_embeddings.safetensors   frozen text tower's report embeddings (CWCL targets, frozen text)
+    cache/tokens-<key>/  every training report tokenised once (memory-mapped by the loader)
     dataset_files/       the dataset's prep_config.yaml and vocab.yaml
     model/               exported dual encoder (safetensors + config + tokenizer + prep preset + vocab);
                          ``medalign export RUN [--checkpoint best]`` writes it from a checkpoint
@@ -90,13 +91,16 @@ def pretrain(
     augment = build_augmentation(d.flip_axes, d.intensity, d.crop_scale, spatial_size)
     dataset_ = StudyDataset(train, augment=augment, text_field=d.text_field, sentence_sampling=d.sentence_sampling, seed=t.seed)
     sampler = ResumableSampler(len(train), d.batch_size, seed=t.seed)
-    loader = ResumableLoader(
-        dataset_,
-        sampler,
-        num_workers=d.num_workers,
-        collate_fn=make_collate(None if uses_cached_text(config) else model.text.tokenize),
-        persistent_workers=d.num_workers > 0,
-    )
+    if uses_cached_text(config):
+        collate = make_collate()  # the text side is the report embedding cache
+    else:
+        from medalign.data.tokens import build_token_cache
+
+        # every report tokenised once (each rank builds or reuses the same keyed folder)
+        tokens = build_token_cache(run / "cache", reports, model.text.token_ids, f"{config.model.text.model}:{len(model.text.tokenizer)}",
+                                   model.text.max_length)
+        collate = make_collate(model.text.tokenizer, model.text.max_length, tokens)
+    loader = ResumableLoader(dataset_, sampler, num_workers=d.num_workers, collate_fn=collate, persistent_workers=d.num_workers > 0)
     callbacks = [TrainingStateCallback(sampler)]
     v = config.validation
     val = manifest.subset("val")
