@@ -75,10 +75,15 @@ class SeriesSelection:
     max_spacing_deviation: float = 0.2
     #: uneven spacing (missing slices): refuse the series, or interpolate onto the regular grid
     on_uneven_spacing: str = "reject"
+    #: gantry tilt (slice origins drift within the slice plane): shift each slice back onto an
+    #: orthogonal grid as dcm2niix does, or refuse the series
+    on_gantry_tilt: str = "resample"
 
     def validate(self, where: str) -> None:
         if self.on_uneven_spacing not in ("reject", "resample"):
             raise ConfigError(f"{where}.on_uneven_spacing: '{self.on_uneven_spacing}' is not reject or resample")
+        if self.on_gantry_tilt not in ("reject", "resample"):
+            raise ConfigError(f"{where}.on_gantry_tilt: '{self.on_gantry_tilt}' is not reject or resample")
 
 
 @dataclasses.dataclass
@@ -302,6 +307,13 @@ def volume_from_slices(slices: list[_Slice], policy: SeriesSelection | None = No
                     f"uneven slice spacing (steps {steps.min():.2f}-{steps.max():.2f} mm, median {median:.2f}): missing slices?"
                 )
             slices, note = _resample_to_regular_grid(slices, positions, median)
+        drift = in_plane_drift(slices)
+        if np.abs(drift).max() > 0.01:  # a hundredth of a pixel: below that the stack is orthogonal
+            if policy.on_gantry_tilt != "resample":
+                raise InputError(f"gantry tilt: slice origins drift {np.abs(drift).max():.1f} pixels within the slice plane")
+            slices, tilt_note = correct_gantry_tilt(slices, drift)
+            note = "; ".join(n for n in (note, tilt_note) if n)
+            first = slices[0]
         step_vec = (slices[-1].ipp - slices[0].ipp) / (len(slices) - 1)
     else:
         step_vec = np.cross(first.iop[:3], first.iop[3:])
@@ -337,6 +349,45 @@ def _resample_to_regular_grid(slices: list[_Slice], positions: np.ndarray, step:
             source=a.source if w < 0.5 else b.source,
         ))
     return out, f"uneven slice spacing: {len(slices)} slices resampled to {n_new} at {step:.2f} mm"
+
+
+def in_plane_drift(slices: list[_Slice]) -> np.ndarray:
+    """``(N, 2)`` how far each slice's origin lies from the first one's normal line, in pixels
+    (rows, columns): zero for an orthogonal stack, growing steadily under gantry tilt."""
+    row_cos, col_cos = slices[0].iop[:3], slices[0].iop[3:]
+    d = np.stack([s.ipp - slices[0].ipp for s in slices])
+    return np.stack([d @ col_cos / slices[0].spacing[0], d @ row_cos / slices[0].spacing[1]], axis=1)
+
+
+def correct_gantry_tilt(slices: list[_Slice], drift: np.ndarray) -> tuple[list[_Slice], str]:
+    """Shift each slice within its plane (linear interpolation) onto one grid whose third axis is the
+    slice normal, widened to hold every shifted slice and filled with the series' minimum: what
+    dcm2niix writes as ``*_Tilt_1.nii``. ``drift`` is :func:`in_plane_drift`."""
+    from scipy.ndimage import shift as shift_image
+
+    # whole pixels of margin on each side (dcm2niix's grid: the first slice's pixels stay on it)
+    low = np.floor(np.minimum(drift.min(axis=0), 0.0) + 1e-6)
+    extra = (np.ceil(np.maximum(drift.max(axis=0), 0.0) - 1e-6) - low).astype(int)
+    rows, cols = slices[0].pixels.shape
+    fill = float(min(s.pixels.min() for s in slices))
+    row_cos, col_cos = slices[0].iop[:3], slices[0].iop[3:]
+    origin = slices[0].ipp + low[0] * slices[0].spacing[0] * col_cos + low[1] * slices[0].spacing[1] * row_cos
+    normal = np.cross(row_cos, col_cos)
+    out = []
+    for s, d in zip(slices, drift):
+        canvas = np.full((rows + extra[0], cols + extra[1]), fill, dtype=np.float32)
+        canvas[:rows, :cols] = s.pixels
+        # new pixel (j, i) is source pixel (j + low - d): ndimage's shift moves content by +(d - low)
+        moved = shift_image(canvas, d - low, order=1, mode="constant", cval=fill, prefilter=False)
+        # a pixel whose interpolation reaches past the slice's edge is fill, not a blend with it (as dcm2niix)
+        inside = np.zeros_like(canvas)
+        inside[:rows, :cols] = 1.0
+        moved[shift_image(inside, d - low, order=1, mode="constant", cval=0.0, prefilter=False) < 1.0 - 1e-4] = fill
+        ipp = origin + float(np.dot(s.ipp - slices[0].ipp, normal)) * normal
+        out.append(dataclasses.replace(s, pixels=moved.astype(np.float32), ipp=ipp))
+    tilt = np.degrees(np.arctan2(np.linalg.norm((slices[-1].ipp - slices[0].ipp) - np.dot(slices[-1].ipp - slices[0].ipp, normal) * normal),
+                                 abs(float(np.dot(slices[-1].ipp - slices[0].ipp, normal)))))
+    return out, f"gantry tilt {tilt:.1f} deg corrected: slices shifted in-plane onto a {rows + extra[0]}x{cols + extra[1]} grid"
 
 
 def load_series(series: SeriesInfo, policy: SeriesSelection | None = None) -> Volume:

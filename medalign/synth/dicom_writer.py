@@ -79,10 +79,13 @@ def write_ct_series(
     orientation: tuple[float, ...] = (1, 0, 0, 0, 1, 0),
     series_number: int = 2,
     description: str = "CHEST AXIAL",
+    gantry_tilt_deg: float = 0.0,
 ) -> list[Path]:
     """Write ``hu`` ``(Z, Y, X)`` as one axial CT series, one file per slice with random names.
 
     ``signed`` stores int16 with intercept 0; otherwise uint16 with intercept -1024.
+    ``gantry_tilt_deg`` stacks the slices as a tilted gantry does: each slice's origin also moves
+    ``dz * tan(tilt)`` up the columns, so the stack direction is not the slice normal.
     """
     folder.mkdir(parents=True, exist_ok=True)
     series_uid = generate_uid()
@@ -97,7 +100,11 @@ def write_ct_series(
         ds.SeriesDescription = description
         ds.InstanceNumber = int(rng.integers(1, 10_000))  # deliberately meaningless
         ds.ImageType = list(image_type)
-        ds.ImagePositionPatient = [float(v) for v in np.asarray(origin_lps) + k * dz * normal]
+        # the sign convention dcm2niix checks the tag against ("estimated from slice vector")
+        shear = -k * dz * np.tan(np.radians(gantry_tilt_deg)) * col_cos
+        ds.ImagePositionPatient = [float(v) for v in np.asarray(origin_lps) + k * dz * normal + shear]
+        if gantry_tilt_deg:
+            ds.GantryDetectorTilt = float(gantry_tilt_deg)
         ds.ImageOrientationPatient = [float(v) for v in orientation]
         ds.PixelSpacing = [float(dy), float(dx)]
         ds.SliceThickness = float(dz)
