@@ -3,8 +3,13 @@
 1. DICOM series -> volume: medalign's reader vs the dcm2niix binary (DICOM -> NIfTI) on the same phantom studies.
 2. Training-time volume loading: medalign's cached ``.npy`` (memory-mapped) vs MONAI's ``.nii.gz`` pipeline
    (LoadImaged, EnsureChannelFirstd, Orientationd, Spacingd, ScaleIntensityRanged, ResizeWithPadOrCropd).
+3. End to end, raw DICOM study to cached training volume at the chest-CT preset (1.5 x 1.5 x 3 mm,
+   HU [-1000, 1000], 240 x 240 x 120): ``medalign prep --workers W`` vs the common peer pipeline on the
+   same studies and the same number of processes: dcm2niix to ``.nii.gz``, then MONAI LoadImaged,
+   EnsureChannelFirstd, Orientationd, Spacingd, ScaleIntensityRanged, ResizeWithPadOrCropd, and a
+   float32 ``.npy`` save.
 
-    .venv/bin/python bench/prep.py [--studies 30]
+    .venv/bin/python bench/prep.py [--studies 30] [--e2e-studies 24 --e2e-shape 160 256 256 --workers 2]
 """
 
 from __future__ import annotations
@@ -19,13 +24,21 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--studies", type=int, default=30)
+    ap.add_argument("--e2e-studies", type=int, default=24, help="end-to-end part: studies (0 skips it)")
+    ap.add_argument("--e2e-shape", type=int, nargs=3, default=[160, 256, 256], metavar=("Z", "Y", "X"), help="slices, rows, columns")
+    ap.add_argument("--workers", type=int, default=2, help="processes, for medalign and the peer pipeline alike")
+    ap.add_argument("--peer-only", nargs=2, metavar=("IMAGES", "OUT"), help=argparse.SUPPRESS)  # the peer's whole run, in its own process
     args = ap.parse_args()
+    if args.peer_only:
+        _peer_pool(Path(args.peer_only[0]), Path(args.peer_only[1]), args.workers)
+        return
     from medalign.config import load_config
     from medalign.data.dataset import as_unit_array
     from medalign.io.dicom import load_dicom_study
@@ -87,7 +100,120 @@ def main() -> None:
     print(f"  MONAI .nii.gz pipeline  {1000 * t_monai / len(volumes):8.2f} ms/volume (baseline)")
     print(f"  ratio: {t_monai / t_cache:.1f}x faster")
     shutil.rmtree(work, ignore_errors=True)
+    if args.e2e_studies:
+        end_to_end(args.e2e_studies, tuple(args.e2e_shape), args.workers)
 
+
+def write_chest_studies(root: Path, n: int, shape: tuple[int, int, int]) -> Path:
+    """``n`` phantom chest CTs of ``shape`` (Z, Y, X) slices at chest-CT-like spacing, with reports."""
+    import csv
+
+    from pydicom.uid import generate_uid
+
+    from medalign.synth.ct import CTGrid, make_ct_case
+    from medalign.synth.dicom_writer import FakePatient, write_ct_series
+    from medalign.synth.reports import ct_report
+
+    rng = np.random.default_rng(5)
+    # the phantom spans about 300 x 300 x 300 mm whatever the grid: spacing follows the shape
+    grid = CTGrid(shape=shape, spacing=(300.0 / shape[0], 384.0 / shape[1], 384.0 / shape[2]))
+    rows = []
+    for i in range(n):
+        case = make_ct_case(rng, grid)
+        write_ct_series(case.hu, grid.spacing, grid.origin_lps(), root / "images" / f"s{i:03d}", FakePatient.random(rng), generate_uid(), rng)
+        rows.append([f"s{i:03d}", ct_report(case.labels, case.details, rng)])
+    with open(root / "reports.csv", "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([["study_id", "report"], *rows])
+    return root
+
+
+def _peer_one(task: tuple[str, str, str]) -> None:
+    """The peer pipeline for one study: dcm2niix -> .nii.gz -> MONAI transforms -> float32 .npy."""
+    folder, out, dcm2niix = map(Path, task)
+    out.mkdir(parents=True)
+    subprocess.run([str(dcm2niix), "-z", "y", "-f", "%s", "-o", str(out), str(folder)], check=True, capture_output=True)
+    from monai import transforms as T
+
+    import torch
+
+    torch.set_num_threads(1)
+    pipeline = T.Compose([
+        T.LoadImaged(keys="image"),
+        T.EnsureChannelFirstd(keys="image"),
+        T.Orientationd(keys="image", axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
+        T.Spacingd(keys="image", pixdim=(1.5, 1.5, 3.0), mode="bilinear"),
+        T.ScaleIntensityRanged(keys="image", a_min=-1000, a_max=1000, b_min=0, b_max=1, clip=True),
+        T.ResizeWithPadOrCropd(keys="image", spatial_size=(240, 240, 120)),
+    ])
+    nii = max(out.glob("*.nii.gz"), key=lambda p: p.stat().st_size)
+    x = pipeline({"image": str(nii)})["image"]
+    np.save(out / "volume.npy", np.asarray(x, dtype=np.float32))
+
+
+def _run_whole(argv: list[str]) -> float:
+    """Seconds for a fresh Python process to run ``argv`` (start-up and imports included, as a user pays)."""
+    t = time.perf_counter()
+    subprocess.run([sys.executable, *argv], check=True, capture_output=True, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    return time.perf_counter() - t
+
+
+def _peer_pool(images: Path, out: Path, workers: int) -> None:
+    from concurrent.futures import ProcessPoolExecutor
+    import multiprocessing as mp
+
+    dcm2niix = Path(sys.executable).parent / "dcm2niix"
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("forkserver")) as pool:
+        list(pool.map(_peer_one, [(str(f), str(out / f.name), str(dcm2niix)) for f in sorted(images.iterdir())]))
+
+
+def end_to_end(n: int, shape: tuple[int, int, int], workers: int) -> None:
+    """Whole runs in fresh processes (what a user waits for), then the per-study cost of each pipeline
+    in one warm process (what dominates a large export once start-up is paid)."""
+    from medalign.config import load_config
+    from medalign.io.atomic import atomic_save_npy
+    from medalign.prep.build import load_study, to_cache_dtype
+    from medalign.prep.config import PrepConfig
+    from medalign.prep.transforms import apply_preprocessing, build_preprocessing
+
+    work = Path(tempfile.mkdtemp(prefix="medalign_bench_e2e_"))
+    try:
+        raw = write_chest_studies(work / "raw", n, shape)
+        ours = _run_whole(["-m", "medalign.cli.main", "prep", "--images", str(raw / "images"), "--reports", str(raw / "reports.csv"),
+                           "--out", str(work / "ours"), "--config", "chest_ct", "--workers", str(workers)])
+        peer = _run_whole([str(Path(__file__).resolve()), "--peer-only", str(raw / "images"), str(work / "peer"), "--workers", str(workers)])
+        ours_mb = sum(p.stat().st_size for p in (work / "ours").rglob("*.npy")) / n / 2**20
+        peer_mb = sum(p.stat().st_size for p in (work / "peer").rglob("*.npy")) / n / 2**20
+        print(f"raw DICOM study -> cached training volume, {n} studies of {shape[0]} slices {shape[1]}x{shape[2]}, chest_ct preset "
+              f"(1.5x1.5x3 mm, 240x240x120)")
+        print(f"  whole run, {workers} processes each, fresh interpreter (start-up and imports included):")
+        print(f"    medalign prep --workers {workers}          {ours:7.2f} s  ({n / ours:5.2f} studies/s, {ours_mb:5.1f} MiB/volume)")
+        print(f"    dcm2niix + MONAI + save (peer)   {peer:7.2f} s  ({n / peer:5.2f} studies/s, {peer_mb:5.1f} MiB/volume)")
+        print(f"    ratio medalign/peer throughput: {peer / ours:.2f}x")
+
+        import torch
+
+        torch.set_num_threads(1)
+        config = load_config(PrepConfig, "chest_ct", "prep")
+        pipe = build_preprocessing(config.steps)
+        folders = sorted((raw / "images").iterdir())[: min(n, 8)]
+        dcm2niix = Path(sys.executable).parent / "dcm2niix"
+        _peer_one((str(folders[0]), str(work / "warm"), str(dcm2niix)))  # imports and first-call costs out of the timing
+        t = time.perf_counter()
+        for i, f in enumerate(folders):
+            volume, _ = load_study(f, config)
+            array, _ = apply_preprocessing(volume, pipe)
+            atomic_save_npy(work / "steady" / f"{i}.npy", to_cache_dtype(array, config.cache_dtype))
+        t_ours = (time.perf_counter() - t) / len(folders)
+        t = time.perf_counter()
+        for i, f in enumerate(folders):
+            _peer_one((str(f), str(work / "peer_steady" / str(i)), str(dcm2niix)))
+        t_peer = (time.perf_counter() - t) / len(folders)
+        print(f"  per study in one warm process, 1 thread ({len(folders)} studies):")
+        print(f"    medalign (read DICOM, MONAI steps with the axis-aligned spacing, uint8 save) {t_ours:6.3f} s")
+        print(f"    peer (dcm2niix -z y, MONAI load + steps, float32 save)                      {t_peer:6.3f} s")
+        print(f"    ratio: {t_peer / t_ours:.2f}x")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 if __name__ == "__main__":
     main()

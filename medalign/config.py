@@ -28,7 +28,7 @@ CONFIG_ROOT = Path(os.environ.get("MEDALIGN_CONFIG_DIR", Path(__file__).resolve(
 def resolve_config_path(name_or_path: str | os.PathLike, stage: str) -> Path:
     """Return the YAML file for a path, or for a preset name under ``configs/<stage>/``."""
     p = Path(name_or_path)
-    if p.suffix in (".yaml", ".yml") or p.exists():
+    if p.suffix in (".yaml", ".yml") or p.is_file():  # a folder that happens to share a preset's name is not a config
         if not p.is_file():
             raise ConfigError(f"{p}: config file not found")
         return p

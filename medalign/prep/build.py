@@ -175,6 +175,15 @@ def _prepare_one(task: tuple[str, str, dict, str]) -> dict[str, Any]:
     return record
 
 
+def _share_cores(workers: int) -> None:
+    """Worker start: split the machine's cores between the workers (torch would give each all of them)."""
+    import os
+
+    import torch
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
 def _is_done(out: Path, study_id: str) -> bool:
     name = _safe_name(study_id)
     return (out / "records" / f"{name}.json").is_file() and (out / "volumes" / f"{name}.npy").is_file()
@@ -307,8 +316,9 @@ def prepare_dataset(
         # forkserver: workers fork from a clean server, never from a parent whose torch/OpenMP
         # threads are running (a plain fork can deadlock there)
         ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["medalign.prep.build"])
-        with ctx.Pool(workers) as pool:
+        # MONAI's import takes seconds: done once in the server, every worker forks with it loaded
+        ctx.set_forkserver_preload(["medalign.prep.build", "monai.transforms"])
+        with ctx.Pool(workers, initializer=_share_cores, initargs=(workers,)) as pool:
             for res in pool.imap_unordered(_prepare_one, tasks, chunksize=1):
                 results.append(res)
                 bar.update()
