@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
+from medalign.errors import InputError
 from medalign.tasks.retrieval import StudyIndex, build_hnsw, top_k, torch_top_k
 from medalign.tasks.retrieval_run import index_dataset
 
@@ -51,6 +53,12 @@ def test_update_adds_only_new_studies_and_equals_a_full_build(trained_run, prepa
     assert a.graph("study").ntotal == total
     q = b.studies[0]
     assert a.search(q, 1)[0]["study_id"] == b.search(q, 1)[0]["study_id"] == b.ids[0]
+    # the query-time breadth reaches the graph; a whole-collection breadth returns the exact ranking
+    wide = StudyIndex(inc, ef_search=total)
+    assert wide.graph("study").hnsw.efSearch == total
+    assert [h["study_id"] for h in wide.search(q, 5)] == [h["study_id"] for h in b.search(q, 5)]
+    with pytest.raises(InputError, match="ef-search"):
+        StudyIndex(inc, ef_search=0)
 
 
 def test_an_interrupted_update_is_read_at_the_last_complete_count(trained_run, prepared_ct, tmp_path):

@@ -57,10 +57,38 @@ def test_positive_mention_wins_over_negated():
 def test_sections_and_sentences():
     text = "FINDINGS: Lungs clear.\nNodule 3.5 mm.\n\nIMPRESSION: Normal."
     s = split_sections(text)
-    assert s == {"findings": "Lungs clear.\nNodule 3.5 mm.", "impression": "Normal."}
+    assert s == {"findings": "Lungs clear.\nNodule 3.5 mm.", "impression": "Normal.", "other": ""}
     assert split_sentences(s["findings"]) == ["Lungs clear", "Nodule 3.5 mm"]
     assert split_sections("Conclusion: fine")["impression"] == "fine"
     assert split_sections("no headers here")["findings"] == "no headers here"
+
+
+@pytest.mark.parametrize(
+    "text, findings, impression, other",
+    [
+        # headers alone on their line, no colon; numbered impression; a title line before them
+        ("CT CHEST WITHOUT CONTRAST\nFindings\nSmall right effusion.\nImpression\n1. Effusion.\n2. No nodule.",
+         "Small right effusion.", "1. Effusion.\n2. No nodule.", ""),
+        # request, method and comparison kept apart from what is seen
+        ("CLINICAL HISTORY: Cough, evaluate for pneumonia.\nTECHNIQUE: Axial CT.\nCOMPARISON: 2024-01-02.\n"
+         "FINDINGS: Clear lungs.\nIMPRESSION: Normal.", "Clear lungs.", "Normal.", "Cough, evaluate for pneumonia. Axial CT. 2024-01-02."),
+        # dashes, lower case, other names for the two sections, an addendum
+        ("results - mild emphysema. interpretation - emphysema. Addendum: also a 4 mm nodule.",
+         "mild emphysema.", "emphysema. also a 4 mm nodule.", ""),
+        ("Reason for exam: trauma. Report: No fracture. Final impression: Negative.", "No fracture.", "Negative.", "trauma."),
+        # no headers at all: the whole text is the findings; the word "history" inside a sentence is no header
+        ("No history of surgery. Lungs are clear.", "No history of surgery. Lungs are clear.", "", ""),
+    ],
+)
+def test_section_variants(text, findings, impression, other):
+    assert split_sections(text) == {"findings": findings, "impression": impression, "other": other}
+
+
+def test_labels_ignore_history_indication_and_comparison():
+    text = ("INDICATION: Known pleural effusion, follow-up of consolidation.\nHISTORY: Emphysema.\n"
+            "FINDINGS: No pleural effusion. No consolidation.\nIMPRESSION: Resolved effusion.")
+    labels = LAB.label(text)
+    assert labels["pleural effusion"] == 0 and labels["consolidation"] == 0 and labels["emphysema"] is None
 
 
 def test_clean_report_strips_html_and_rtf():

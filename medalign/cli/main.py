@@ -266,7 +266,7 @@ def cmd_index(a: argparse.Namespace) -> int:
 def cmd_retrieve(a: argparse.Namespace) -> int:
     from medalign.tasks.retrieval_run import retrieve
 
-    hits = retrieve(a.index, a.out, study=a.study, text=a.text, k=a.k, device=a.device, target=a.target, html=a.html)
+    hits = retrieve(a.index, a.out, study=a.study, text=a.text, k=a.k, device=a.device, target=a.target, html=a.html, ef_search=a.ef_search)
     for h in hits:
         print(f"{h['rank']:>3}  {h['study_id']:<24} {h['score']:.3f}  {h['impression'][:80]}")
     print(f"retrieve: {a.out / 'results.json'}, {a.out / 'montage.png'}" + (f", {a.out / 'results.html'}" if a.html else ""))
@@ -417,6 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--k", type=int, default=5)
     s.add_argument("--target", choices=["studies", "reports"], default="studies", help="search study images (default) or reports")
     s.add_argument("--html", action="store_true", help="also write results.html, a self-contained page of the same")
+    s.add_argument("--ef-search", type=int, default=None, metavar="N",
+                   help="HNSW indexes: candidates explored per query (default 256; higher: closer to exact, slower)")
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--device", default="auto")
     s.set_defaults(func=cmd_retrieve)

@@ -6,12 +6,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from medalign.prep.report_text import split_sentences
+from medalign.prep.report_text import reported_text, split_sentences
 from medalign.prep.vocab import Vocabulary
 
 PRE_NEGATION = [
     "no", "not", "without", "negative for", "free of", "absence of", "absent", "no evidence of",
-    "no signs of", "no sign of", "rules out", "ruled out", "nor", "neither", "denies", "resolution of",
+    "no signs of", "no sign of", "rules out", "ruled out", "nor", "neither", "denies", "resolution of", "resolved",
 ]
 POST_NEGATION = [
     "is absent", "are absent", "not seen", "not identified", "not present", "not demonstrated",
@@ -101,9 +101,11 @@ class ReportLabeler:
         return 1
 
     def label(self, text: str) -> dict[str, int | None]:
-        """``{finding: 1 | 0 | -1 | None}``; a positive mention anywhere wins, then uncertain, then negated."""
+        """``{finding: 1 | 0 | -1 | None}``; a positive mention anywhere wins, then uncertain, then negated.
+        Only FINDINGS and IMPRESSION count when the report has headers (a history of pneumonia or a
+        request to exclude it is not a finding)."""
         found: dict[str, set[int]] = {name: set() for name in self.vocab.names}
-        for sentence in split_sentences(text.lower()):
+        for sentence in split_sentences(reported_text(text).lower()):
             for name, pattern in self._negative.items():
                 if pattern.search(sentence):
                     found[name].add(0)

@@ -144,8 +144,12 @@ def update_index(folder: Path, model_dir: Path, dataset: Path, study_emb: np.nda
 class StudyIndex:
     """A loaded index: embeddings, metadata and the model it was built with."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, ef_search: int | None = None) -> None:
         folder = Path(folder)
+        if ef_search is not None and ef_search < 1:
+            raise InputError(f"--ef-search {ef_search}: must be at least 1")
+        #: HNSW breadth per query: higher finds more of the exact top K, slower (exact indexes ignore it)
+        self.ef_search = ef_search or HNSW_EF_SEARCH
         info_path = folder / "index.json"
         if not info_path.is_file():
             raise InputError(f"{folder}: not a medalign index (no index.json; run 'medalign index')")
@@ -168,7 +172,7 @@ class StudyIndex:
             graph = _faiss().read_index(str(path)) if path.is_file() else None
             if graph is None or graph.ntotal != self.info["count"]:
                 graph = build_hnsw(self.studies if name == "study" else self.reports)
-            graph.hnsw.efSearch = HNSW_EF_SEARCH
+            graph.hnsw.efSearch = self.ef_search
             self._graphs[name] = graph
         return self._graphs[name]
 

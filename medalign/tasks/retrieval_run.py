@@ -53,12 +53,12 @@ def index_dataset(checkpoint: Path, dataset: Path, out: Path, device: str = "aut
 
 @torch.no_grad()
 def retrieve(index: Path, out: Path, study: Path | None = None, text: str | None = None, k: int = 5, device: str = "auto", target: str = "studies",
-             html: bool = False) -> list[dict]:
+             html: bool = False, ef_search: int | None = None) -> list[dict]:
     """Top-``k`` studies (or reports) for a raw study or a text; writes results.json and montage.png
     (and ``results.html``, a self-contained page, with ``html``)."""
     if k < 1:
         raise InputError(f"--k {k}: must be at least 1")
-    idx = StudyIndex(index)
+    idx = StudyIndex(index, ef_search)
     model, model_dir = load_model(Path(idx.info["model"]), device)
     idx.check_model(model_dir)
     query_volume = None
