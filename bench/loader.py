@@ -6,7 +6,8 @@ Readers of the same prepared volumes, one after the other in this process, each 
      volume stays float16 until the device converts it);
   2. baseline: MONAI ``Dataset(LoadImaged + EnsureChannelFirstd)`` over the same volumes saved as ``.nii.gz``;
   3. ceiling: the same arrays already in memory, copied into tensors (the same bytes, no file);
-  and, for information, medalign with the training augmentation (flip, intensity jitter).
+  and, for information, medalign with the training augmentation: flip and intensity jitter in the
+  loader, and flip in the loader with the jitter left to the device (``data.intensity_on: device``).
 Goals (issue 3): medalign >= 20x the baseline, and within 2x of the in-memory ceiling.
 ``--shape X Y Z`` resamples the dataset's volumes to that size first (e.g. the chest-CT preset's
 240 x 240 x 120), written in ``--dtype`` (uint8 by default, as ``medalign prep`` writes it).
@@ -102,6 +103,9 @@ def run(a, tmp: Path) -> None:
     results["in-memory arrays (ceiling)"] = rate(torch.utils.data.DataLoader(InMemory(arrays), **kw), a.passes)
     augment = build_augmentation([0], 0.05)
     results["medalign + flip/intensity augmentation"] = rate(torch.utils.data.DataLoader(StudyDataset(manifest, augment=augment), **kw), a.passes)
+    # data.intensity_on: device (the GPU presets): flips (and crops) on the uint8 volume, jitter left to the device
+    on_device = StudyDataset(manifest, augment=build_augmentation([0], 0.0), device_intensity=0.05)
+    results["medalign + flip, intensity on device"] = rate(torch.utils.data.DataLoader(on_device, **kw), a.passes)
 
     shape, dtype = arrays[0].shape, arrays[0].dtype
     print(f"{len(arrays)} volumes {shape} ({dtype} cache), batch {a.batch}, {a.workers} workers, {a.passes} passes")

@@ -13,7 +13,7 @@ import torch
 
 MEDALIGN = [sys.executable, "-m", "medalign.cli.main"]
 TINY = ["data.batch_size=8", "model.image.options.widen_factor=0.25", "optim.warmup_steps=2", "trainer.log_every_n_steps=1",
-        "trainer.deterministic=true", "data.crop_scale=0.9", "data.flip_axes=[0]"]
+        "trainer.deterministic=true", "data.crop_scale=0.9", "data.flip_axes=[0]", "data.intensity_on=device"]
 
 
 def _losses(run) -> dict[int, float]:

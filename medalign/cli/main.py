@@ -418,7 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--target", choices=["studies", "reports"], default="studies", help="search study images (default) or reports")
     s.add_argument("--html", action="store_true", help="also write results.html, a self-contained page of the same")
     s.add_argument("--ef-search", type=int, default=None, metavar="N",
-                   help="HNSW indexes: candidates explored per query (default 256; higher: closer to exact, slower)")
+                   help="HNSW indexes: candidates explored per query (default 512; higher: closer to exact, slower)")
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--device", default="auto")
     s.set_defaults(func=cmd_retrieve)

@@ -10,7 +10,8 @@ def build_augmentation(flip_axes: list[int], intensity: float, crop_scale: float
 
     ``crop_scale`` < 1 crops a random box of that fraction of each side and pads it back to
     ``spatial_size`` (a random shift of the anatomy); flips along ``flip_axes`` (p=0.5); intensity
-    scale and shift of up to ``intensity``.
+    scale and shift of up to ``intensity`` (0: none here, e.g. when :func:`jitter_intensity` does
+    it on the device). Crop and flips alone work on the cache's integer volume as it is.
     """
     from monai.transforms import Compose, RandFlip, RandScaleCrop, RandScaleIntensity, RandShiftIntensity, ResizeWithPadOrCrop
 
@@ -25,3 +26,18 @@ def build_augmentation(flip_axes: list[int], intensity: float, crop_scale: float
     if not steps:
         return None
     return Compose(steps).set_random_state(seed=0)
+
+
+def draw_intensity_jitter(rng, intensity: float) -> tuple[float, float]:
+    """``(factor, offset)`` as MONAI's RandScaleIntensity and RandShiftIntensity draw them: each
+    uniform in ``[-intensity, intensity]``."""
+    return float(rng.uniform(-intensity, intensity)), float(rng.uniform(-intensity, intensity))
+
+
+def jitter_intensity(images, jitter):
+    """``(B, 1, X, Y, Z)`` float images, ``(B, 2)`` (factor, offset) per study -> ``x * (1 + factor) + offset``:
+    MONAI's scale-then-shift jitter, applied to a whole batch on its device (no float volume is
+    built in the loader)."""
+    shape = (-1,) + (1,) * (images.dim() - 1)
+    factor, offset = jitter[:, 0].to(images.dtype).reshape(shape), jitter[:, 1].to(images.dtype).reshape(shape)
+    return images * (1 + factor) + offset

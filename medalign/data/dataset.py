@@ -6,6 +6,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from medalign.data.augment import draw_intensity_jitter
 from medalign.data.manifest import Manifest
 from medalign.prep.report_text import split_sections, split_sentences
 
@@ -45,7 +46,8 @@ def sample_sentences(sentences: list[str], rng: np.random.Generator) -> str | No
 
 
 class StudyDataset(Dataset):
-    """One item per study: ``{"image": (1, X, Y, Z), "text": str, "text_is_report": bool, "labels": (K,), "index": int}``; the image
+    """One item per study: ``{"image": (1, X, Y, Z), "text": str, "text_is_report": bool, "labels": (K,), "index": int}``
+    (plus ``"intensity_jitter": (2,)`` with ``device_intensity``); the image
     is in the cache's dtype (float32 in [0, 1] once augmented); :meth:`DualEncoder.encode_image` converts it.
 
     Volumes are memory-mapped; ``augment`` (a MONAI transform on the (1, X, Y, Z) tensor) runs on the
@@ -54,9 +56,13 @@ class StudyDataset(Dataset):
     process or resumed run.
     """
 
-    def __init__(self, manifest: Manifest, augment=None, text_field: str = "report", sentence_sampling: float = 0.0, seed: int = 0) -> None:
+    def __init__(self, manifest: Manifest, augment=None, text_field: str = "report", sentence_sampling: float = 0.0, seed: int = 0,
+                 device_intensity: float = 0.0) -> None:
         self.manifest = manifest
         self.augment = augment
+        #: > 0: each item carries an intensity jitter ``(factor, offset)`` for the device to apply, and
+        #: the volume stays in the cache's dtype through crop and flips
+        self.device_intensity = device_intensity
         self.text_field = text_field
         self.sentence_sampling = sentence_sampling
         self.seed = seed
@@ -74,21 +80,26 @@ class StudyDataset(Dataset):
         # the cache's dtype (uint8 for the presets) travels to the device, which converts it: fewer bytes
         image = torch.from_numpy(np.array(volume))[None]
         if self.augment is not None:
-            image = as_unit_float(image)
+            if not self.device_intensity:
+                image = as_unit_float(image)
             # one RandomState per item shared by the random steps (seeding each step separately costs more than the steps)
             state = np.random.RandomState(int(rng.integers(2**31)))
             for step in getattr(self.augment, "transforms", [self.augment]):
                 if hasattr(step, "set_random_state"):
                     step.set_random_state(state=state)
             image = self.augment(image)
+        jitter = draw_intensity_jitter(rng, self.device_intensity) if self.device_intensity else None
         text = self.manifest.columns[self.text_field][i] or ""
         sampled = None
         if self.sentences is not None and rng.random() < self.sentence_sampling:
             sampled = sample_sentences(self.sentences[i], rng)
-        return {
+        item = {
             "image": image,
             "text": sampled or text,
             "text_is_report": sampled is None,  # False: a sentence sample, not in the token cache
             "labels": torch.from_numpy(self.labels[i]),
             "index": i,
         }
+        if jitter is not None:
+            item["intensity_jitter"] = torch.tensor(jitter, dtype=torch.float32)
+        return item

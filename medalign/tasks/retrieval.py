@@ -27,7 +27,7 @@ from medalign.models.dual import export_fingerprint
 
 #: collections at least this large get an approximate (HNSW) index with ``approximate="auto"``
 APPROXIMATE_FROM = 100_000
-HNSW_NEIGHBOURS, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 32, 80, 128
+HNSW_NEIGHBOURS, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 32, 80, 512  # efSearch 512: recall@10 0.97 at 10^6 (docs/benchmarks.md)
 
 
 def torch_top_k(queries: np.ndarray, keys: np.ndarray, k: int, chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:

@@ -40,6 +40,10 @@ class DataConfig:
     intensity: float = 0.05
     #: random crop of this fraction of each side, padded back (1.0: no crop)
     crop_scale: float = 1.0
+    #: where the intensity jitter runs: in the loader's workers (on float volumes), or on the
+    #: training device on the whole batch (the loader then ships the cache's uint8 volumes: on a GPU
+    #: the float conversion and jitter cost nothing, in a CPU worker they cost most of the loading)
+    intensity_on: Literal["loader", "device"] = "loader"
     #: which manifest text trains the text tower: the cleaned report, or a section
     text_field: Literal["report", "findings", "impression"] = "report"
     #: probability that a study's text is a random subset of its sentences (0: whole report)

@@ -9,6 +9,8 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
+from medalign.data.augment import jitter_intensity
+from medalign.data.dataset import as_unit_float
 from medalign.losses import ContrastiveObjective
 from medalign.models import DualEncoder
 from medalign.train.config import PretrainConfig
@@ -60,7 +62,10 @@ class PretrainModule(L.LightningModule):
         self.model.train()
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        img = self.model.encode_image(batch["image"])
+        images = batch["image"]
+        if "intensity_jitter" in batch:  # data.intensity_on: device
+            images = jitter_intensity(as_unit_float(images), batch["intensity_jitter"])
+        img = self.model.encode_image(images)
         if uses_cached_text(self.config):
             pooled = self.report_embeddings[batch["index"]]
         elif self.model.text.frozen:
@@ -106,6 +111,8 @@ def make_collate(tokenizer=None, max_length: int = 128, tokens=None):
             "labels": torch.stack([it["labels"] for it in items]),
             "index": torch.tensor([it["index"] for it in items]),
         }
+        if "intensity_jitter" in items[0]:
+            batch["intensity_jitter"] = torch.stack([it["intensity_jitter"] for it in items])
         if tokenizer is not None and tokens is None:
             batch["tokens"] = dict(tokenizer([it["text"] for it in items], padding=True, truncation=True, max_length=max_length, return_tensors="pt"))
         elif tokenizer is not None:

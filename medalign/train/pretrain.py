@@ -88,8 +88,10 @@ def pretrain(
     module = PretrainModule(model, config, report_texts=reports, report_cache=run / "cache" / "report_embeddings.safetensors")
     d = config.data
     spatial_size = np.load(train.volume_path(0), mmap_mode="r").shape
-    augment = build_augmentation(d.flip_axes, d.intensity, d.crop_scale, spatial_size)
-    dataset_ = StudyDataset(train, augment=augment, text_field=d.text_field, sentence_sampling=d.sentence_sampling, seed=t.seed)
+    on_device = d.intensity_on == "device"
+    augment = build_augmentation(d.flip_axes, 0.0 if on_device else d.intensity, d.crop_scale, spatial_size)
+    dataset_ = StudyDataset(train, augment=augment, text_field=d.text_field, sentence_sampling=d.sentence_sampling, seed=t.seed,
+                            device_intensity=d.intensity if on_device else 0.0)
     sampler = ResumableSampler(len(train), d.batch_size, seed=t.seed)
     if uses_cached_text(config):
         collate = make_collate()  # the text side is the report embedding cache
