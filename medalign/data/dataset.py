@@ -76,9 +76,11 @@ class StudyDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         i, draw = (int(key[0]), int(key[1])) if isinstance(key, (tuple, list)) else (int(key), int(key))
         rng = np.random.default_rng((self.seed, draw))
-        volume = np.load(self.manifest.volume_path(i), mmap_mode="r")
+        # copy-on-write map: the tensor reads the page cache directly (collating is the one copy) and
+        # a transform writing in place would change this process's pages, never the file
+        volume = np.load(self.manifest.volume_path(i), mmap_mode="c")
         # the cache's dtype (uint8 for the presets) travels to the device, which converts it: fewer bytes
-        image = torch.from_numpy(np.array(volume))[None]
+        image = torch.from_numpy(volume)[None]
         if self.augment is not None:
             if not self.device_intensity:
                 image = as_unit_float(image)
