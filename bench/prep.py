@@ -75,21 +75,12 @@ def main() -> None:
         save_nifti(v, work / "nii" / f"{i}.nii.gz")
         arr, _ = apply_preprocessing(v, pipe)
         np.save(work / "npy" / f"{i}.npy", to_cache_dtype(arr, "uint8"))  # what medalign prep writes
-    from monai import transforms as T
-
-    monai_pipeline = T.Compose([
-        T.LoadImaged(keys="image"),
-        T.EnsureChannelFirstd(keys="image"),
-        T.Orientationd(keys="image", axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
-        T.Spacingd(keys="image", pixdim=(8.0, 8.0, 7.5), mode="bilinear"),
-        T.ScaleIntensityRanged(keys="image", a_min=-1000, a_max=400, b_min=0, b_max=1, clip=True),
-        T.ResizeWithPadOrCropd(keys="image", spatial_size=(48, 48, 40)),
-    ])
+    monai_pipeline = peer_monai_pipeline((8.0, 8.0, 7.5), (-1000, 400), (48, 48, 40))  # the demo_ct preset's steps
     import torch
 
     t = time.perf_counter()
     for i in range(len(volumes)):
-        x = monai_pipeline({"image": str(work / "nii" / f"{i}.nii.gz")})["image"]
+        monai_pipeline({"image": str(work / "nii" / f"{i}.nii.gz")})
     t_monai = time.perf_counter() - t
     t = time.perf_counter()
     for i in range(len(volumes)):
@@ -127,24 +118,29 @@ def write_chest_studies(root: Path, n: int, shape: tuple[int, int, int]) -> Path
     return root
 
 
+def peer_monai_pipeline(pixdim: tuple[float, float, float], window: tuple[float, float], size: tuple[int, int, int]):
+    """The peers' loading pipeline as their code writes it: MONAI's dictionary transforms from a ``.nii.gz``."""
+    from monai import transforms as T
+
+    return T.Compose([
+        T.LoadImaged(keys="image"),
+        T.EnsureChannelFirstd(keys="image"),
+        T.Orientationd(keys="image", axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
+        T.Spacingd(keys="image", pixdim=pixdim, mode="bilinear"),
+        T.ScaleIntensityRanged(keys="image", a_min=window[0], a_max=window[1], b_min=0, b_max=1, clip=True),
+        T.ResizeWithPadOrCropd(keys="image", spatial_size=size),
+    ])
+
+
 def _peer_one(task: tuple[str, str, str]) -> None:
     """The peer pipeline for one study: dcm2niix -> .nii.gz -> MONAI transforms -> float32 .npy."""
     folder, out, dcm2niix = map(Path, task)
     out.mkdir(parents=True)
     subprocess.run([str(dcm2niix), "-z", "y", "-f", "%s", "-o", str(out), str(folder)], check=True, capture_output=True)
-    from monai import transforms as T
-
     import torch
 
     torch.set_num_threads(1)
-    pipeline = T.Compose([
-        T.LoadImaged(keys="image"),
-        T.EnsureChannelFirstd(keys="image"),
-        T.Orientationd(keys="image", axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
-        T.Spacingd(keys="image", pixdim=(1.5, 1.5, 3.0), mode="bilinear"),
-        T.ScaleIntensityRanged(keys="image", a_min=-1000, a_max=1000, b_min=0, b_max=1, clip=True),
-        T.ResizeWithPadOrCropd(keys="image", spatial_size=(240, 240, 120)),
-    ])
+    pipeline = peer_monai_pipeline((1.5, 1.5, 3.0), (-1000, 1000), (240, 240, 120))  # the chest_ct preset's steps
     nii = max(out.glob("*.nii.gz"), key=lambda p: p.stat().st_size)
     x = pipeline({"image": str(nii)})["image"]
     np.save(out / "volume.npy", np.asarray(x, dtype=np.float32))

@@ -16,8 +16,6 @@ OUT/
 
 from __future__ import annotations
 
-import logging
-import warnings
 from functools import partial
 from pathlib import Path
 
@@ -37,6 +35,7 @@ from medalign.metrics import finding_aurocs, known_rows, macro_auroc
 from medalign.models.image import ImageEncoder
 from medalign.prep.vocab import load_vocabulary
 from medalign.tasks.model_io import load_model, resolve_device
+from medalign.train.runner import fit, make_trainer, quiet_lightning
 from medalign.train.schedule import warmup_cosine
 
 
@@ -166,8 +165,7 @@ def finetune(checkpoint: Path, dataset: Path, out: Path, labels: Path | None = N
              resume: bool = False, progress: bool = False) -> dict | None:
     """Train encoder + head on the train split (``batch_size`` per device), keep the epoch with the best
     val macro AUROC, report test AUROC. Returns the metrics (``None`` on ranks other than 0)."""
-    for name in ("lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    quiet_lightning()
     accelerator = _accelerator(device)
     if precision == "auto":
         precision = "bf16-mixed" if accelerator == "gpu" else "32-true"
@@ -218,7 +216,6 @@ def finetune(checkpoint: Path, dataset: Path, out: Path, labels: Path | None = N
         val_loader = DataLoader(val_ds, batch_size=per_device, sampler=ShardSampler(len(val_ds)), num_workers=num_workers)
 
     from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
     from medalign.train.checkpointing import AtomicCheckpointIO, LastCheckpoint
     from medalign.train.state import TrainingStateCallback
@@ -230,8 +227,10 @@ def finetune(checkpoint: Path, dataset: Path, out: Path, labels: Path | None = N
         callbacks.append(ModelCheckpoint(dirpath=str(out / "checkpoints"), filename="best", monitor="val/macro_auroc", mode="max",
                                          save_top_k=1, enable_version_counter=False))
     out.mkdir(parents=True, exist_ok=True)
-    trainer = L.Trainer(
-        default_root_dir=str(out),
+    trainer = make_trainer(
+        out,
+        callbacks,
+        progress,
         max_epochs=epochs,
         accelerator=accelerator,
         devices=devices,
@@ -240,18 +239,9 @@ def finetune(checkpoint: Path, dataset: Path, out: Path, labels: Path | None = N
         precision=precision,
         gradient_clip_val=1.0,
         log_every_n_steps=max(1, min(10, steps_per_epoch)),
-        logger=[CSVLogger(str(out), name="logs", version=""), TensorBoardLogger(str(out), name="tensorboard", version="")],
-        use_distributed_sampler=False,  # the samplers shard across ranks themselves
         num_sanity_val_steps=0,
-        callbacks=callbacks,
-        plugins=[AtomicCheckpointIO()],
-        enable_progress_bar=progress,
-        enable_model_summary=False,
     )
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
-        trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if resume else None)
+    fit(trainer, module, train_loader, val_loader, resume_from=last if resume else None)
     if not trainer.is_global_zero:
         return None
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import shutil
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -55,13 +54,11 @@ def pretrain(
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from medalign.train.checkpointing import AtomicCheckpointIO, LastCheckpoint
+    from medalign.train.checkpointing import LastCheckpoint
+    from medalign.train.runner import fit, make_trainer, quiet_lightning
     from medalign.train.state import TrainingStateCallback
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-    # Lightning sets its own INFO level on import; keep device banners and tips out of the output
-    for name in ("lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    quiet_lightning()
     run = Path(run)
     manifest = read_manifest(dataset)
     train = manifest.subset("train")
@@ -119,8 +116,10 @@ def pretrain(
     callbacks.append(LastCheckpoint(run / "checkpoints", every_n_train_steps=t.checkpoint_every))
     if t.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise ConfigError(f"trainer.accelerator: '{t.accelerator}' but no CUDA GPU is visible here; override with trainer.accelerator=cpu (or auto)")
-    trainer = L.Trainer(
-        default_root_dir=str(run),
+    trainer = make_trainer(
+        run,
+        callbacks,
+        progress,
         max_steps=t.max_steps,
         accelerator=t.accelerator,
         devices=t.devices,
@@ -132,17 +131,8 @@ def pretrain(
         log_every_n_steps=t.log_every_n_steps,
         deterministic=t.deterministic,
         sync_batchnorm=t.sync_batchnorm,
-        logger=[CSVLogger(str(run), name="logs", version=""), TensorBoardLogger(str(run), name="tensorboard", version="")],
-        use_distributed_sampler=False,  # the sampler splits each global batch across ranks itself
-        callbacks=callbacks,
-        plugins=[AtomicCheckpointIO()],
-        enable_progress_bar=progress,
-        enable_model_summary=False,
     )
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
-        trainer.fit(module, loader, ckpt_path=str(last) if resume else None)
+    fit(trainer, module, loader, resume_from=last if resume else None)
     if not trainer.is_global_zero:
         return None
     export = run / EXPORT
