@@ -43,7 +43,7 @@ demo-oct: install
 	$(VENV)/bin/medalign demo --out demo_out_oct --modality oct
 
 test: install browser
-	$(PY) -m pytest -q -rs
+	$(PY) -m pytest -q -rs --durations=12
 
 # the self-contained benchmarks; the ones that need a prepared dataset or a trained run
 # (loader, cache_format, losses, zeroshot_probe) take --data/--checkpoint: see docs/benchmarks.md

@@ -57,14 +57,23 @@ def test_embed_is_cached_and_matches_the_model(trained_run, prepared_ct, tmp_pat
 def test_probe_command_writes_metrics_and_plot(trained_run, prepared_ct, tmp_path):
     out = tmp_path / "probe"
     res = subprocess.run(MEDALIGN + ["probe", "--checkpoint", str(trained_run), "--data", str(prepared_ct), "--out", str(out),
-                                     "--fractions", "0.5", "1.0", "--seeds", "2"], capture_output=True, text=True)
+                                     "--fractions", "0.5", "1.0", "--seeds", "2", "--supervised-epochs", "1", "--device", "cpu"],
+                         capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
     m = json.loads((out / "metrics.json").read_text())
-    for key in ("pretrained", "random_init"):
+    for key in ("pretrained", "random_init", "supervised_from_scratch"):
         assert set(m[key]) == {"0.5", "1.0"}
         v = m[key]["1.0"]["macro_auroc"]
         assert v is None or 0.0 <= v <= 1.0
     assert (out / "label_efficiency.png").stat().st_size > 10_000
+    # the supervised baseline at 100% is exactly `medalign finetune --from-scratch` on the train split
+    ft = tmp_path / "scratch"
+    res = subprocess.run(MEDALIGN + ["finetune", "--checkpoint", str(trained_run), "--data", str(prepared_ct), "--out", str(ft),
+                                     "--from-scratch", "--epochs", "1", "--device", "cpu"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads((ft / "metrics.json").read_text())["per_finding"] == m["supervised_from_scratch"]["1.0"]["per_finding"]
+    half = json.loads((out / "supervised" / "0.5" / "metrics.json").read_text())
+    assert half["n_train"] == len(half["train_rows"]) < json.loads((ft / "metrics.json").read_text())["n_train"]
     res = subprocess.run(MEDALIGN + ["probe", "--checkpoint", str(trained_run), "--data", str(prepared_ct), "--out", str(out), "--fractions", "0"],
                          capture_output=True, text=True)
     assert res.returncode == 2 and "--fractions" in res.stderr

@@ -221,10 +221,12 @@ def cmd_embed(a: argparse.Namespace) -> int:
 def cmd_probe(a: argparse.Namespace) -> int:
     from medalign.tasks.probe import probe_dataset
 
-    r = probe_dataset(a.checkpoint, a.data, a.out, a.labels, a.fractions, a.seeds, a.device)
+    r = probe_dataset(a.checkpoint, a.data, a.out, a.labels, a.fractions, a.seeds, a.device, a.supervised_epochs)
     for f in r["fractions"]:
         p, b = r["pretrained"][str(f)]["macro_auroc"], r["random_init"][str(f)]["macro_auroc"]
-        print(f"probe: {f:>6.0%} of labels  macro AUROC {p:.3f} (random init {b:.3f})")
+        scratch = r.get("supervised_from_scratch", {}).get(str(f))
+        extra = f", supervised from scratch {scratch['macro_auroc']:.3f}" if scratch and scratch["macro_auroc"] is not None else ""
+        print(f"probe: {f:>6.0%} of labels  macro AUROC {p:.3f} (random init {b:.3f}{extra})")
     print(f"probe: {a.out / 'metrics.json'}, {a.out / 'label_efficiency.png'}")
     return 0
 
@@ -350,6 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--labels", type=_existing_path, default=None, help="CSV: study_id + one 0/1 column per finding (default: labels parsed from reports)")
     s.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.1, 1.0])
     s.add_argument("--seeds", type=int, default=3, help="subsamples per fraction (averaged)")
+    s.add_argument("--supervised-epochs", type=int, default=0, metavar="N",
+                   help="also train the encoder from scratch for N epochs on each fraction (the supervised baseline; slow)")
     s.add_argument("--device", default="auto")
     s.set_defaults(func=cmd_probe)
 

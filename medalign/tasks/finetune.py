@@ -162,9 +162,10 @@ def _accelerator(device: str) -> str:
 def finetune(checkpoint: Path, dataset: Path, out: Path, labels: Path | None = None, epochs: int = 5, batch_size: int = 16,
              lr: float = 3e-4, from_scratch: bool = False, device: str = "auto", seed: int = 0, devices: int = 1,
              num_nodes: int = 1, strategy: str = "auto", precision: str = "auto", num_workers: int = 0,
-             resume: bool = False, progress: bool = False) -> dict | None:
+             resume: bool = False, progress: bool = False, train_rows: np.ndarray | None = None) -> dict | None:
     """Train encoder + head on the train split (``batch_size`` per device), keep the epoch with the best
-    val macro AUROC, report test AUROC. Returns the metrics (``None`` on ranks other than 0)."""
+    val macro AUROC, report test AUROC. Returns the metrics (``None`` on ranks other than 0).
+    ``train_rows``: only these rows of the train split (a label fraction, as :mod:`medalign.tasks.probe` draws it)."""
     quiet_lightning()
     accelerator = _accelerator(device)
     if precision == "auto":
@@ -178,6 +179,8 @@ def finetune(checkpoint: Path, dataset: Path, out: Path, labels: Path | None = N
     manifest = read_manifest(dataset)
     names = load_vocabulary(vocab_file).names if vocab_file.is_file() else manifest.findings
     splits = {s: manifest.subset(s) for s in ("train", "val", "test")}
+    if train_rows is not None:
+        splits["train"] = splits["train"].subset_rows(train_rows)
     if len(splits["train"]) < 2 or len(splits["test"]) < 2:
         raise InputError(f"{dataset}: fine-tuning needs train and test splits (have {len(splits['train'])} and {len(splits['test'])})")
     y = {s: _targets(m, names, labels) for s, m in splits.items()}
@@ -255,6 +258,7 @@ def finetune(checkpoint: Path, dataset: Path, out: Path, labels: Path | None = N
     result = {"macro_auroc": float(np.mean(list(per.values()))), "per_finding": per, "epoch_chosen": int(ckpt["epoch"]), "epochs": epochs,
               "from_scratch": from_scratch, "encoder": cfg.name, "n_train": len(splits["train"]), "n_test": len(splits["test"]),
               "precision": precision, "devices": world, "batch_size_per_device": per_device,
+              "train_rows": None if train_rows is None else [int(r) for r in train_rows],
               "ground_truth": str(labels) if labels else "labels parsed from reports"}
     from safetensors.torch import save_file
 

@@ -3,11 +3,15 @@
 Per finding, a class-balanced logistic regression (scikit-learn) is fitted on a random fraction
 of the train split's embeddings and scored by AUROC on the test split; fractions 1%, 10%, 100%
 show label efficiency. The same probe on the same encoder with an untrained (randomly
-initialised) image tower is the baseline, on the same splits and subsamples.
+initialised) image tower is the baseline, on the same splits and subsamples; with
+``supervised_epochs`` the encoder is also trained from scratch end to end on each fraction's
+first subsample (``medalign finetune --from-scratch``): the supervised baseline.
 
 OUT/
-    metrics.json              per fraction: macro and per-finding AUROC, pretrained and random init
+    metrics.json              per fraction: macro and per-finding AUROC, pretrained, random init
+                              (and supervised_from_scratch)
     label_efficiency.png      macro AUROC against label fraction
+    supervised/<fraction>/    the from-scratch fine-tuning runs (their metrics.json, checkpoints)
 """
 
 from __future__ import annotations
@@ -70,8 +74,9 @@ def run_probes(emb_train: np.ndarray, y_train: np.ndarray, emb_test: np.ndarray,
 
 
 def probe_dataset(checkpoint: Path, dataset: Path, out: Path, labels: Path | None = None, fractions: list[float] | None = None,
-                  seeds: int = 3, device: str = "auto") -> dict:
-    """Probe the pretrained encoder and a randomly initialised one; write metrics.json and the plot."""
+                  seeds: int = 3, device: str = "auto", supervised_epochs: int = 0) -> dict:
+    """Probe the pretrained encoder and a randomly initialised one (and, with ``supervised_epochs``,
+    train the encoder from scratch on each fraction); write metrics.json and the plot."""
     from medalign.tasks.zeroshot import read_label_csv
 
     fractions = fractions or [0.01, 0.1, 1.0]
@@ -97,6 +102,20 @@ def probe_dataset(checkpoint: Path, dataset: Path, out: Path, labels: Path | Non
     result["random_init"] = run_probes(embed_studies(model, train), y_train, embed_studies(model, test), y_test, names, fractions, seeds)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    if supervised_epochs:
+        from medalign.tasks.finetune import finetune
+
+        result["supervised_from_scratch"] = {}
+        for f in fractions:
+            rows = subsample(len(train), f, seed=0)  # the probes' first subsample of this fraction
+            try:
+                r = finetune(checkpoint, dataset, out / "supervised" / str(f), labels, epochs=supervised_epochs,
+                             from_scratch=True, device=device, train_rows=rows)
+            except InputError as e:  # e.g. too few studies to hold both classes of any finding
+                result["supervised_from_scratch"][str(f)] = {"macro_auroc": None, "per_finding": {}, "skipped": str(e)}
+                continue
+            result["supervised_from_scratch"][str(f)] = {"macro_auroc": r["macro_auroc"], "per_finding": r["per_finding"],
+                                                         "epochs": supervised_epochs, "n_train": len(rows)}
     atomic_write_json(out / "metrics.json", result)
     _plot(result, out / "label_efficiency.png")
     return result
@@ -110,12 +129,15 @@ def _plot(result: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(5, 3.6), dpi=120)
     fr = result["fractions"]
-    for key, label in (("pretrained", "pretrained encoder"), ("random_init", "random init (baseline)")):
+    for key, label in (("pretrained", "probe, pretrained encoder"), ("random_init", "probe, random init (baseline)"),
+                       ("supervised_from_scratch", "fine-tuned from scratch (baseline)")):
+        if key not in result:
+            continue
         ys = [result[key][str(f)]["macro_auroc"] for f in fr]
         ax.plot([100 * f for f in fr], [np.nan if y is None else y for y in ys], marker="o", label=label)
     ax.set_xscale("log")
     ax.set_xlabel("% of training labels")
-    ax.set_ylabel("test macro AUROC (linear probe)")
+    ax.set_ylabel("test macro AUROC")
     ax.set_ylim(0.4, 1.01)
     ax.axhline(0.5, color="grey", lw=0.8, ls=":")
     ax.legend(loc="lower right", fontsize=8)
