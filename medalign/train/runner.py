@@ -22,7 +22,19 @@ def quiet_lightning() -> None:
 def make_trainer(folder: Path, callbacks: list, progress: bool, **options) -> L.Trainer:
     """A ``Trainer`` logging to ``folder/logs/metrics.csv`` and ``folder/tensorboard``; ``options`` are the
     job's own (steps or epochs, devices, precision, ...)."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    from medalign.errors import ConfigError
+
     folder = str(folder)
+    try:
+        return _trainer(folder, callbacks, progress, **options)
+    except (ValueError, MisconfigurationException) as e:  # e.g. FSDP asked of a CPU: Lightning's reason, one line
+        first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
+        raise ConfigError(f"trainer: {first}") from None
+
+
+def _trainer(folder: str, callbacks: list, progress: bool, **options) -> L.Trainer:
     return L.Trainer(
         default_root_dir=folder,
         logger=[L.pytorch.loggers.CSVLogger(folder, name="logs", version=""),

@@ -40,6 +40,13 @@ def test_unknown_override_key(dataset, tmp_path):
     assert "learning_rate" in line
 
 
+def test_a_strategy_this_machine_cannot_run(dataset, tmp_path):
+    """Lightning's FSDP needs CUDA GPUs: asked of a CPU it is one line naming the strategy, not a traceback."""
+    line = _one_line_exit_2(["pretrain", "--data", dataset, "--out", str(tmp_path / "r"), "--config", "demo_ct", "--max-steps", "1",
+                             "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=fsdp"])
+    assert "error: trainer:" in line and "fsdp" in line.lower()
+
+
 def test_missing_paths(tmp_path):
     line = _one_line_exit_2(["prep", "--images", str(tmp_path / "nope"), "--reports", str(tmp_path / "r.csv"), "--out", str(tmp_path / "ds")])
     assert "nope" in line
