@@ -48,7 +48,8 @@ def sample_sentences(sentences: list[str], rng: np.random.Generator) -> str | No
 class StudyDataset(Dataset):
     """One item per study: ``{"image": (1, X, Y, Z), "text": str, "text_is_report": bool, "labels": (K,), "index": int}``
     (plus ``"intensity_jitter": (2,)`` with ``device_intensity``); the image
-    is in the cache's dtype (float32 in [0, 1] once augmented); :meth:`DualEncoder.encode_image` converts it.
+    is in the cache's dtype (float32 in [0, 1] once the loader has jittered its intensity);
+    :meth:`DualEncoder.encode_image` converts it.
 
     Volumes are memory-mapped; ``augment`` (a MONAI transform on the (1, X, Y, Z) tensor) runs on the
     fly. An item is asked for as ``i`` or as ``(i, draw)`` (from :class:`ResumableSampler`): its
