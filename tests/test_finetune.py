@@ -53,6 +53,13 @@ def test_finetune_killed_then_resumed_equals_uninterrupted(trained_run, prepared
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (whole, cut))
     assert ma["per_finding"] == mb["per_finding"] and ma["epoch_chosen"] == mb["epoch_chosen"]
+    # last.ckpt is written after "best" took the epoch's score: it carries the best so far (what a resume continues from)
+    import csv
+
+    state = torch.load(whole / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["callbacks"]
+    best_state = next(v for k, v in state.items() if "val/macro_auroc" in k)
+    logged = [float(r["val/macro_auroc"]) for r in csv.DictReader(open(whole / "logs" / "metrics.csv")) if r.get("val/macro_auroc")]
+    assert abs(float(best_state["best_model_score"]) - max(logged)) < 1e-6
     assert _epoch_of(last) == 3
 
     res = subprocess.run(_argv(trained_run, prepared_ct, phantom_ct, tmp_path / "never", "--resume"), capture_output=True, text=True)

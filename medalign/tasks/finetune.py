@@ -225,10 +225,12 @@ def finetune(checkpoint: Path, dataset: Path, out: Path, labels: Path | None = N
 
     steps_per_epoch = len(train_ds) // (per_device * world)
     module = FinetuneModule(classifier, pos_weight, lr, total_steps=max(1, epochs * steps_per_epoch))
-    callbacks = [TrainingStateCallback(sampler), LastCheckpoint(out / "checkpoints")]
+    callbacks = [TrainingStateCallback(sampler)]
     if has_val:
         callbacks.append(ModelCheckpoint(dirpath=str(out / "checkpoints"), filename="best", monitor="val/macro_auroc", mode="max",
                                          save_top_k=1, enable_version_counter=False))
+    # last: after "best" has taken this epoch's score, so that last.ckpt carries the updated best (exact resume)
+    callbacks.append(LastCheckpoint(out / "checkpoints"))
     out.mkdir(parents=True, exist_ok=True)
     trainer = make_trainer(
         out,
