@@ -66,3 +66,10 @@ def test_a_real_nifti_through_a_preset_matches_the_plain_monai_pipeline():
     assert a.shape == b.shape
     np.testing.assert_allclose(np.asarray(a.affine), np.asarray(b.affine), atol=1e-9)
     np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-4 * float(np.abs(array).max()))
+
+
+def test_every_step_name_a_preset_may_use_has_a_transform():
+    from medalign.prep.config import STEP_NAMES
+    from medalign.prep.transforms import _registry
+
+    assert set(_registry()) == set(STEP_NAMES)

@@ -9,6 +9,10 @@ from medalign.errors import ConfigError
 from medalign.io.dicom import SeriesSelection
 
 
+#: the preprocessing steps a preset may list (each one MONAI dictionary transform, see prep/transforms.py)
+STEP_NAMES = ("orientation", "spacing", "window", "percentile_window", "crop_or_pad", "resize", "crop_foreground")
+
+
 @dataclasses.dataclass
 class PrepConfig:
     """How raw studies become cached training volumes."""
@@ -33,8 +37,6 @@ class PrepConfig:
             raise ConfigError(f"{where}.workers: must be >= 1")
         if not 0 <= self.val_fraction + self.test_fraction < 1:
             raise ConfigError(f"{where}: val_fraction + test_fraction must lie in [0, 1)")
-        from medalign.prep.transforms import STEP_NAMES
-
         for i, step in enumerate(self.steps):
             if not isinstance(step, dict) or len(step) != 1 or next(iter(step)) not in STEP_NAMES:
                 raise ConfigError(f"{where}.steps[{i}]: expected one of {', '.join(STEP_NAMES)} as {{name: {{options}}}}, got {step!r}")

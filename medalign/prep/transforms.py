@@ -33,7 +33,6 @@ def _registry() -> dict[str, tuple[type, dict[str, Any]]]:
     }
 
 
-STEP_NAMES = ("orientation", "spacing", "window", "percentile_window", "crop_or_pad", "resize", "crop_foreground")
 
 
 def build_preprocessing(steps: list[dict[str, Any]], where: str = "steps"):
