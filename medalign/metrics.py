@@ -14,6 +14,12 @@ def known_rows(truth_col: np.ndarray) -> np.ndarray:
     return np.isfinite(truth_col) & (truth_col >= 0)
 
 
+def has_both_classes(truth_col: np.ndarray) -> bool:
+    """Whether the known rows of one finding hold positives and negatives (an AUROC exists)."""
+    known = known_rows(truth_col)
+    return bool(0 < np.sum(truth_col[known] > 0.5) < np.sum(known))
+
+
 def binary_labels(truth_col: np.ndarray, score_col: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The known rows of one finding: 0/1 labels and their scores."""
     keep = known_rows(truth_col)

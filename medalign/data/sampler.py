@@ -84,19 +84,13 @@ class ResumableSampler(Sampler[tuple[int, int]]):
 
 
 class ResumableLoader(DataLoader):
-    """A ``DataLoader`` over a :class:`ResumableSampler` whose position Lightning saves in checkpoints
-    (Lightning stores ``state_dict()`` of stateful loaders and restores it before iterating)."""
+    """A ``DataLoader`` over a :class:`ResumableSampler` (its position travels in checkpoints through
+    :class:`medalign.train.state.TrainingStateCallback`)."""
 
     def __init__(self, dataset, sampler: ResumableSampler, **kwargs) -> None:
         # an explicit generator: creating the iterator must not draw from the global RNG (exact resume)
         kwargs.setdefault("generator", torch.Generator().manual_seed(sampler.seed))
         super().__init__(dataset, batch_size=sampler.batch_size, sampler=sampler, drop_last=True, **kwargs)
-
-    def state_dict(self) -> dict:
-        return self.sampler.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.sampler.load_state_dict(state)
 
 
 class ShardSampler(Sampler[int]):

@@ -20,6 +20,7 @@ import hmac
 import json
 import logging
 import multiprocessing as mp
+import os
 import re
 import sys
 import time
@@ -177,8 +178,6 @@ def _prepare_one(task: tuple[str, str, dict, str]) -> dict[str, Any]:
 
 def _share_cores(workers: int) -> None:
     """Worker start: split the machine's cores between the workers (torch would give each all of them)."""
-    import os
-
     import torch
 
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))

@@ -33,8 +33,6 @@ def _registry() -> dict[str, tuple[type, dict[str, Any]]]:
     }
 
 
-
-
 def build_preprocessing(steps: list[dict[str, Any]], where: str = "steps"):
     """Compose ``steps`` (``[{name: {option: value}}, ...]``) into a MONAI ``Compose``."""
     from monai.transforms import Compose

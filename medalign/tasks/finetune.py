@@ -31,7 +31,7 @@ from medalign.data.manifest import read_manifest
 from medalign.data.sampler import ResumableLoader, ResumableSampler, ShardSampler
 from medalign.errors import ConfigError, InputError
 from medalign.io.atomic import atomic_write, atomic_write_json
-from medalign.metrics import finding_aurocs, known_rows, macro_auroc
+from medalign.metrics import finding_aurocs, has_both_classes, macro_auroc
 from medalign.models.image import ImageEncoder
 from medalign.prep.vocab import load_vocabulary
 from medalign.tasks.model_io import load_model, resolve_device
@@ -185,7 +185,7 @@ def finetune(checkpoint: Path, dataset: Path, out: Path, labels: Path | None = N
         raise InputError(f"{dataset}: fine-tuning needs train and test splits (have {len(splits['train'])} and {len(splits['test'])})")
     y = {s: _targets(m, names, labels) for s, m in splits.items()}
     # findings that both classes represent in train and test; uncertain (-1) and unknown (NaN) are masked
-    usable = [k for k in range(len(names)) if all(0 < np.sum(y[s][:, k] == 1) < np.sum(known_rows(y[s][:, k])) for s in ("train", "test"))]
+    usable = [k for k in range(len(names)) if has_both_classes(y["train"][:, k]) and has_both_classes(y["test"][:, k])]
     if not usable:
         raise InputError(f"{dataset}: no finding has positive and negative studies in both train and test")
     names = [names[k] for k in usable]
@@ -198,21 +198,19 @@ def finetune(checkpoint: Path, dataset: Path, out: Path, labels: Path | None = N
         encoder.load_state_dict(model_dual.image.state_dict())
     classifier = FindingClassifier(encoder, len(names))
     encoder.proj.requires_grad_(False)  # the contrastive projection is not on the classifier's path (DDP needs every trainable weight used)
-    train_y = torch.from_numpy(np.nan_to_num(y["train"], nan=-1.0))
-    known = train_y >= 0
-    positives = ((train_y == 1) & known).sum(0).float()
-    pos_weight = ((known.sum(0).float() - positives) / positives.clamp(min=1)).clamp(max=50)  # class-balanced
-
     world = max(1, int(devices) * int(num_nodes))
     per_device = min(batch_size, len(splits["train"]) // world)
     if per_device < 1:
         raise InputError(f"{dataset}: {len(splits['train'])} training studies cannot fill a batch on each of {world} devices")
     spatial = np.load(splits["train"].volume_path(0), mmap_mode="r").shape
     train_ds = LabelledStudies(StudyDataset(splits["train"], augment=build_augmentation([0], 0.05, 0.9, spatial), seed=seed), y["train"])
+    known = train_ds.targets >= 0
+    positives = (train_ds.targets == 1).sum(0).float()
+    pos_weight = ((known.sum(0).float() - positives) / positives.clamp(min=1)).clamp(max=50)  # class-balanced
     sampler = ResumableSampler(len(train_ds), per_device, seed=seed)
     train_loader = ResumableLoader(train_ds, sampler, num_workers=num_workers, persistent_workers=num_workers > 0)
     # validation only scores findings both classes represent in val; without any, the last epoch is kept
-    has_val = len(splits["val"]) >= 2 and any(0 < np.sum(y["val"][:, k] == 1) < np.sum(known_rows(y["val"][:, k])) for k in range(len(names)))
+    has_val = len(splits["val"]) >= 2 and any(has_both_classes(y["val"][:, k]) for k in range(len(names)))
     val_loader = None
     if has_val:
         val_ds = LabelledStudies(StudyDataset(splits["val"]), y["val"])

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from medalign.errors import InputError
-from medalign.io.atomic import atomic_save_npy, atomic_write_json, atomic_write_text
+from medalign.io.atomic import atomic_save_npy, atomic_write, atomic_write_json, atomic_write_text
 from medalign.models.dual import export_fingerprint
 
 
@@ -81,8 +81,6 @@ def build_hnsw(keys: np.ndarray):
 
 
 def _save_faiss(index, path: Path) -> None:
-    from medalign.io.atomic import atomic_write
-
     atomic_write(path, lambda p: _faiss().write_index(index, str(p)))
 
 

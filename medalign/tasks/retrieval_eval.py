@@ -15,7 +15,7 @@ import numpy as np
 from medalign.errors import InputError
 from medalign.io.atomic import atomic_write_json
 from medalign.metrics import paired_recall_at_k
-from medalign.tasks.retrieval import StudyIndex, top_k
+from medalign.tasks.retrieval import StudyIndex
 
 
 def relevance_matrix(positive: np.ndarray) -> np.ndarray:

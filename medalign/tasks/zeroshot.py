@@ -7,13 +7,11 @@ import math
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from medalign.errors import InputError
 from medalign.io.atomic import atomic_write, atomic_write_json
 from medalign.metrics import binary_labels
 from medalign.models.inference import finding_probabilities  # noqa: F401 - part of this module's API
-from medalign.prep.vocab import Vocabulary
 
 
 def read_label_csv(path: Path, study_ids: list[str], findings: list[str]) -> np.ndarray:

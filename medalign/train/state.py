@@ -6,14 +6,17 @@ import lightning as L
 import torch
 
 from medalign.data.sampler import ResumableSampler
+from medalign.errors import InputError
 
 
 class TrainingStateCallback(L.Callback):
-    """Keeps the sampler's batch count current and carries it and the torch RNG state (dropout) in checkpoints.
+    """Carries the data position (the sampler's epoch and batches consumed) and the torch RNG state
+    (dropout) in checkpoints.
 
-    The loader's position itself is saved by Lightning (the loader is stateful); this callback
-    marks each batch as consumed before any checkpoint of that step is written (Lightning runs
-    checkpoint callbacks last), and restores the global RNG right before the first resumed step.
+    Each batch is marked consumed before any checkpoint of that step is written (Lightning runs
+    checkpoint callbacks last). On resume the sampler's position is restored at once (mid-epoch or
+    at an epoch boundary alike; callbacks are restored before the first iterator is made) and the
+    global RNG right before the first resumed step.
     """
 
     def __init__(self, sampler: ResumableSampler) -> None:
@@ -39,7 +42,8 @@ class TrainingStateCallback(L.Callback):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self._rng_to_restore = state_dict
-        # Lightning restores a stateful loader only mid-epoch; at an epoch boundary the sampler would
-        # restart at epoch 0, so its position travels here too (restoring it twice is harmless)
-        if "sampler" in state_dict:
-            self.sampler.load_state_dict(state_dict["sampler"])
+        # not the loader's own state_dict: Lightning restores that only mid-epoch, and at an epoch
+        # boundary the sampler would restart at epoch 0
+        if "sampler" not in state_dict:
+            raise InputError("the checkpoint holds no data position (written by an older medalign): start the run again")
+        self.sampler.load_state_dict(state_dict["sampler"])
