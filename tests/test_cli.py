@@ -108,6 +108,30 @@ def test_convert_writes_nifti(phantom_ct, tmp_path):
     assert np.asarray(img.dataobj).min() >= -1024
 
 
+def test_convert_takes_a_derived_enhanced_ct_and_agrees_with_dcm2niix(tmp_path, capsys):
+    """convert is not the training policy: pydicom-data's real Enhanced CT (image type DERIVED)
+    converts, and its NIfTI agrees with dcm2niix's after canonical reorientation."""
+    import shutil
+
+    import nibabel as nib
+    from pydicom.data import get_testdata_file
+
+    folder = tmp_path / "ect"
+    folder.mkdir()
+    shutil.copy(get_testdata_file("eCT_Supplemental.dcm", download=False), folder / "x")
+    out = tmp_path / "ect.nii.gz"
+    assert cli(["convert", str(folder), str(out)]) == 0
+    assert "CT axial DERIVED/PRIMARY" in capsys.readouterr().out
+    (tmp_path / "ref").mkdir()
+    subprocess.run([str(Path(sys.executable).parent / "dcm2niix"), "-z", "n", "-o", str(tmp_path / "ref"), str(folder)],
+                   check=True, capture_output=True)
+    ref = nib.as_closest_canonical(nib.load(str(next((tmp_path / "ref").glob("*.nii")))))
+    mine = nib.as_closest_canonical(nib.load(str(out)))
+    assert mine.shape == ref.shape
+    np.testing.assert_allclose(mine.affine, ref.affine, atol=0.01)
+    np.testing.assert_allclose(np.asarray(mine.dataobj), np.asarray(ref.dataobj, dtype=np.float64), atol=0.5)
+
+
 @pytest.mark.parametrize(
     "argv, needle",
     [

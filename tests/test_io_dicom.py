@@ -26,7 +26,7 @@ from medalign.io.dicom import (
     volume_from_slices,
 )
 
-ANY = SeriesSelection(modalities=[], min_slices=1)
+ANY = SeriesSelection(modalities=[], planes=[], min_slices=1)
 TESTDATA = Path(get_testdata_file("CT_small.dcm", download=False)).parent
 CT5N = TESTDATA / "dicomdirtests" / "98892001" / "CT5N"
 DCM2NIIX = Path(sys.executable).parent / "dcm2niix"
@@ -61,7 +61,7 @@ def test_ct_small_values_and_geometry():
     path = Path(get_testdata_file("CT_small.dcm", download=False))
     ds = pydicom.dcmread(path)
     # the one file on its own: the test-data folder holds many unrelated objects
-    vol = volume_from_slices(_slices_from_file(path))
+    vol = volume_from_slices(_slices_from_file(path)[0])
     expected = apply_rescale(ds.pixel_array, ds).astype(np.float32)
     assert vol.array.shape == (ds.Columns, ds.Rows, 1)
     np.testing.assert_allclose(vol.array[:, :, 0], expected.T)
@@ -135,8 +135,13 @@ def test_missing_slice_is_refused(phantom_ct, tmp_path):
 
 
 def test_duplicate_position_and_size_mismatch_are_refused(phantom_ct, tmp_path):
+    from pydicom.uid import generate_uid
+
     files = _phantom_axial_files(phantom_ct)
-    copy_shuffled(files + [files[0]], tmp_path / "dup", 0)
+    copy_shuffled(files, tmp_path / "dup", 0)
+    twin = pydicom.dcmread(files[0])  # another instance at the same position (not a repeated file)
+    twin.SOPInstanceUID = twin.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    twin.save_as(tmp_path / "dup" / "twin")
     with pytest.raises(InputError, match="two slices at one position"):
         load_dicom_study(tmp_path / "dup")
     copy_shuffled(files, tmp_path / "size", 1)
@@ -145,8 +150,15 @@ def test_duplicate_position_and_size_mismatch_are_refused(phantom_ct, tmp_path):
     ds.Rows, ds.Columns = 48, 48
     ds.PixelData = np.zeros((48, 48), np.uint16).tobytes()
     ds.save_as(victim)
-    with pytest.raises(InputError, match="slice size"):
+    # the odd-sized slice is a stack of its own (too small to choose); the rest has a hole where it was
+    stacks, _ = scan_series(tmp_path / "size")
+    assert sorted(s.n_frames for s in stacks) == [1, len(files) - 1]
+    with pytest.raises(InputError, match="uneven slice spacing .*; 1 file of this series set apart for another orientation or size"):
         load_dicom_study(tmp_path / "size")
+    # stacking slices directly still checks their size
+    slices = [sl for f in sorted((tmp_path / "size").iterdir()) for sl in _slices_from_file(f)[0]]
+    with pytest.raises(InputError, match="slice size"):
+        volume_from_slices(slices)
 
 
 def test_junk_and_truncated_files(tmp_path):
@@ -169,8 +181,8 @@ def test_junk_and_truncated_files(tmp_path):
 )
 def test_compressed_and_legacy_encodings_decode_to_the_same_volume(name):
     """pydicom's real MR_small in every encoding (pylibjpeg decoders) equals the uncompressed file."""
-    ref = volume_from_slices(_slices_from_file(TESTDATA / "MR_small.dcm"))
-    got = volume_from_slices(_slices_from_file(TESTDATA / name))
+    ref = volume_from_slices(_slices_from_file(TESTDATA / "MR_small.dcm")[0])
+    got = volume_from_slices(_slices_from_file(TESTDATA / name)[0])
     np.testing.assert_array_equal(got.array, ref.array)
     np.testing.assert_allclose(got.affine, ref.affine)
 
@@ -268,3 +280,144 @@ def test_gantry_tilt_correction_puts_each_value_where_the_anatomy_is(tmp_path, t
     assert inside.mean() > 0.7
     assert np.abs(values[inside] - truth[inside]).max() < 2.5  # linear interpolation of a curved blob
     assert np.all(values[~inside] == values.min())  # outside every slice: the fill value
+
+
+def test_repeated_instance_files_are_read_once(phantom_ct, tmp_path):
+    """PACS exports repeat instances (same SOPInstanceUID under another name): one copy is read."""
+    files = _phantom_axial_files(phantom_ct)
+    copy_shuffled(files, tmp_path / "once", 0)
+    reference, _ = load_dicom_study(tmp_path / "once")
+    copy_shuffled(files + files[:5], tmp_path / "repeated", 1)
+    volume, reason = load_dicom_study(tmp_path / "repeated")
+    assert reason.endswith("; 5 files repeating an instance read once")
+    np.testing.assert_array_equal(volume.array, reference.array)
+    np.testing.assert_array_equal(volume.affine, reference.affine)
+    _, skipped = scan_series(tmp_path / "repeated")
+    assert sum("same SOP instance as" in why for _, why in skipped) == 5
+
+
+@pytest.mark.parametrize(
+    ("iop", "plane"),
+    [((1, 0, 0, 0, 1, 0), "axial"), ((1, 0, 0, 0, 0, -1), "coronal"), ((0, 1, 0, 0, 0, -1), "sagittal"),
+     ((1, 0, 0, 0, np.cos(np.radians(25)), -np.sin(np.radians(25))), "axial"),  # gantry tilted 25 degrees
+     ((1, 0, 0, 0, np.cos(np.radians(45)), -np.sin(np.radians(45))), "oblique")],
+)
+def test_acquisition_plane_from_the_slice_normal(iop, plane):
+    from medalign.io.dicom import acquisition_plane
+
+    assert acquisition_plane(iop) == plane
+
+
+def test_series_choice_full_coverage_first_then_thin_slices(tmp_path):
+    """One study, five series: the policy takes the full-coverage axial series with the thinnest
+    slices and says in its reason why each other one lost."""
+    from pydicom.uid import generate_uid
+
+    from medalign.synth.dicom_writer import FakePatient, write_ct_series
+
+    rng = np.random.default_rng(1)
+    patient, study = FakePatient.random(rng), generate_uid()
+    study_dir = tmp_path / "study"
+
+    def series(name, n, dz, **kw):
+        hu = rng.normal(0.0, 50.0, size=(n, 16, 16))
+        return write_ct_series(hu, (dz, 1.0, 1.0), (0.0, 0.0, 0.0), study_dir / name, patient, study, rng, description=name, **kw)
+
+    want = series("thin_full", 41, 2.5)  # 100 mm at 2.5 mm
+    series("thick_full", 21, 5.0)  # 100 mm at 5 mm
+    series("thinner_partial", 41, 1.25)  # 50 mm at 1.25 mm, same slice count as the winner
+    series("coronal", 60, 1.0, orientation=(1, 0, 0, 0, 0, -1))  # a reformat stored as ORIGINAL
+    series("many_thin_slices_half", 80, 0.625)  # most slices of all, still half the coverage
+    found, _ = scan_series(study_dir)
+    by_name = {s.description: s for s in found}
+    assert by_name["coronal"].plane == "coronal" and by_name["thin_full"].plane == "axial"
+    assert by_name["thin_full"].coverage_mm == pytest.approx(100.0) and by_name["thin_full"].slice_step == pytest.approx(2.5)
+
+    chosen, reason = select_series(found, SeriesSelection())
+    assert sorted(chosen.files) == sorted(want)
+    assert f"series {chosen.key}: CT axial ORIGINAL/PRIMARY/AXIAL, 41 slices at 2.50 mm over 100 mm" in reason
+    assert f"{by_name['thick_full'].key}: CT axial" in reason and "thicker slices" in reason
+    assert f"{by_name['thinner_partial'].key}: partial coverage (50 of 100 mm)" in reason
+    assert f"{by_name['many_thin_slices_half'].key}: partial coverage (49 of 100 mm)" in reason
+    assert f"{by_name['coronal'].key}: coronal plane" in reason
+
+    coronal, _ = select_series(found, SeriesSelection(planes=["coronal"]))
+    assert coronal is by_name["coronal"]
+    # a looser coverage rule admits the half-coverage series, and then the thinnest slices win
+    loose, _ = select_series(found, SeriesSelection(min_coverage_fraction=0.4))
+    assert loose is by_name["many_thin_slices_half"]
+    vol, _ = load_dicom_study(study_dir)
+    assert vol.array.shape == (16, 16, 41)
+
+
+def test_series_policy_refuses_unknown_plane():
+    from medalign.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="planes: axil not among"):
+        SeriesSelection(planes=["axil"]).validate("series")
+    with pytest.raises(ConfigError, match="min_coverage_fraction"):
+        SeriesSelection(min_coverage_fraction=0.0).validate("series")
+
+
+def test_localizer_filed_in_the_axial_series_becomes_its_own_stack(phantom_ct, tmp_path):
+    """Some scanners file the scout under the axial series' SeriesInstanceUID: the series splits into
+    stacks by geometry (as dcm2niix does), the localizer stack is skipped, the axial one matches dcm2niix."""
+    folder = next(f for f in sorted((phantom_ct / "images").iterdir()) if len(scan_series(f)[0]) == 2)
+    series, _ = scan_series(folder)
+    axial = max(series, key=lambda s: s.n_frames)
+    scout = min(series, key=lambda s: s.n_frames)
+    merged = tmp_path / "merged"
+    merged.mkdir()
+    for f in axial.files:
+        shutil.copy(f, merged / f.name)
+    for f in scout.files:
+        ds = pydicom.dcmread(f)
+        ds.SeriesInstanceUID = axial.series_uid
+        ds.save_as(merged / f"scout_{f.name}")
+    stacks, _ = scan_series(merged)
+    assert len(stacks) == 2 and {s.series_uid for s in stacks} == {axial.series_uid}
+    assert [s.stack for s in stacks] == [0, 1] and stacks[1].key == f"{axial.key}.1"
+    volume, reason = load_dicom_study(merged)
+    assert f"{axial.key}.1: image type ORIGINAL/PRIMARY/LOCALIZER" in reason
+    reference, _ = load_dicom_study(folder)
+    np.testing.assert_array_equal(volume.array, reference.array)
+    assert_matches_dcm2niix(volume, merged, tmp_path)
+
+
+@pytest.mark.parametrize("damage", ["no_positions", "one_position", "zero_orientation"])
+def test_oct_frames_without_usable_positions_stack_in_frame_order_by_policy(tmp_path, damage):
+    """Some OCT exports leave the per-frame positions out, repeat one, or zero the orientation: the
+    default refuses such an object; ``frame_order`` stacks its frames by InStackPositionNumber at
+    SliceThickness and gives the volume the intact object has."""
+    from medalign.synth.writer import synthesize
+
+    synthesize(tmp_path / "oct", "oct", studies=1, seed=4)
+    intact_dir = next((tmp_path / "oct" / "images").iterdir())
+    policy = SeriesSelection(modalities=["OPT"], planes=[], on_missing_frame_positions="frame_order")
+    intact, _ = load_dicom_study(intact_dir, policy)
+    src = next(intact_dir.rglob("*.dcm"))
+    ds = pydicom.dcmread(src)
+    frames = ds.PerFrameFunctionalGroupsSequence
+    # store the frames shuffled, each keeping its InStackPositionNumber
+    order = np.random.default_rng(0).permutation(len(frames))
+    pixels = ds.pixel_array[order]
+    ds.PerFrameFunctionalGroupsSequence = pydicom.Sequence([frames[int(i)] for i in order])
+    ds.PixelData = np.ascontiguousarray(pixels).tobytes()
+    for fg in ds.PerFrameFunctionalGroupsSequence:
+        if damage == "no_positions":
+            del fg.PlanePositionSequence
+        elif damage == "one_position":
+            fg.PlanePositionSequence[0].ImagePositionPatient = [0.0, 0.0, 0.0]
+    if damage == "zero_orientation":
+        ds.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0].ImageOrientationPatient = [0.0] * 6
+        for fg in ds.PerFrameFunctionalGroupsSequence:
+            fg.PlanePositionSequence[0].ImagePositionPatient = [0.0, 0.0, 0.0]
+    damaged_dir = tmp_path / "damaged"
+    damaged_dir.mkdir()
+    ds.save_as(damaged_dir / "oct.dcm")
+    with pytest.raises(InputError, match="oct.dcm: frames lack distinct ImagePositionPatient"):
+        load_dicom_study(damaged_dir, SeriesSelection(modalities=["OPT"], planes=[]))
+    volume, reason = load_dicom_study(damaged_dir, policy)
+    assert "frames without usable positions stacked in frame order" in reason
+    np.testing.assert_array_equal(volume.array, intact.array)
+    np.testing.assert_allclose(volume.affine, intact.affine, atol=1e-9)

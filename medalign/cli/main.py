@@ -72,7 +72,10 @@ def cmd_convert(a: argparse.Namespace) -> int:
 
     if not str(a.output).endswith((".nii", ".nii.gz")):
         raise MedalignError(f"{a.output}: output must end in .nii or .nii.gz")
-    policy = SeriesSelection(modalities=[], min_slices=1)
+    # any modality, plane or image type but localizers; frames without positions stacked in order
+    # (the printed reason says which series was taken and how)
+    policy = SeriesSelection(modalities=[], planes=[], skip_image_types=["LOCALIZER"], skip_secondary_capture=False,
+                             min_slices=1, on_missing_frame_positions="frame_order")
     volume, reason = load_dicom_study(a.series_dir, policy)
     save_nifti(volume, a.output)
     print(f"{a.output}: {volume.array.shape} voxels of {', '.join(f'{s:.3g}' for s in volume.spacing)} mm ({reason})")

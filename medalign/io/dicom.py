@@ -43,6 +43,19 @@ MAX_VOXELS = 2048 * 2048 * 4096
 #: no CT, MR or OCT frame is wider than this; larger Rows/Columns are corrupt headers
 MAX_SIDE = 8192
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+#: acquisition planes by the patient axis (LPS x, y, z) the slice normal follows
+PLANES = ("sagittal", "coronal", "axial", "oblique")
+#: a normal within ~37 degrees of a patient axis names that plane (gantry-tilted axial CT stays axial)
+PLANE_COSINE = 0.8
+
+
+def acquisition_plane(iop: Any) -> str:
+    """``axial``, ``coronal``, ``sagittal`` or ``oblique`` from ImageOrientationPatient (6 cosines)."""
+    iop = np.asarray(iop, dtype=float)
+    normal = np.cross(iop[:3], iop[3:])
+    normal = normal / (np.linalg.norm(normal) or 1.0)
+    axis = int(np.argmax(np.abs(normal)))
+    return PLANES[axis] if abs(normal[axis]) >= PLANE_COSINE else "oblique"
 
 
 @dataclasses.dataclass
@@ -70,7 +83,12 @@ class SeriesSelection:
     modalities: list[str] = dataclasses.field(default_factory=lambda: ["CT"])
     skip_image_types: list[str] = dataclasses.field(default_factory=lambda: ["LOCALIZER", "DERIVED", "SECONDARY"])
     skip_secondary_capture: bool = True
+    #: acquisition planes allowed (axial, coronal, sagittal, oblique; from the slice normal); empty: any
+    planes: list[str] = dataclasses.field(default_factory=lambda: ["axial"])
     min_slices: int = 8
+    #: series covering at least this fraction of the study's longest coverage count as full
+    #: coverage; among those the thinnest slices win (then the most slices)
+    min_coverage_fraction: float = 0.9
     #: relative deviation of slice steps from their median above which spacing counts as uneven
     max_spacing_deviation: float = 0.2
     #: uneven spacing (missing slices): refuse the series, or interpolate onto the regular grid
@@ -78,12 +96,22 @@ class SeriesSelection:
     #: gantry tilt (slice origins drift within the slice plane): shift each slice back onto an
     #: orthogonal grid as dcm2niix does, or refuse the series
     on_gantry_tilt: str = "resample"
+    #: a multi-frame object whose frames lack positions or share one (some OCT exports): refuse it,
+    #: or stack the frames in their in-stack order at the slice spacing its pixel measures give
+    on_missing_frame_positions: str = "reject"
 
     def validate(self, where: str) -> None:
+        unknown = sorted(set(self.planes) - set(PLANES))
+        if unknown:
+            raise ConfigError(f"{where}.planes: {', '.join(unknown)} not among {', '.join(PLANES)}")
+        if not 0.0 < self.min_coverage_fraction <= 1.0:
+            raise ConfigError(f"{where}.min_coverage_fraction: {self.min_coverage_fraction} is not in (0, 1]")
         if self.on_uneven_spacing not in ("reject", "resample"):
             raise ConfigError(f"{where}.on_uneven_spacing: '{self.on_uneven_spacing}' is not reject or resample")
         if self.on_gantry_tilt not in ("reject", "resample"):
             raise ConfigError(f"{where}.on_gantry_tilt: '{self.on_gantry_tilt}' is not reject or resample")
+        if self.on_missing_frame_positions not in ("reject", "frame_order"):
+            raise ConfigError(f"{where}.on_missing_frame_positions: '{self.on_missing_frame_positions}' is not reject or frame_order")
 
 
 @dataclasses.dataclass
@@ -98,12 +126,24 @@ class SeriesInfo:
     description: str
     files: list[Path]
     n_frames: int  # total frames over all files (slices for classic, frames for multi-frame)
-    slice_step: float | None = None  # median distance between slice positions, when known
+    #: which stack of its series (0 when the series holds one geometry; see split_into_stacks)
+    stack: int = 0
+    plane: str = "oblique"  # from the first frame's orientation (see acquisition_plane)
+    slice_step: float | None = None  # median distance between slice positions (mm), when known
+    coverage_mm: float | None = None  # distance from the first to the last slice along the normal
+
+    def describe(self) -> str:
+        """One line for the log: key, modality, plane, image type, slices, step and coverage."""
+        text = f"{self.key}: {self.modality or '?'} {self.plane} {'/'.join(self.image_type) or '-'}, {self.n_frames} slices"
+        if self.slice_step is not None and self.coverage_mm is not None:
+            text += f" at {self.slice_step:.2f} mm over {self.coverage_mm:.0f} mm"
+        return text
 
     @property
     def key(self) -> str:
-        """Pseudonymous short key of the series (no UID reaches disk)."""
-        return hashlib.sha256(self.series_uid.encode()).hexdigest()[:12]
+        """Pseudonymous short key of the series, ``KEY.S`` for its stack S>0 (no UID reaches disk)."""
+        digest = hashlib.sha256(self.series_uid.encode()).hexdigest()[:12]
+        return f"{digest}.{self.stack}" if self.stack else digest
 
 
 def _str(ds: Dataset, name: str, default: str = "") -> str:
@@ -122,10 +162,12 @@ def read_header(path: Path) -> Dataset | None:
 def scan_series(root: Path) -> tuple[list[SeriesInfo], list[tuple[Path, str]]]:
     """Group every DICOM file under ``root`` (recursively) into series.
 
+    A file whose SOPInstanceUID was already read (PACS exports repeat instances) is skipped.
     Returns the series and ``(file, reason)`` for files that were skipped.
     """
     groups: dict[tuple[str, str], list[tuple[Path, Dataset]]] = defaultdict(list)
     skipped: list[tuple[Path, str]] = []
+    seen_instances: dict[str, Path] = {}
     for path in sorted(p for p in Path(root).rglob("*") if p.is_file()):
         if path.name.upper() == "DICOMDIR":
             skipped.append((path, "DICOMDIR index file"))
@@ -138,43 +180,92 @@ def scan_series(root: Path) -> tuple[list[SeriesInfo], list[tuple[Path, str]]]:
         if sop.startswith(NON_IMAGE_SOP_PREFIXES) or "Rows" not in ds:
             skipped.append((path, f"non-image object (SOP class {sop or 'unknown'})"))
             continue
+        instance = _str(ds, "SOPInstanceUID")
+        if instance and instance in seen_instances:
+            skipped.append((path, f"same SOP instance as {seen_instances[instance].name}"))
+            continue
+        seen_instances[instance] = path
         groups[(_str(ds, "StudyInstanceUID"), _str(ds, "SeriesInstanceUID"))].append((path, ds))
     series = []
-    for (study_uid, series_uid), items in groups.items():
-        first = items[0][1]
-        n_frames = sum(int(ds.get("NumberOfFrames", 1) or 1) for _, ds in items)
-        info = SeriesInfo(
-            study_uid=study_uid,
-            series_uid=series_uid,
-            modality=_str(first, "Modality").upper(),
-            sop_class_uid=_str(first, "SOPClassUID"),
-            image_type=tuple(str(v).upper() for v in (first.get("ImageType") or [])),
-            description=_str(first, "SeriesDescription"),
-            files=[p for p, _ in items],
-            n_frames=n_frames,
-        )
-        positions = [_position_along_normal(ds) for _, ds in items if int(ds.get("NumberOfFrames", 1) or 1) == 1]
-        positions = sorted(p for p in positions if p is not None)
-        if len(positions) > 1:
-            info.slice_step = float(np.median(np.diff(positions)))
-        series.append(info)
+    for (study_uid, series_uid), members in groups.items():
+        for stack, items in enumerate(split_into_stacks(members)):
+            series.append(_series_info(study_uid, series_uid, stack, items))
     return series, skipped
 
 
-def _position_along_normal(ds: Dataset) -> float | None:
-    try:
-        iop = np.asarray(ds.ImageOrientationPatient, dtype=float)
-        ipp = np.asarray(ds.ImagePositionPatient, dtype=float)
-    except (AttributeError, ValueError, TypeError):
-        return None
-    return float(np.dot(ipp, np.cross(iop[:3], iop[3:])))
+_Member = tuple[Path, Dataset, list[tuple[np.ndarray, np.ndarray]]]  # file, header, frame geometry
+
+
+def split_into_stacks(members: list[tuple[Path, Dataset]]) -> list[list[_Member]]:
+    """Split one series' files into stacks of one geometry (orientation and frame size), as dcm2niix
+    does: a localizer or a second orientation filed under the same SeriesInstanceUID becomes its own
+    stack instead of spoiling the volume. Largest stack first; files keep their order."""
+    stacks: list[tuple[np.ndarray | None, tuple[int, int], list[_Member]]] = []
+    for path, ds in members:
+        geometry = _frame_geometry(ds)
+        iop = geometry[0][1] if geometry else None
+        size = (int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0))
+        for other_iop, other_size, stack in stacks:
+            same_iop = (iop is None) == (other_iop is None) and (iop is None or np.allclose(iop, other_iop, atol=1e-3))
+            if same_iop and size == other_size:
+                stack.append((path, ds, geometry))
+                break
+        else:
+            stacks.append((iop, size, [(path, ds, geometry)]))
+    return sorted((stack for _, _, stack in stacks), key=len, reverse=True)
+
+
+def _series_info(study_uid: str, series_uid: str, stack: int, items: list[_Member]) -> SeriesInfo:
+    """Header summary of one stack: counts, plane, slice step and coverage along the normal."""
+    first = items[0][1]
+    info = SeriesInfo(
+        study_uid=study_uid,
+        series_uid=series_uid,
+        modality=_str(first, "Modality").upper(),
+        sop_class_uid=_str(first, "SOPClassUID"),
+        image_type=tuple(str(v).upper() for v in (first.get("ImageType") or [])),
+        description=_str(first, "SeriesDescription"),
+        files=[p for p, _, _ in items],
+        n_frames=sum(int(ds.get("NumberOfFrames", 1) or 1) for _, ds, _ in items),
+        stack=stack,
+    )
+    geometry = [g for _, _, frames in items for g in frames]
+    if geometry:
+        info.plane = acquisition_plane(geometry[0][1])
+        normal = np.cross(geometry[0][1][:3], geometry[0][1][3:])
+        positions = np.sort([float(np.dot(ipp, normal)) for ipp, _ in geometry])
+        if len(positions) > 1:
+            info.slice_step = float(np.median(np.diff(positions)))
+            info.coverage_mm = float(positions[-1] - positions[0])
+    return info
+
+
+def _frame_geometry(ds: Dataset) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(ImagePositionPatient, ImageOrientationPatient)`` of each frame, from the header alone
+    (classic files: the file's; multi-frame: the functional groups'); frames lacking them are left out."""
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    out = []
+    for f in range(int(ds.get("NumberOfFrames", 1) or 1)):
+        groups = per_frame[f] if per_frame is not None and len(per_frame) > f else None
+        try:
+            ipp = _functional(ds, groups, "PlanePositionSequence", "ImagePositionPatient")
+            iop = _functional(ds, groups, "PlaneOrientationSequence", "ImageOrientationPatient")
+            if ipp is None or iop is None:
+                continue
+            ipp, iop = np.asarray(ipp, dtype=float), np.asarray(iop, dtype=float)
+        except (ValueError, TypeError, AttributeError, KeyError, IndexError):
+            continue
+        if ipp.shape == (3,) and iop.shape == (6,) and np.isfinite(ipp).all() and np.isfinite(iop).all():
+            out.append((ipp, iop))
+    return out
 
 
 def select_series(series: list[SeriesInfo], policy: SeriesSelection) -> tuple[SeriesInfo, str]:
     """Choose the series that becomes the study's volume; returns it and why.
 
-    Candidates must have an allowed modality and image type, and enough slices; among them the
-    one with the most frames wins, ties going to the thinnest slice step.
+    Candidates must have an allowed modality, plane and image type, and enough slices. Among
+    them, those covering at least ``policy.min_coverage_fraction`` of the longest coverage
+    count as full coverage; of these the thinnest slice step wins, then the most slices.
     """
     if not series:
         raise InputError("no DICOM image series found")
@@ -187,19 +278,31 @@ def select_series(series: list[SeriesInfo], policy: SeriesSelection) -> tuple[Se
             rejected.append(f"{s.key}: image type {'/'.join(s.image_type)}")
         elif policy.skip_secondary_capture and is_secondary_capture(s.sop_class_uid):
             rejected.append(f"{s.key}: secondary capture")
+        elif policy.planes and s.plane not in policy.planes:
+            rejected.append(f"{s.key}: {s.plane} plane")
         elif s.n_frames < policy.min_slices:
             rejected.append(f"{s.key}: {s.n_frames} slices < {policy.min_slices}")
         else:
             candidates.append(s)
     if not candidates:
         raise InputError("no usable series (" + "; ".join(rejected) + ")")
-    best = max(candidates, key=lambda s: (s.n_frames, -(s.slice_step or 0.0)))
-    reason = f"series {best.key}: {best.modality} {'/'.join(best.image_type)}, {best.n_frames} slices"
+    longest = max(s.coverage_mm or 0.0 for s in candidates)
+    full = [s for s in candidates if (s.coverage_mm or 0.0) >= policy.min_coverage_fraction * longest]
+    rejected += [f"{s.key}: partial coverage ({s.coverage_mm or 0.0:.0f} of {longest:.0f} mm)" for s in candidates if s not in full]
+    # thinnest step first (unknown steps last), then most slices, then a stable order
+    best = min(full, key=_thin_then_many)
+    for s in full:
+        if s is not best:
+            why = "thicker slices" if _thin_then_many(s)[0] > _thin_then_many(best)[0] else "fewer slices or later in order"
+            rejected.append(f"{s.describe()}: {why}")
+    reason = f"series {best.describe()}"
     if len(series) > 1:
-        reason += f"; chosen over {len(series) - 1} other series"
-        if rejected:
-            reason += " (" + "; ".join(rejected) + ")"
+        reason += f"; chosen over {len(series) - 1} other series ({'; '.join(rejected)})"
     return best, reason
+
+
+def _thin_then_many(s: SeriesInfo) -> tuple[float, int, str]:
+    return (s.slice_step if s.slice_step is not None else np.inf, -s.n_frames, s.key)
 
 
 def _rescale(ds: Dataset, frame_groups: Dataset | None = None) -> tuple[float, float]:
@@ -230,7 +333,9 @@ class _Slice:
     source: Path
 
 
-def _slices_from_file(path: Path) -> list[_Slice]:
+def _slices_from_file(path: Path, frame_order_fallback: bool = False) -> tuple[list[_Slice], str]:
+    """Every frame of one file as a rescaled slice with its geometry; returns them and a note
+    (non-empty when ``frame_order_fallback`` placed frames that carried no usable positions)."""
     try:
         ds = pydicom.dcmread(path)
     except Exception as e:  # noqa: BLE001 - any decoder failure is a per-file input error
@@ -249,25 +354,69 @@ def _slices_from_file(path: Path) -> list[_Slice]:
     if n_frames == 1:
         pixels = pixels[None]
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    frame_groups = [per_frame[f] if per_frame is not None and len(per_frame) > f else None for f in range(n_frames)]
+    ipps = [_functional(ds, g, "PlanePositionSequence", "ImagePositionPatient") for g in frame_groups]
+    iops = [_functional(ds, g, "PlaneOrientationSequence", "ImageOrientationPatient") for g in frame_groups]
+    note = ""
+    if n_frames > 1 and _positions_unusable(ipps, iops):
+        if not frame_order_fallback:
+            raise InputError(f"{path.name}: frames lack distinct ImagePositionPatient (series.on_missing_frame_positions: frame_order stacks them)")
+        ipps, iops, note = _positions_from_frame_order(ds, frame_groups, iops, path)
     out = []
-    for f in range(n_frames):
-        groups = per_frame[f] if per_frame is not None and len(per_frame) > f else None
-        ipp = _functional(ds, groups, "PlanePositionSequence", "ImagePositionPatient")
-        iop = _functional(ds, groups, "PlaneOrientationSequence", "ImageOrientationPatient")
+    for f, groups in enumerate(frame_groups):
         ps = _functional(ds, groups, "PixelMeasuresSequence", "PixelSpacing")
-        if ipp is None or iop is None or ps is None:
+        if ipps[f] is None or iops[f] is None or ps is None:
             raise InputError(f"{path.name}: frame {f} lacks ImagePositionPatient/ImageOrientationPatient/PixelSpacing")
         slope, intercept = _rescale(ds, groups)
         out.append(
             _Slice(
                 pixels=pixels[f].astype(np.float32) * np.float32(slope) + np.float32(intercept),
-                ipp=np.asarray(ipp, dtype=float),
-                iop=np.asarray(iop, dtype=float),
+                ipp=np.asarray(ipps[f], dtype=float),
+                iop=np.asarray(iops[f], dtype=float),
                 spacing=(float(ps[0]), float(ps[1])),
                 source=path,
             )
         )
-    return out
+    return out, note
+
+
+def _positions_unusable(ipps: list[Any], iops: list[Any]) -> bool:
+    """True when frames carry no position, or all one position, or no usable orientation."""
+    if any(p is None for p in ipps) or any(o is None for o in iops):
+        return True
+    if any(np.linalg.norm(np.cross(np.asarray(o[:3], float), np.asarray(o[3:], float))) < 0.5 for o in iops):
+        return True  # zero or degenerate direction cosines
+    return bool(np.allclose(np.asarray(ipps, dtype=float), np.asarray(ipps[0], dtype=float), atol=1e-3))
+
+
+def _positions_from_frame_order(ds: Dataset, frame_groups: list[Dataset | None], iops: list[Any], path: Path) -> tuple[list, list, str]:
+    """Frame positions for a multi-frame object without usable ones: frames in InStackPositionNumber
+    order (else stored order), ``step`` mm apart along the normal, from SpacingBetweenSlices or
+    SliceThickness; the first frame's orientation when usable, else rows along x, columns along y."""
+    step = None
+    for attr in ("SpacingBetweenSlices", "SliceThickness"):
+        value = _functional(ds, frame_groups[0], "PixelMeasuresSequence", attr)
+        if value is not None and float(value) > 0:
+            step = float(value)
+            break
+    if step is None:
+        raise InputError(f"{path.name}: frames lack positions and neither SpacingBetweenSlices nor SliceThickness gives their spacing")
+    iop = iops[0]
+    if iop is None or np.linalg.norm(np.cross(np.asarray(iop[:3], float), np.asarray(iop[3:], float))) < 0.5:
+        iop = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    iop = np.asarray(iop, dtype=float)
+    normal = np.cross(iop[:3], iop[3:])
+    order = []
+    for f, groups in enumerate(frame_groups):
+        content = groups.get("FrameContentSequence") if groups is not None else None
+        stack_pos = content[0].get("InStackPositionNumber") if content else None
+        order.append(int(stack_pos) if stack_pos is not None else f + 1)
+    if len(set(order)) != len(order):
+        order = list(range(1, len(frame_groups) + 1))  # repeated stack positions: stored order
+    rank = {f: r for r, f in enumerate(np.argsort(order, kind="stable"))}
+    ipps = [rank[f] * step * normal for f in range(len(frame_groups))]
+    note = f"frames without usable positions stacked in frame order at {step:.3g} mm"
+    return ipps, [iop] * len(frame_groups), note
 
 
 def sort_slices_by_position(slices: list[_Slice]) -> tuple[list[_Slice], np.ndarray]:
@@ -328,7 +477,7 @@ def volume_from_slices(slices: list[_Slice], policy: SeriesSelection | None = No
         raise InputError("volume holds NaN or infinite values")
     info = {"n_slices": len(slices)}
     if len(slices) > 1 and note:
-        info["resampled"] = note
+        info["geometry_note"] = note
     return Volume(array=array, affine=LPS_TO_RAS @ lps, info=info)
 
 
@@ -392,24 +541,41 @@ def correct_gantry_tilt(slices: list[_Slice], drift: np.ndarray) -> tuple[list[_
 
 def load_series(series: SeriesInfo, policy: SeriesSelection | None = None) -> Volume:
     """Read every file of ``series`` (single- or multi-frame) into a :class:`Volume`."""
+    policy = policy or SeriesSelection()
     slices: list[_Slice] = []
+    notes = []
     for path in series.files:
-        slices.extend(_slices_from_file(path))
+        file_slices, note = _slices_from_file(path, policy.on_missing_frame_positions == "frame_order")
+        slices.extend(file_slices)
+        notes.append(note)
     if len(slices) > MAX_VOXELS // max(1, slices[0].pixels.size):
         raise InputError(f"series {series.key}: absurd number of slices ({len(slices)})")
     vol = volume_from_slices(slices, policy)
     vol.info.update({"series_key": series.key, "modality": series.modality})
+    note = "; ".join(n for n in [*dict.fromkeys(n for n in notes if n), vol.info.get("geometry_note", "")] if n)
+    if note:
+        vol.info["geometry_note"] = note
     return vol
 
 
 def load_dicom_study(folder: Path, policy: SeriesSelection | None = None) -> tuple[Volume, str]:
     """Scan ``folder``, choose its series by ``policy`` and load it; returns the volume and why it was chosen."""
     policy = policy or SeriesSelection()
-    series, _ = scan_series(folder)
+    series, skipped = scan_series(folder)
     if not series:
         raise InputError(f"{folder}: no DICOM image files found")
     chosen, reason = select_series(series, policy)
-    volume = load_series(chosen, policy)
-    if "resampled" in volume.info:
-        reason += f"; {volume.info['resampled']}"
+    repeats = sum(why.startswith("same SOP instance") for _, why in skipped)
+    if repeats:
+        reason += f"; {repeats} files repeating an instance read once"
+    try:
+        volume = load_series(chosen, policy)
+    except InputError as e:
+        # a gap often comes from files split off the series for their geometry: name them
+        apart = sum(len(s.files) for s in series if s.series_uid == chosen.series_uid and s is not chosen)
+        if apart:
+            raise InputError(f"{e}; {apart} file{'s' if apart > 1 else ''} of this series set apart for another orientation or size") from None
+        raise
+    if "geometry_note" in volume.info:
+        reason += f"; {volume.info['geometry_note']}"
     return volume, reason

@@ -75,9 +75,9 @@ def _dicom_cases(study: Path) -> None:
         def shrink(ds):
             a = ds.pixel_array[:-2]
             ds.Rows, ds.PixelData = a.shape[0], a.tobytes()
-        _rewrite(files[7:8], shrink)
+        _rewrite(_by_position(files)[7:8], shrink)
     elif name == "orientation_disagrees":
-        _rewrite(files[4:5], lambda ds: setattr(ds, "ImageOrientationPatient", [1, 0, 0, 0, 0, -1]))
+        _rewrite(_by_position(files)[4:5], lambda ds: setattr(ds, "ImageOrientationPatient", [1, 0, 0, 0, 0, -1]))
     elif name == "two_slices_one_position":
         ds = pydicom.dcmread(files[3])
         ds.SOPInstanceUID = generate_uid()
@@ -102,8 +102,9 @@ DICOM_CASES = {
     "truncated_file": "cannot decode pixel data",
     "truncated_pixel_data": "cannot decode pixel data",
     "junk_named_dcm": "no DICOM image files",
-    "rows_disagree": "slice size (94, 96) differs",
-    "orientation_disagrees": "orientation differs",
+    # a slice of another size or orientation is set apart (as dcm2niix splits it), leaving a gap
+    "rows_disagree": "uneven slice spacing (steps 7.50-15.00 mm, median 7.50): missing slices?; 1 file of this series set apart",
+    "orientation_disagrees": "1 file of this series set apart for another orientation or size",
     "two_slices_one_position": "two slices at one position",
     "missing_slice": "uneven slice spacing",
     "pixel_data_absent": "no pixel data",
