@@ -206,7 +206,7 @@ def split_into_stacks(members: list[tuple[Path, Dataset]]) -> list[list[_Member]
         iop = geometry[0][1] if geometry else None
         size = (int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0))
         for other_iop, other_size, stack in stacks:
-            same_iop = (iop is None) == (other_iop is None) and (iop is None or np.allclose(iop, other_iop, atol=1e-3))
+            same_iop = (iop is None) == (other_iop is None) and (iop is None or float(np.abs(iop - other_iop).max()) <= 1e-3)
             if same_iop and size == other_size:
                 stack.append((path, ds, geometry))
                 break
@@ -316,12 +316,12 @@ def _rescale(ds: Dataset, frame_groups: Dataset | None = None) -> tuple[float, f
 
 def _functional(ds: Dataset, groups: Dataset | None, seq: str, attr: str) -> Any:
     """An attribute from a per-frame group, else the shared group, else the top level."""
-    for source in (groups, ds.get("SharedFunctionalGroupsSequence", [None])[0]):
+    shared_groups = ds.get("SharedFunctionalGroupsSequence")
+    shared = shared_groups[0] if shared_groups else None
+    for source in (groups, shared):
         if source is not None and seq in source and attr in source[seq].value[0]:
             return source[seq].value[0][attr].value
-    if attr in ds:
-        return ds[attr].value
-    return None
+    return ds.get(attr)
 
 
 @dataclasses.dataclass
