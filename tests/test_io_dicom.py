@@ -421,3 +421,15 @@ def test_oct_frames_without_usable_positions_stack_in_frame_order_by_policy(tmp_
     assert "frames without usable positions stacked in frame order" in reason
     np.testing.assert_array_equal(volume.array, intact.array)
     np.testing.assert_allclose(volume.affine, intact.affine, atol=1e-9)
+
+
+def test_absurd_frame_count_in_a_header_is_refused_without_walking_it(tmp_path):
+    """A corrupt NumberOfFrames (2^31 - 1 on a 128 x 128 image) is reported, not iterated or allocated."""
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm", download=False))
+    ds.NumberOfFrames = 2**31 - 1
+    (tmp_path / "bad").mkdir()
+    ds.save_as(tmp_path / "bad" / "x.dcm")
+    series, _ = scan_series(tmp_path / "bad")
+    assert series[0].n_frames == 2**31 - 1
+    with pytest.raises(InputError, match="x.dcm: absurd dimensions 128x128x2147483647"):
+        load_dicom_study(tmp_path / "bad", ANY)

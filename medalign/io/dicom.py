@@ -226,7 +226,7 @@ def _series_info(study_uid: str, series_uid: str, stack: int, items: list[_Membe
         image_type=tuple(str(v).upper() for v in (first.get("ImageType") or [])),
         description=_str(first, "SeriesDescription"),
         files=[p for p, _, _ in items],
-        n_frames=sum(int(ds.get("NumberOfFrames", 1) or 1) for _, ds, _ in items),
+        n_frames=sum(_frame_count(ds) for _, ds, _ in items),
         stack=stack,
     )
     geometry = [g for _, _, frames in items for g in frames]
@@ -240,13 +240,23 @@ def _series_info(study_uid: str, series_uid: str, stack: int, items: list[_Membe
     return info
 
 
+def _frame_count(ds: Dataset) -> int:
+    """NumberOfFrames as the header gives it (1 when absent or unreadable: decoding the pixels says more)."""
+    try:
+        return max(1, int(ds.get("NumberOfFrames", 1) or 1))
+    except (ValueError, TypeError):
+        return 1
+
+
 def _frame_geometry(ds: Dataset) -> list[tuple[np.ndarray, np.ndarray]]:
     """``(ImagePositionPatient, ImageOrientationPatient)`` of each frame, from the header alone
     (classic files: the file's; multi-frame: the functional groups'); frames lacking them are left out."""
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
     out = []
-    for f in range(int(ds.get("NumberOfFrames", 1) or 1)):
-        groups = per_frame[f] if per_frame is not None and len(per_frame) > f else None
+    # one entry per per-frame group (frames without one share the top-level or shared geometry);
+    # never a loop over a header's NumberOfFrames, which a corrupt file can set to billions
+    for f in range(len(per_frame) if per_frame else 1):
+        groups = per_frame[f] if per_frame else None
         try:
             ipp = _functional(ds, groups, "PlanePositionSequence", "ImagePositionPatient")
             iop = _functional(ds, groups, "PlaneOrientationSequence", "ImageOrientationPatient")
@@ -341,7 +351,7 @@ def _slices_from_file(path: Path, frame_order_fallback: bool = False) -> tuple[l
     except Exception as e:  # noqa: BLE001 - any decoder failure is a per-file input error
         raise InputError(f"{path.name}: unreadable DICOM ({e.__class__.__name__}: {e})") from None
     rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
-    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    n_frames = _frame_count(ds)
     if rows > MAX_SIDE or cols > MAX_SIDE or rows * cols * n_frames > MAX_VOXELS:
         # refused from the header, before any pixel buffer is allocated
         raise InputError(f"{path.name}: absurd dimensions {rows}x{cols}x{n_frames} (limit {MAX_SIDE} per side, {MAX_VOXELS} voxels)")
