@@ -131,6 +131,8 @@ class SeriesInfo:
     plane: str = "oblique"  # from the first frame's orientation (see acquisition_plane)
     slice_step: float | None = None  # median distance between slice positions (mm), when known
     coverage_mm: float | None = None  # distance from the first to the last slice along the normal
+    #: the headers read by the scan, one per file (pixel data still on disk), reused when loading
+    headers: list[Dataset] = dataclasses.field(default_factory=list, repr=False)
 
     def describe(self) -> str:
         """One line for the log: key, modality, plane, image type, slices, step and coverage."""
@@ -151,10 +153,15 @@ def _str(ds: Dataset, name: str, default: str = "") -> str:
     return default if value is None else str(value)
 
 
+#: values larger than this are left on disk when a header is read (pixel data is read on first use)
+DEFER_BYTES = 4096
+
+
 def read_header(path: Path) -> Dataset | None:
-    """Read a file's DICOM header without pixels; ``None`` when it is not DICOM."""
+    """Read a file's DICOM header, its pixel data left on disk until first used (so loading the
+    chosen series later parses no header twice); ``None`` when it is not DICOM."""
     try:
-        return pydicom.dcmread(path, stop_before_pixels=True)
+        return pydicom.dcmread(path, defer_size=DEFER_BYTES)
     except (InvalidDicomError, EOFError, OSError, ValueError, TypeError, AttributeError, KeyError):
         return None
 
@@ -226,6 +233,7 @@ def _series_info(study_uid: str, series_uid: str, stack: int, items: list[_Membe
         image_type=tuple(str(v).upper() for v in (first.get("ImageType") or [])),
         description=_str(first, "SeriesDescription"),
         files=[p for p, _, _ in items],
+        headers=[ds for _, ds, _ in items],
         n_frames=sum(_frame_count(ds) for _, ds, _ in items),
         stack=stack,
     )
@@ -343,11 +351,12 @@ class _Slice:
     source: Path
 
 
-def _slices_from_file(path: Path, frame_order_fallback: bool = False) -> tuple[list[_Slice], str]:
+def _slices_from_file(path: Path, frame_order_fallback: bool = False, header: Dataset | None = None) -> tuple[list[_Slice], str]:
     """Every frame of one file as a rescaled slice with its geometry; returns them and a note
-    (non-empty when ``frame_order_fallback`` placed frames that carried no usable positions)."""
+    (non-empty when ``frame_order_fallback`` placed frames that carried no usable positions).
+    ``header``: the file's dataset as :func:`read_header` gave it (not parsed again)."""
     try:
-        ds = pydicom.dcmread(path)
+        ds = header if header is not None else pydicom.dcmread(path)
     except Exception as e:  # noqa: BLE001 - any decoder failure is a per-file input error
         raise InputError(f"{path.name}: unreadable DICOM ({e.__class__.__name__}: {e})") from None
     rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
@@ -380,7 +389,7 @@ def _slices_from_file(path: Path, frame_order_fallback: bool = False) -> tuple[l
         slope, intercept = _rescale(ds, groups)
         out.append(
             _Slice(
-                pixels=pixels[f].astype(np.float32) * np.float32(slope) + np.float32(intercept),
+                pixels=_to_float_units(pixels[f], slope, intercept),
                 ipp=np.asarray(ipps[f], dtype=float),
                 iop=np.asarray(iops[f], dtype=float),
                 spacing=(float(ps[0]), float(ps[1])),
@@ -388,6 +397,16 @@ def _slices_from_file(path: Path, frame_order_fallback: bool = False) -> tuple[l
             )
         )
     return out, note
+
+
+def _to_float_units(stored: np.ndarray, slope: float, intercept: float) -> np.ndarray:
+    """``(rows, cols)`` stored values to float32 in the modality's units (HU for CT), in one buffer."""
+    out = stored.astype(np.float32)
+    if slope != 1.0:
+        out *= np.float32(slope)
+    if intercept != 0.0:
+        out += np.float32(intercept)
+    return out
 
 
 def _positions_unusable(ipps: list[Any], iops: list[Any]) -> bool:
@@ -482,7 +501,7 @@ def volume_from_slices(slices: list[_Slice], policy: SeriesSelection | None = No
     lps[:3, 1] = col_cos * first.spacing[0]  # j walks down a column: row spacing
     lps[:3, 2] = step_vec
     lps[:3, 3] = first.ipp
-    array = np.stack([s.pixels.T for s in slices], axis=-1).astype(np.float32)
+    array = np.stack([s.pixels.T for s in slices], axis=-1)  # (cols, rows, Z), C order: the transforms run faster on it
     if not np.isfinite(array).all():
         raise InputError("volume holds NaN or infinite values")
     info = {"n_slices": len(slices)}
@@ -554,8 +573,9 @@ def load_series(series: SeriesInfo, policy: SeriesSelection | None = None) -> Vo
     policy = policy or SeriesSelection()
     slices: list[_Slice] = []
     notes = []
-    for path in series.files:
-        file_slices, note = _slices_from_file(path, policy.on_missing_frame_positions == "frame_order")
+    headers = series.headers if len(series.headers) == len(series.files) else [None] * len(series.files)
+    for path, header in zip(series.files, headers):
+        file_slices, note = _slices_from_file(path, policy.on_missing_frame_positions == "frame_order", header)
         slices.extend(file_slices)
         notes.append(note)
     if len(slices) > MAX_VOXELS // max(1, slices[0].pixels.size):
