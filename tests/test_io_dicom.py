@@ -433,3 +433,19 @@ def test_absurd_frame_count_in_a_header_is_refused_without_walking_it(tmp_path):
     assert series[0].n_frames == 2**31 - 1
     with pytest.raises(InputError, match="x.dcm: absurd dimensions 128x128x2147483647"):
         load_dicom_study(tmp_path / "bad", ANY)
+
+
+def test_a_scanned_series_loads_again_after_its_headers_were_handed_over(phantom_ct):
+    """The scan's headers are reused for the first load and released with their pixel data; a
+    second load of the same series reads the files again and gives the same volume."""
+    from medalign.io.dicom import load_series
+
+    folder = sorted((phantom_ct / "images").iterdir())[0]
+    series, _ = scan_series(folder)
+    axial = max(series, key=lambda s: s.n_frames)
+    assert len(axial.headers) == len(axial.files)
+    first = load_series(axial)
+    assert axial.headers == []
+    second = load_series(axial)
+    np.testing.assert_array_equal(first.array, second.array)
+    np.testing.assert_array_equal(first.affine, second.affine)

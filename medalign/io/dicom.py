@@ -573,9 +573,13 @@ def load_series(series: SeriesInfo, policy: SeriesSelection | None = None) -> Vo
     policy = policy or SeriesSelection()
     slices: list[_Slice] = []
     notes = []
-    headers = series.headers if len(series.headers) == len(series.files) else [None] * len(series.files)
-    for path, header in zip(series.files, headers):
+    headers: list[Dataset | None] = list(series.headers) if len(series.headers) == len(series.files) else [None] * len(series.files)
+    series.headers = []  # handed over: a second load reads the files again
+    for k, path in enumerate(series.files):
+        # each header is dropped once its frames are converted, and its pixel bytes with it
+        header, headers[k] = headers[k], None
         file_slices, note = _slices_from_file(path, policy.on_missing_frame_positions == "frame_order", header)
+        del header
         slices.extend(file_slices)
         notes.append(note)
     if len(slices) > MAX_VOXELS // max(1, slices[0].pixels.size):
