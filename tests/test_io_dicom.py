@@ -294,6 +294,15 @@ def test_repeated_instance_files_are_read_once(phantom_ct, tmp_path):
     np.testing.assert_array_equal(volume.affine, reference.affine)
     _, skipped = scan_series(tmp_path / "repeated")
     assert sum("same SOP instance as" in why for _, why in skipped) == 5
+    # a de-identification tool that gave every slice one SOPInstanceUID: positions tell them apart
+    (tmp_path / "one_uid").mkdir()
+    for n, f in enumerate(files):
+        ds = pydicom.dcmread(f)
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4"
+        ds.save_as(tmp_path / "one_uid" / f"{n}.dcm")
+    volume, reason = load_dicom_study(tmp_path / "one_uid")
+    np.testing.assert_array_equal(volume.array, reference.array)
+    assert "repeating an instance" not in reason
 
 
 @pytest.mark.parametrize(

@@ -169,12 +169,13 @@ def read_header(path: Path) -> Dataset | None:
 def scan_series(root: Path) -> tuple[list[SeriesInfo], list[tuple[Path, str]]]:
     """Group every DICOM file under ``root`` (recursively) into series.
 
-    A file whose SOPInstanceUID was already read (PACS exports repeat instances) is skipped.
-    Returns the series and ``(file, reason)`` for files that were skipped.
+    A file repeating an instance already read (same SOPInstanceUID, position and frame count: PACS
+    exports repeat instances) is skipped; a SOPInstanceUID reused at another position (as some
+    de-identification tools leave them) is not a repeat. Returns the series and ``(file, reason)`` for files that were skipped.
     """
     groups: dict[tuple[str, str], list[tuple[Path, Dataset]]] = defaultdict(list)
     skipped: list[tuple[Path, str]] = []
-    seen_instances: dict[str, Path] = {}
+    seen_instances: dict[tuple[str, str, int], Path] = {}
     for path in sorted(p for p in Path(root).rglob("*") if p.is_file()):
         if path.name.upper() == "DICOMDIR":
             skipped.append((path, "DICOMDIR index file"))
@@ -187,8 +188,8 @@ def scan_series(root: Path) -> tuple[list[SeriesInfo], list[tuple[Path, str]]]:
         if sop.startswith(NON_IMAGE_SOP_PREFIXES) or "Rows" not in ds:
             skipped.append((path, f"non-image object (SOP class {sop or 'unknown'})"))
             continue
-        instance = _str(ds, "SOPInstanceUID")
-        if instance and instance in seen_instances:
+        instance = (_str(ds, "SOPInstanceUID"), str(ds.get("ImagePositionPatient")), _frame_count(ds))
+        if instance[0] and instance in seen_instances:
             skipped.append((path, f"same SOP instance as {seen_instances[instance].name}"))
             continue
         seen_instances[instance] = path
