@@ -326,11 +326,9 @@ def _thin_then_many(s: SeriesInfo) -> tuple[float, int, str]:
 
 def _rescale(ds: Dataset, frame_groups: Dataset | None = None) -> tuple[float, float]:
     """(slope, intercept) from the frame's, the shared, or the top-level Pixel Value Transformation."""
-    for source in (frame_groups, ds.get("SharedFunctionalGroupsSequence", [None])[0]):
-        if source is not None and "PixelValueTransformationSequence" in source:
-            pvt = source.PixelValueTransformationSequence[0]
-            return float(pvt.get("RescaleSlope", 1) or 1), float(pvt.get("RescaleIntercept", 0) or 0)
-    return float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
+    slope = _functional(ds, frame_groups, "PixelValueTransformationSequence", "RescaleSlope")
+    intercept = _functional(ds, frame_groups, "PixelValueTransformationSequence", "RescaleIntercept")
+    return float(slope or 1), float(intercept or 0)
 
 
 def _functional(ds: Dataset, groups: Dataset | None, seq: str, attr: str) -> Any:
@@ -375,28 +373,23 @@ def _slices_from_file(path: Path, frame_order_fallback: bool = False, header: Da
         pixels = pixels[None]
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
     frame_groups = [per_frame[f] if per_frame is not None and len(per_frame) > f else None for f in range(n_frames)]
-    ipps = [_functional(ds, g, "PlanePositionSequence", "ImagePositionPatient") for g in frame_groups]
-    iops = [_functional(ds, g, "PlaneOrientationSequence", "ImageOrientationPatient") for g in frame_groups]
+    geometry = _frame_geometry(ds)
     note = ""
-    if n_frames > 1 and _positions_unusable(ipps, iops):
+    if n_frames > 1 and _frame_positions_unusable(geometry, n_frames):
         if not frame_order_fallback:
             raise InputError(f"{path.name}: frames lack distinct ImagePositionPatient (series.on_missing_frame_positions: frame_order stacks them)")
-        ipps, iops, note = _positions_from_frame_order(ds, frame_groups, iops, path)
+        geometry, note = _positions_from_frame_order(ds, frame_groups, geometry, path)
+    if len(geometry) != n_frames:
+        raise InputError(f"{path.name}: no usable ImagePositionPatient/ImageOrientationPatient")
     out = []
     for f, groups in enumerate(frame_groups):
         ps = _functional(ds, groups, "PixelMeasuresSequence", "PixelSpacing")
-        if ipps[f] is None or iops[f] is None or ps is None:
-            raise InputError(f"{path.name}: frame {f} lacks ImagePositionPatient/ImageOrientationPatient/PixelSpacing")
+        if ps is None:
+            raise InputError(f"{path.name}: frame {f} lacks PixelSpacing")
         slope, intercept = _rescale(ds, groups)
-        out.append(
-            _Slice(
-                pixels=_to_float_units(pixels[f], slope, intercept),
-                ipp=np.asarray(ipps[f], dtype=float),
-                iop=np.asarray(iops[f], dtype=float),
-                spacing=(float(ps[0]), float(ps[1])),
-                source=path,
-            )
-        )
+        ipp, iop = geometry[f]
+        out.append(_Slice(pixels=_to_float_units(pixels[f], slope, intercept), ipp=ipp, iop=iop,
+                          spacing=(float(ps[0]), float(ps[1])), source=path))
     return out, note
 
 
@@ -410,17 +403,23 @@ def _to_float_units(stored: np.ndarray, slope: float, intercept: float) -> np.nd
     return out
 
 
-def _positions_unusable(ipps: list[Any], iops: list[Any]) -> bool:
-    """True when frames carry no position, or all one position, or no usable orientation."""
-    if any(p is None for p in ipps) or any(o is None for o in iops):
+def _orientation_usable(iop: np.ndarray) -> bool:
+    """Row and column cosines that span a plane (not zeroed, not parallel)."""
+    return float(np.linalg.norm(np.cross(iop[:3], iop[3:]))) >= 0.5
+
+
+def _frame_positions_unusable(geometry: list[tuple[np.ndarray, np.ndarray]], n_frames: int) -> bool:
+    """True when some frame carries no position or orientation (``geometry`` is :func:`_frame_geometry`),
+    an orientation is degenerate, or all frames share one position."""
+    if len(geometry) != n_frames or not all(_orientation_usable(iop) for _, iop in geometry):
         return True
-    if any(np.linalg.norm(np.cross(np.asarray(o[:3], float), np.asarray(o[3:], float))) < 0.5 for o in iops):
-        return True  # zero or degenerate direction cosines
-    return bool(np.allclose(np.asarray(ipps, dtype=float), np.asarray(ipps[0], dtype=float), atol=1e-3))
+    positions = np.stack([ipp for ipp, _ in geometry])
+    return bool(np.allclose(positions, positions[0], atol=1e-3))
 
 
-def _positions_from_frame_order(ds: Dataset, frame_groups: list[Dataset | None], iops: list[Any], path: Path) -> tuple[list, list, str]:
-    """Frame positions for a multi-frame object without usable ones: frames in InStackPositionNumber
+def _positions_from_frame_order(ds: Dataset, frame_groups: list[Dataset | None], geometry: list[tuple[np.ndarray, np.ndarray]],
+                                path: Path) -> tuple[list[tuple[np.ndarray, np.ndarray]], str]:
+    """Frame geometry for a multi-frame object without usable positions: frames in InStackPositionNumber
     order (else stored order), ``step`` mm apart along the normal, from SpacingBetweenSlices or
     SliceThickness; the first frame's orientation when usable, else rows along x, columns along y."""
     step = None
@@ -431,10 +430,7 @@ def _positions_from_frame_order(ds: Dataset, frame_groups: list[Dataset | None],
             break
     if step is None:
         raise InputError(f"{path.name}: frames lack positions and neither SpacingBetweenSlices nor SliceThickness gives their spacing")
-    iop = iops[0]
-    if iop is None or np.linalg.norm(np.cross(np.asarray(iop[:3], float), np.asarray(iop[3:], float))) < 0.5:
-        iop = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-    iop = np.asarray(iop, dtype=float)
+    iop = geometry[0][1] if geometry and _orientation_usable(geometry[0][1]) else np.array([1.0, 0.0, 0.0, 0.0, 1.0, 0.0])
     normal = np.cross(iop[:3], iop[3:])
     order = []
     for f, groups in enumerate(frame_groups):
@@ -444,9 +440,8 @@ def _positions_from_frame_order(ds: Dataset, frame_groups: list[Dataset | None],
     if len(set(order)) != len(order):
         order = list(range(1, len(frame_groups) + 1))  # repeated stack positions: stored order
     rank = {f: r for r, f in enumerate(np.argsort(order, kind="stable"))}
-    ipps = [rank[f] * step * normal for f in range(len(frame_groups))]
     note = f"frames without usable positions stacked in frame order at {step:.3g} mm"
-    return ipps, [iop] * len(frame_groups), note
+    return [(rank[f] * step * normal, iop) for f in range(len(frame_groups))], note
 
 
 def sort_slices_by_position(slices: list[_Slice]) -> tuple[list[_Slice], np.ndarray]:
