@@ -1,123 +1,169 @@
-"""Rule-based finding labeler (NegEx / CheXpert style): 1 present, 0 negated, -1 uncertain,
-``None`` not mentioned. Negation and uncertainty never reach across a sentence."""
+"""Rule-based finding labeler: 1 present, 0 negated, -1 uncertain, ``None`` not mentioned.
+
+Each sentence of the FINDINGS and IMPRESSION sections is read as lemmas; a finding is mentioned
+by one of its phrases or by one of its concept patterns (an observation at a site, see
+:class:`~medalign.prep.vocab.ConceptPattern`), and the cue whose scope holds the mention decides
+its label (:mod:`medalign.prep.context`). Negation and uncertainty never reach across a sentence.
+Over a report a present mention wins, then an uncertain one, then a negated one.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from collections.abc import Iterable
 
-from medalign.prep.report_text import reported_text, split_sentences
+from medalign.prep.context import IGNORED, NEGATED, UNCERTAIN, ContextEngine, Cue
+from medalign.prep.lexicon import PhraseMatcher, Tokens, tokenize
+from medalign.prep.report_text import reported_text
 from medalign.prep.vocab import Vocabulary
 
-PRE_NEGATION = [
-    "no", "not", "without", "negative for", "free of", "absence of", "absent", "no evidence of",
-    "no signs of", "no sign of", "rules out", "ruled out", "nor", "neither", "denies", "resolution of", "resolved",
-]
-POST_NEGATION = [
-    "is absent", "are absent", "not seen", "not identified", "not present", "not demonstrated",
-    "not visualized", "has resolved", "have resolved", "resolved", "ruled out", "is not", "are not", "was not",
-]
-PSEUDO_NEGATION = ["no change", "no significant change", "no interval change", "not only", "no increase", "no decrease", "without change"]
-PRE_UNCERTAIN = [
-    "possible", "possibly", "probable", "probably", "likely", "may represent", "may be", "might",
-    "suspicious for", "concerning for", "questionable", "question of", "suggestive of", "suggest",
-    "suspected", "equivocal", "cannot exclude", "can not exclude", "differential includes", "versus", "unlikely",
-]
-POST_UNCERTAIN = [
-    "cannot be excluded", "can not be excluded", "not excluded", "cannot be ruled out", "can not be ruled out", "is suspected",
-    "versus", "vs", "is likely", "are likely", "is possible", "is probable", "is unlikely", "are unlikely", "is questioned",
-]
-#: a mention in a request or history context says nothing about this study (CheXpert's "indication" handling)
-PRE_IGNORE = ["history of", "evaluate for", "evaluation for", "assess for", "assessment for", "rule out", "to exclude", "indication"]
-IGNORE_WINDOW = 4
-TERMINATORS = ["but", "however", "although", "though", "except", "apart from", "aside from", "which", "whereas", "otherwise", "while"]
-#: how many words a pre-negation cue reaches forward (long enough for "no A, B or C")
-NEGATION_WINDOW = 8
-UNCERTAIN_WINDOW = 6
+_LABEL = {NEGATED: 0, UNCERTAIN: -1}
+#: sentence ends: . ! (not inside decimals), line breaks, and a "?" that a capitalised sentence follows
+_SENTENCE = re.compile(r"(?<=\?)\s+(?=[A-Z])|(?<!\d)[.!](?!\d)|\n")
+#: words no concept pattern reaches across (a new sentence-like unit inside one sentence)
+_PATTERN_BREAK = frozenset({";", ":", "but", "however", "although", "whereas", "while", "which"})
 
 
-def _phrase_pattern(phrases: Iterable[str], plural: bool = False) -> re.Pattern:
-    """Alternation of phrases, longest first; words may be joined by spaces or hyphens and a
-    ``*`` word stands for one optional word ("heart is * enlarged" matches "heart is mildly enlarged")."""
-    alts = sorted(
-        {re.escape(p.lower()).replace(r"\ ", r"[\s-]+").replace(r"\*[\s-]+", r"(?:(?!(?:not|no|never|without)\b)[\w-]+\s+)?") for p in phrases},
-        key=len,
-        reverse=True,
-    )
-    suffix = r"(?:s|es)?" if plural else ""
-    return re.compile(r"\b(?:" + "|".join(alts) + r")" + suffix + r"\b")
+@dataclasses.dataclass(frozen=True)
+class Mention:
+    """One mention of a finding in a sentence, with what decided its label (for audits)."""
+
+    finding: str
+    label: int  # 1 present, 0 negated, -1 uncertain
+    sentence: str
+    trigger: tuple[int, int]  # character span of the mention in ``sentence``
+    cue: tuple[int, int] | None  # character span of the deciding cue, if any
+    cue_kind: str | None  # negated | uncertain | "negative phrase"
 
 
-_PRE_NEG = _phrase_pattern(PRE_NEGATION)
-_POST_NEG = _phrase_pattern(POST_NEGATION)
-_PSEUDO = _phrase_pattern(PSEUDO_NEGATION)
-_PRE_UNC = _phrase_pattern(PRE_UNCERTAIN)
-_POST_UNC = _phrase_pattern(POST_UNCERTAIN)
-_PRE_IGNORE = _phrase_pattern(PRE_IGNORE)
-_TERM = _phrase_pattern(TERMINATORS)
-
-
-def _words(text: str) -> int:
-    return len(text.split())
-
-
-def _cue_before(sentence: str, start: int, cue: re.Pattern, window: int) -> bool:
-    """A cue ends before ``start`` within ``window`` words, with no terminator in between."""
-    head = sentence[:start]
-    pseudo_spans = [m.span() for m in _PSEUDO.finditer(head)]
-    for m in cue.finditer(head):
-        if any(a <= m.start() < b for a, b in pseudo_spans):
-            continue
-        between = head[m.end() :]
-        if _words(between) <= window and not _TERM.search(between):
-            return True
-    return False
-
-
-def _cue_after(sentence: str, end: int, cue: re.Pattern, window: int = 4) -> bool:
-    """A cue starts after ``end`` within ``window`` words, with no terminator in between."""
-    tail = sentence[end:]
-    m = cue.search(tail)
-    return bool(m) and _words(tail[: m.start()]) <= window and not _TERM.search(tail[: m.start()])
+def labeler_sentences(text: str) -> list[str]:
+    """The sentences the labeler reads (``;`` and ``?`` stay inside: they are cues and bounds)."""
+    return [s.strip() for s in _SENTENCE.split(text) if s and s.strip()]
 
 
 class ReportLabeler:
     """Labels reports against a :class:`Vocabulary`."""
 
-    def __init__(self, vocab: Vocabulary) -> None:
+    def __init__(self, vocab: Vocabulary, context: ContextEngine | None = None) -> None:
         self.vocab = vocab
-        self._mention = {f.name: _phrase_pattern(f.synonyms, plural=True) for f in vocab.findings}
-        self._negative = {f.name: _phrase_pattern(f.negative_phrases) for f in vocab.findings if f.negative_phrases}
-
-    def mention_label(self, sentence: str, start: int, end: int) -> int | None:
-        """Label of one mention spanning ``sentence[start:end]`` (sentence lower-cased); ``None`` when
-        the mention is a request or history ("evaluate for nodule", "history of effusion")."""
-        if _cue_before(sentence, start, _PRE_IGNORE, IGNORE_WINDOW):
-            return None
-        if _cue_after(sentence, end, _POST_UNC) or _cue_before(sentence, start, _PRE_UNC, UNCERTAIN_WINDOW):
-            return -1
-        if _cue_before(sentence, start, _PRE_NEG, NEGATION_WINDOW) or _cue_after(sentence, end, _POST_NEG):
-            return 0
-        return 1
+        self.context = context or ContextEngine()
+        # one matcher for every phrase of the vocabulary; payload (kind, finding, pattern, group)
+        self._phrases: PhraseMatcher[tuple[str, int, int, int]] = PhraseMatcher()
+        for k, f in enumerate(vocab.findings):
+            self._phrases.add(f.synonyms, ("synonym", k, -1, -1))
+            self._phrases.add(f.negative_phrases, ("negative", k, -1, -1))
+            self._phrases.add(f.exclude, ("exclude", k, -1, -1))
+            for j, p in enumerate(f.patterns):
+                for g, group in enumerate(p.groups):
+                    self._phrases.add(group, ("group", k, j, g))
+                self._phrases.add(p.unless, ("unless", k, j, -1))
+        self._first_words = self._phrases.first_words()
 
     def label(self, text: str) -> dict[str, int | None]:
-        """``{finding: 1 | 0 | -1 | None}``; a positive mention anywhere wins, then uncertain, then negated.
-        Only FINDINGS and IMPRESSION count when the report has headers (a history of pneumonia or a
-        request to exclude it is not a finding)."""
+        """``{finding: 1 | 0 | -1 | None}`` for one report. Only FINDINGS and IMPRESSION count when the
+        report has headers (a history of pneumonia or a request to exclude it is not a finding)."""
         found: dict[str, set[int]] = {name: set() for name in self.vocab.names}
-        for sentence in split_sentences(reported_text(text).lower()):
-            for name, pattern in self._negative.items():
-                if pattern.search(sentence):
-                    found[name].add(0)
-            mentions = [(m.start(), m.end(), name) for name, pattern in self._mention.items() for m in pattern.finditer(sentence)]
-            for start, end, name in mentions:
-                # "effusion" inside "pericardial effusion" belongs to the longer finding's mention
-                if any(n != name and a <= start and end <= b and b - a > end - start for a, b, n in mentions):
-                    continue
-                label = self.mention_label(sentence, start, end)
-                if label is not None:
-                    found[name].add(label)
-        out: dict[str, int | None] = {}
-        for name, labels in found.items():
-            out[name] = 1 if 1 in labels else -1 if -1 in labels else 0 if 0 in labels else None
+        for m in self.mentions(text):
+            found[m.finding].add(m.label)
+        return {name: 1 if 1 in s else -1 if -1 in s else 0 if 0 in s else None for name, s in found.items()}
+
+    def mentions(self, text: str) -> list[Mention]:
+        """Every labelled mention of every finding in the report's findings and impression."""
+        out: list[Mention] = []
+        for sentence in labeler_sentences(reported_text(text)):
+            out.extend(self.sentence_mentions(sentence))
         return out
+
+    def sentence_mentions(self, sentence: str) -> list[Mention]:
+        """The labelled mentions of one sentence."""
+        tokens = tokenize(sentence)
+        if not self._first_words.intersection(tokens.lemmas) and not self._phrases.has_prefixes:
+            return []
+        matches = self._phrases.matches(tokens.lemmas)
+        if not matches:
+            return []
+        names = self.vocab.names
+        spans: list[tuple[int, int, int, bool]] = []  # (start, end, finding, is a phrase)
+        negatives: list[tuple[int, int, int]] = []
+        excluded: dict[int, list[tuple[int, int]]] = {}
+        groups: dict[tuple[int, int], dict[int, list[tuple[int, int]]]] = {}
+        unless: dict[tuple[int, int], list[tuple[int, int]]] = {}
+        for start, end, (kind, k, j, g) in matches:
+            if kind == "synonym":
+                spans.append((start, end, k, True))
+            elif kind == "negative":
+                negatives.append((start, end, k))
+            elif kind == "exclude":
+                excluded.setdefault(k, []).append((start, end))
+            elif kind == "group":
+                groups.setdefault((k, j), {}).setdefault(g, []).append((start, end))
+            else:
+                unless.setdefault((k, j), []).append((start, end))
+        for (k, j), by_group in groups.items():
+            spans.extend((a, b, k, False) for a, b in self._pattern_spans(tokens, k, j, by_group, unless.get((k, j), [])))
+        mentions = _drop_nested(spans, excluded)
+        cues = self.context.cues(tokens) if mentions else []
+        out: list[Mention] = []
+        for start, end, k in negatives:
+            out.append(self._mention(names[k], 0, tokens, start, end, None, "negative phrase"))
+        for start, end, k in mentions:
+            cue = self.context.decide(cues, start, end)
+            if cue is not None and cue.kind == IGNORED:
+                continue
+            label = 1 if cue is None else _LABEL[cue.kind]
+            out.append(self._mention(names[k], label, tokens, start, end, cue, cue.kind if cue else None))
+        return out
+
+    def _pattern_spans(self, tokens: Tokens, k: int, j: int, by_group: dict[int, list[tuple[int, int]]],
+                       unless: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """Token spans where pattern ``j`` of finding ``k`` is complete: each observation with the
+        nearest phrase of every other group, within reach and not across a clause break."""
+        pattern = self.vocab.findings[k].patterns[j]
+        if len(by_group) < len(pattern.groups):
+            return []
+        lemmas = tokens.lemmas
+        out = []
+        for obs_start, obs_end in by_group[0]:
+            start, end = obs_start, obs_end
+            for g in range(1, len(pattern.groups)):
+                best = None
+                for a, b in by_group[g]:
+                    if a < obs_end and b > obs_start:
+                        continue  # the same words cannot be both observation and site
+                    gap = a - obs_end if a >= obs_end else obs_start - b
+                    if gap <= pattern.within and (best is None or gap < best[0]):
+                        best = (gap, a, b)
+                if best is None:
+                    break
+                start, end = min(start, best[1]), max(end, best[2])
+            else:
+                if any(w in _PATTERN_BREAK for w in lemmas[start:end]):
+                    continue
+                if any(start <= a and b <= end and not (obs_start <= a < obs_end) for a, b in unless):
+                    continue
+                out.append((start, end))
+        return out
+
+    @staticmethod
+    def _mention(name: str, label: int, tokens: Tokens, start: int, end: int, cue: Cue | None, kind: str | None) -> Mention:
+        trigger = (tokens.starts[start], tokens.ends[end - 1])
+        cue_span = (tokens.starts[cue.start], tokens.ends[cue.end - 1]) if cue is not None else None
+        return Mention(name, label, tokens.text, trigger, cue_span, kind)
+
+
+def _drop_nested(spans: list[tuple[int, int, int, bool]], excluded: dict[int, list[tuple[int, int]]]) -> list[tuple[int, int, int]]:
+    """Mentions of a finding that lie inside one of its ``exclude`` phrases or inside a longer
+    phrase of another finding ("effusion" inside "pericardial effusion") are dropped; one
+    mention per finding and span."""
+    out = []
+    seen = set()
+    for a, b, k, _ in spans:
+        if (a, b, k) in seen:
+            continue
+        if any(x <= a and b <= y for x, y in excluded.get(k, ())):
+            continue
+        if any(phrase and n != k and x <= a and b <= y and y - x > b - a for x, y, n, phrase in spans):
+            continue
+        seen.add((a, b, k))
+        out.append((a, b, k))
+    return out

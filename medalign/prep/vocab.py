@@ -36,13 +36,60 @@ class PromptPair:
 
 
 @dataclasses.dataclass
+class ConceptPattern:
+    """A finding described as an observation at a site, within one clause: every group given
+    (``observation``, ``site``, ``qualifier``) must have a phrase among at most ``within`` words
+    of the observation, in any order ("calcified plaques in the coronary arteries", "coronary
+    artery calcifications"). Phrases are matched on lemmas: plurals and hyphens do not matter;
+    ``calcif*`` matches any word starting so. A phrase of ``unless`` between them breaks the match
+    ("enlarged lymph node next to the heart" is no enlarged heart)."""
+
+    observation: list[str]
+    site: list[str] = dataclasses.field(default_factory=list)
+    qualifier: list[str] = dataclasses.field(default_factory=list)
+    within: int = 8
+    unless: list[str] = dataclasses.field(default_factory=list)
+
+    def validate(self, where: str) -> None:
+        if not self.observation:
+            raise ConfigError(f"{where}.observation: needs at least one phrase")
+        if self.within < 1:
+            raise ConfigError(f"{where}.within: must be at least 1")
+        for group in ("observation", "site", "qualifier", "unless"):
+            _check_phrases(getattr(self, group), f"{where}.{group}")
+
+    @property
+    def groups(self) -> list[list[str]]:
+        """The phrase groups that must all be present: observation first."""
+        return [g for g in (self.observation, self.site, self.qualifier) if g]
+
+
+def _check_phrases(phrases: list[str], where: str) -> None:
+    from medalign.prep.lexicon import compile_phrase
+
+    for p in phrases:
+        try:
+            compile_phrase(p)
+        except ValueError as e:
+            raise ConfigError(f"{where}: {e}") from None
+
+
+@dataclasses.dataclass
 class Finding:
-    """One finding: its canonical name, the phrases that mention it, and its prompts."""
+    """One finding: its canonical name, the phrases and concept patterns that mention it, phrases
+    that state its absence outright, phrases that look like it and are not, and its prompts."""
 
     name: str
     synonyms: list[str] = dataclasses.field(default_factory=list)
+    patterns: list[ConceptPattern] = dataclasses.field(default_factory=list)
     negative_phrases: list[str] = dataclasses.field(default_factory=list)
+    #: phrases containing a mention that is not this finding ("mass effect", "pericardial effusion")
+    exclude: list[str] = dataclasses.field(default_factory=list)
     prompts: PromptPair | None = None
+
+    def validate(self, where: str) -> None:
+        for group in ("synonyms", "negative_phrases", "exclude"):
+            _check_phrases(getattr(self, group), f"{where}.{group}")
 
     def prompt_pair(self) -> PromptPair:
         """The configured prompts, else ones built from the name."""
@@ -65,7 +112,7 @@ class Vocabulary:
         if dup:
             raise ConfigError(f"{where}: duplicate finding '{dup[0]}'")
         for f in self.findings:
-            if not f.synonyms:
+            if not f.synonyms and not f.patterns:
                 f.synonyms = [f.name]
 
     @property
