@@ -120,12 +120,18 @@ def cmd_prep(a: argparse.Namespace) -> int:
         raise MedalignError("prep: --images and --reports are required (except with --merge)")
     config = load_config(PrepConfig, a.config or default_prep_preset(a.images), "prep")
     vocab = load_vocabulary(a.vocab or config.vocab)
+    given = None
+    if a.labels is not None:
+        from medalign.prep.given_labels import read_given_labels
+
+        given = read_given_labels(a.labels, vocab)  # a column naming no finding stops here, before any work
     key = None
     if a.hash_ids is not None:
         key = a.hash_ids.read_bytes().strip()
         if len(key) < 16:
             raise MedalignError(f"--hash-ids {a.hash_ids}: the key must hold at least 16 bytes of secret")
-    s = prepare_dataset(a.images, a.reports, a.out, vocab, config, workers=a.workers, shard=a.shard, id_key=key)
+    s = prepare_dataset(a.images, a.reports, a.out, vocab, config, workers=a.workers, shard=a.shard, id_key=key,
+                        given_labels=given)
     reasons = "; ".join(f"{k}: {v}" for k, v in s.reasons.items())
     print(f"prep: {s.done} prepared, {s.skipped} already done, {s.failed} failed{' (' + reasons + ')' if reasons else ''} -> {s.out}")
     if s.failed:
@@ -158,6 +164,11 @@ def cmd_label(a: argparse.Namespace) -> int:
 
     atomic_write(a.out, _write)
     print(f"labelled {len(reports)} reports -> {a.out}")
+    if a.audit is not None:
+        from medalign.prep.audit import audit_labels
+
+        audit_labels({sid: row["report"] for sid, row in reports.items()}, labeler, a.audit, per_class=a.audit_samples)
+        print(f"audit: {a.audit / 'audit.html'}, {a.audit / 'audit.csv'}, {a.audit / 'audit_sentences.csv'}")
     return 0
 
 
@@ -335,6 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--hash-ids", type=_existing_path, default=None, metavar="KEYFILE",
                    help="replace study ids by a keyed hash (HMAC-SHA256) with the secret in KEYFILE; the key is never written")
     s.add_argument("--vocab", default=None, help="vocabulary YAML or preset (default: the prep preset's)")
+    s.add_argument("--labels", type=_existing_file, default=None, metavar="FILE.csv",
+                   help="labels you already have: study_id (or VolumeName) + one column per finding, 1/0/-1/empty; they win over the labeler")
     s.add_argument("--config", default=None, help="prep YAML or preset under configs/prep (default: demo_ct, demo_oct for OCT)")
     s.add_argument("--workers", type=int, default=None)
     s.set_defaults(func=cmd_prep)
@@ -343,6 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--reports", type=_existing_file, required=True)
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--vocab", default=None)
+    s.add_argument("--audit", type=Path, default=None, metavar="DIR",
+                   help="also write audit.html / audit.csv: per finding prevalence, counts and sample sentences with trigger and cue marked")
+    s.add_argument("--audit-samples", type=int, default=10, metavar="N", help="sentences shown per finding and class (default 10)")
     s.set_defaults(func=cmd_label)
 
     s = sub.add_parser("embed", help="cache a dataset's study and report embeddings (computed once per model and dataset)")

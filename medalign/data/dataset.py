@@ -21,10 +21,18 @@ def as_unit_array(volume: np.ndarray) -> np.ndarray:
     return np.asarray(volume, dtype=np.float32) / (255.0 if np.issubdtype(volume.dtype, np.integer) else 1.0)
 
 
-def soft_labels(labels: np.ndarray) -> np.ndarray:
-    """Labels for soft targets: present 1, uncertain 0.5, negated or not mentioned 0. ``(N, K)``."""
+#: what an uncertain label (-1) means in the soft targets (CheXpert's U-ones / U-zeros idea)
+UNCERTAIN_AS = {"positive": 1.0, "negative": 0.0, "half": 0.5, "ignore": float("nan")}
+
+
+def soft_labels(labels: np.ndarray, uncertain: str = "half") -> np.ndarray:
+    """Labels for soft targets ``(N, K)``: present 1, negated or not mentioned 0, uncertain as the
+    policy says (positive 1, negative 0, half 0.5, ignore NaN: that finding does not count in the
+    similarity of a pair where either study is uncertain about it)."""
+    if uncertain not in UNCERTAIN_AS:
+        raise ValueError(f"uncertain policy {uncertain!r} is not one of {', '.join(UNCERTAIN_AS)}")
     y = np.nan_to_num(labels.astype(np.float32), nan=0.0)
-    y[y < 0] = 0.5
+    y[y < 0] = UNCERTAIN_AS[uncertain]
     return y
 
 
@@ -58,7 +66,7 @@ class StudyDataset(Dataset):
     """
 
     def __init__(self, manifest: Manifest, augment=None, text_field: str = "report", sentence_sampling: float = 0.0, seed: int = 0,
-                 device_intensity: float = 0.0) -> None:
+                 device_intensity: float = 0.0, uncertain: str = "half") -> None:
         self.manifest = manifest
         self.augment = augment
         #: > 0: each item carries an intensity jitter ``(factor, offset)`` for the device to apply, and
@@ -67,7 +75,7 @@ class StudyDataset(Dataset):
         self.text_field = text_field
         self.sentence_sampling = sentence_sampling
         self.seed = seed
-        self.labels = soft_labels(manifest.labels())
+        self.labels = soft_labels(manifest.labels(), uncertain)
         texts = manifest.columns[text_field]
         self.sentences = [report_sentences(t or "") for t in texts] if sentence_sampling > 0 else None
 

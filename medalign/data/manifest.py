@@ -43,9 +43,10 @@ class Manifest:
                     out[i, k] = v
         return out
 
-    def truth(self, names: list[str]) -> np.ndarray:
+    def truth(self, names: list[str], uncertain: str = "ignore") -> np.ndarray:
         """``(N, len(names))`` evaluation truth from the parsed labels: 1 present, 0 negated or not
-        mentioned, -1 uncertain; NaN for a name the dataset's vocabulary does not have."""
+        mentioned; uncertain as the policy says (positive 1, negative 0, half or ignore -1: left out
+        of that finding's metrics); NaN for a name the dataset's vocabulary does not have."""
         parsed = {name: k for k, name in enumerate(self.findings)}
         full = self.labels()
         out = np.full((len(self), len(names)), np.nan, np.float32)
@@ -53,6 +54,8 @@ class Manifest:
             if name in parsed:
                 col = full[:, parsed[name]]
                 out[:, k] = np.where(np.isnan(col), 0.0, col)
+        if uncertain in ("positive", "negative"):
+            out[out == -1] = 1.0 if uncertain == "positive" else 0.0
         return out
 
     def volume_path(self, i: int) -> Path:

@@ -34,15 +34,25 @@ def soft_label_contrastive(img: torch.Tensor, txt: torch.Tensor, targets: torch.
 
 
 def targets_from_labels(y: torch.Tensor, mix: float = 1.0) -> torch.Tensor:
-    """MedCLIP / Cardiac-CLIP soft targets from finding labels ``y`` ``(B, K)`` in [0, 1].
+    """MedCLIP / Cardiac-CLIP soft targets from finding labels ``y`` ``(B, K)`` in [0, 1] (NaN: unknown).
 
-    ŷ = [y, 1 − maxₖ y] (a "no finding" slot), Pᵢⱼ = max(0, cos(ŷᵢ, ŷⱼ)), rows normalised;
-    returns (1 − mix)·I + mix·P ``(B, B)``.
+    ŷ = [y, 1 − maxₖ y] (a "no finding" slot, over the known labels), Pᵢⱼ = max(0, cos(ŷᵢ, ŷⱼ)) over
+    the entries known for both i and j, rows normalised; returns (1 − mix)·I + mix·P ``(B, B)``.
     """
     y = y if y.is_floating_point() else y.float()
+    known = torch.isfinite(y)
+    y = torch.nan_to_num(y, nan=0.0)
     no_finding = 1 - y.max(dim=1, keepdim=True).values if y.shape[1] else torch.ones(y.shape[0], 1, device=y.device)
-    y_hat = F.normalize(torch.cat([y, no_finding], dim=1), dim=1)
-    p = (y_hat @ y_hat.T).clamp(min=0)
+    y_hat = torch.cat([y, no_finding], dim=1)
+    if bool(known.all()):
+        y_hat = F.normalize(y_hat, dim=1)
+        p = (y_hat @ y_hat.T).clamp(min=0)
+    else:  # cosine over the entries both studies know: ⟨m y_i, m y_j⟩ / (‖m y_i‖ ‖m y_j‖), m = mask_i ⊙ mask_j
+        m = torch.cat([known, torch.ones_like(known[:, :1])], dim=1).to(y_hat.dtype)
+        num = (y_hat * m) @ (y_hat * m).T
+        sq = y_hat * y_hat * m
+        norms = (sq @ m.T).clamp(min=1e-12).sqrt() * (m @ sq.T).clamp(min=1e-12).sqrt()
+        p = (num / norms).clamp(min=0)
     p = p / p.sum(dim=1, keepdim=True)
     eye = torch.eye(y.shape[0], device=y.device, dtype=p.dtype)
     return (1 - mix) * eye + mix * p

@@ -36,6 +36,7 @@ from medalign.io.dicom import Volume, load_dicom_study
 from medalign.io.nifti import is_nifti, load_nifti
 from medalign.io.reports import read_reports
 from medalign.prep.config import PrepConfig
+from medalign.prep.given_labels import GivenLabels, agreement_table, merge_labels
 from medalign.prep.labeler import ReportLabeler
 from medalign.prep.deid import redact_identifiers
 from medalign.prep.report_text import clean_report, split_sections
@@ -261,6 +262,7 @@ def prepare_dataset(
     progress: bool | None = None,
     shard: tuple[int, int] | None = None,
     id_key: bytes | None = None,
+    given_labels: "GivenLabels | None" = None,
 ) -> PrepSummary:
     """Prepare every study under ``images`` with its report into dataset folder ``out``.
 
@@ -268,12 +270,16 @@ def prepare_dataset(
     the manifest, errors and log carry a ``.shard-i-of-n`` suffix; :func:`merge_shards` joins them.
     With ``id_key`` every study id is replaced by :func:`pseudonym` (a keyed hash) before anything
     is written, and study folder paths are withheld from errors and logs.
+    ``given_labels`` (:func:`~medalign.prep.given_labels.read_given_labels`) win over the labeler;
+    ``prep.log`` gets a per-finding agreement table between the two.
     """
     out = Path(out)
     all_studies = discover_studies(images)
     report_rows, problems = read_reports(reports)
     if id_key is not None:
         all_studies, report_rows, problems = _pseudonymise(id_key, all_studies, report_rows, problems)
+        if given_labels is not None:
+            given_labels = {pseudonym(sid, id_key): v for sid, v in given_labels.items()}
     studies = all_studies
     suffix = ""
     if shard is not None:
@@ -332,6 +338,7 @@ def prepare_dataset(
     # manifest from every finished record, this run's and earlier runs'
     labeler = ReportLabeler(vocab)
     rows = []
+    compared = []
     for sid in sorted(studies):
         if sid not in report_rows or not _is_done(out, sid):
             continue
@@ -342,14 +349,23 @@ def prepare_dataset(
         if split not in ("train", "val", "test"):
             errors.append({"study_id": sid, "path": str(reports), "reason": f"split '{split}' is not train, val or test"})
             continue
+        parsed, given = labeler.label(text), (given_labels or {}).get(sid)
+        if given is not None:
+            compared.append((given, parsed))
         rows.append({
             **record,
             "split": split,
             "report": text,
             "findings": sections["findings"],
             "impression": sections["impression"],
-            "labels": labeler.label(text),
+            "labels": merge_labels(parsed, given),
         })
+    if given_labels is not None:
+        unused = len(set(given_labels) - set(all_studies))
+        log_lines.append(f"given labels: {len(compared)} of {len(rows)} studies labelled by the labels file"
+                         + (f"; {unused} rows of it name no study" if unused else "") + "; they win over the labeler")
+        log_lines.append("agreement of the given labels with the report labeler (present vs anything else):")
+        log_lines += agreement_table(compared, vocab.names)
     write_manifest(rows, vocab, out, f"manifest{suffix}.parquet")
     if id_key is not None:
         errors = [_withhold_path(e, studies.get(e["study_id"])) for e in errors]

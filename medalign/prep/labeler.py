@@ -153,17 +153,19 @@ class ReportLabeler:
 
 def _drop_nested(spans: list[tuple[int, int, int, bool]], excluded: dict[int, list[tuple[int, int]]]) -> list[tuple[int, int, int]]:
     """Mentions of a finding that lie inside one of its ``exclude`` phrases or inside a longer
-    phrase of another finding ("effusion" inside "pericardial effusion") are dropped; one
-    mention per finding and span."""
+    phrase ("effusion" inside "pericardial effusion" or "pleural effusion") are dropped, and so is
+    a pattern over words a phrase of its finding already names: one mention per place."""
     out = []
     seen = set()
-    for a, b, k, _ in spans:
+    for a, b, k, is_phrase in spans:
         if (a, b, k) in seen:
             continue
         if any(x <= a and b <= y for x, y in excluded.get(k, ())):
             continue
-        if any(phrase and n != k and x <= a and b <= y and y - x > b - a for x, y, n, phrase in spans):
+        if any(phrase and x <= a and b <= y and y - x > b - a for x, y, n, phrase in spans):
             continue
+        if not is_phrase and any(phrase and n == k and x < b and a < y for x, y, n, phrase in spans):
+            continue  # a pattern over words a phrase of the same finding already names: one mention
         seen.add((a, b, k))
         out.append((a, b, k))
     return out

@@ -20,6 +20,15 @@ class LossConfig:
 
 
 @dataclasses.dataclass
+class LabelsConfig:
+    """What an uncertain finding label (-1: "cannot be excluded", "possible") means: in the soft
+    targets (positive 1, negative 0, half 0.5, ignore: left out of that pair's similarity) and in
+    validation (positive 1, negative 0; half and ignore leave the study out of that finding's AUROC)."""
+
+    uncertain: Literal["positive", "negative", "half", "ignore"] = "half"
+
+
+@dataclasses.dataclass
 class OptimConfig:
     """AdamW with linear warm-up then cosine decay (per step)."""
 
@@ -90,6 +99,7 @@ class PretrainConfig:
 
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     loss: LossConfig = dataclasses.field(default_factory=LossConfig)
+    labels: LabelsConfig = dataclasses.field(default_factory=LabelsConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     trainer: TrainerConfig = dataclasses.field(default_factory=TrainerConfig)

@@ -88,7 +88,7 @@ def pretrain(
     on_device = d.intensity_on == "device"
     augment = build_augmentation(d.flip_axes, 0.0 if on_device else d.intensity, d.crop_scale, spatial_size)
     dataset_ = StudyDataset(train, augment=augment, text_field=d.text_field, sentence_sampling=d.sentence_sampling, seed=t.seed,
-                            device_intensity=d.intensity if on_device else 0.0)
+                            device_intensity=d.intensity if on_device else 0.0, uncertain=config.labels.uncertain)
     sampler = ResumableSampler(len(train), d.batch_size, seed=t.seed)
     if uses_cached_text(config):
         collate = make_collate()  # the text side is the report embedding cache
@@ -108,7 +108,8 @@ def pretrain(
         from medalign.train.validation import ZeroShotValidation
 
         val = val.subset_rows(range(min(len(val), v.max_studies)))
-        callbacks.append(ZeroShotValidation(val, load_vocabulary(Path(dataset) / "vocab.yaml"), v.every_n_steps, d.text_field))
+        callbacks.append(ZeroShotValidation(val, load_vocabulary(Path(dataset) / "vocab.yaml"), v.every_n_steps, d.text_field,
+                                            uncertain=config.labels.uncertain))
         callbacks.append(ModelCheckpoint(dirpath=str(run / "checkpoints"), filename="best", monitor="val/macro_auroc", mode="max",
                                          save_top_k=1, every_n_train_steps=v.every_n_steps, enable_version_counter=False))
     elif v.every_n_steps:

@@ -23,12 +23,13 @@ log = logging.getLogger(__name__)
 class ZeroShotValidation(L.Callback):
     """Logs ``val/macro_auroc`` and ``val/report_to_study_r5`` every ``every_n_steps`` steps (and at the last)."""
 
-    def __init__(self, manifest: Manifest, vocab: Vocabulary, every_n_steps: int, text_field: str = "report") -> None:
+    def __init__(self, manifest: Manifest, vocab: Vocabulary, every_n_steps: int, text_field: str = "report",
+                 uncertain: str = "ignore") -> None:
         self.manifest = manifest
         self.vocab = vocab
         self.every_n_steps = every_n_steps
         self.reports = [t or "" for t in manifest.columns[text_field]]
-        self.truth = manifest.truth(vocab.names)
+        self.truth = manifest.truth(vocab.names, uncertain)
         self._last_step = -1
 
     @torch.no_grad()
