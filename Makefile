@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install browser demo demo-oct test bench clean
+.PHONY: install browser demo demo-oct test bench bench-nlp clean
 
 install: $(STAMP)
 
@@ -47,13 +47,22 @@ test: install browser
 
 # the self-contained benchmarks; the ones that need a prepared dataset or a trained run
 # (loader, cache_format, losses, zeroshot_probe) take --data/--checkpoint: see docs/benchmarks.md
-bench: install
+bench: install bench-nlp
 	$(PY) bench/prep.py
 	$(PY) bench/retrieval.py
 	$(PY) bench/labeler.py
 	$(PY) bench/tokens.py
 	$(PY) bench/models.py
 	$(PY) bench/train.py --preset demo_ct --steps 10
+
+# medspaCy's ConText, the reference bench/labeler.py compares the labeler with (not a dependency of
+# medalign). medspacy 1.3.1 declares spacy<3.8, whose wheels are built for numpy 1.x: spacy 3.8 is
+# installed first and medspacy, QuickUMLS and their pure-Python needs without dependencies, so
+# the pinned numpy and torch stay (pip warns about medspacy's declared spacy range; it runs).
+bench-nlp: install
+	@$(PY) -m pip install --quiet --disable-pip-version-check spacy==3.8.18 PyRuSH==1.0.8 pysbd==0.3.4 jsonschema six nltk unidecode pysimstring >> $(VENV)/pip.log 2>&1
+	@$(PY) -m pip install --quiet --disable-pip-version-check --no-deps medspacy==1.3.1 medspacy_quickumls==3.2 >> $(VENV)/pip.log 2>&1
+	@$(PY) -c "import medspacy, numpy, torch; print('medspaCy', medspacy.__version__, '| numpy', numpy.__version__, '| torch', torch.__version__)"
 
 clean:
 	rm -rf demo_out demo_out_oct .pytest_cache
