@@ -1,8 +1,8 @@
 """The labeler against hand-written gold labels, scored with scikit-learn.
 
-``labeler_gold.jsonl`` is the development set (cue lists were adjusted while reading it);
-``labeler_heldout.jsonl`` was written afterwards and never used to change the labeler, so its
-figures are the honest ones (docs/benchmarks.md lists both).
+Both files were read while the cue lists and the chest_ct vocabulary were adjusted (the held-out
+set's misses were fixed in the scope-engine round), so they guard against regressions; the figures
+that measure generalisation are Open-i's test split in bench/labeler.py (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def _pairs(path: Path):
 
 @pytest.mark.parametrize("gold, floors", [
     ("labeler_gold.jsonl", {1: 0.95, 0: 0.95, -1: 0.95}),
-    ("labeler_heldout.jsonl", {1: 0.85, 0: 0.85, -1: 0.8}),
+    ("labeler_heldout.jsonl", {1: 0.95, 0: 0.95, -1: 0.95}),
 ])
 def test_labeler_f1_per_class(gold, floors):
     truth, pred = _pairs(DATA / gold)
