@@ -107,7 +107,7 @@ class Cue:
 
 @dataclasses.dataclass(frozen=True)
 class ContextRules:
-    """Cue phrase lists; the defaults suit radiology reports, a vocabulary may add to them."""
+    """Cue phrase lists (the defaults suit radiology reports); pass others to :class:`ContextEngine`."""
 
     pre_negation: tuple[str, ...] = tuple(PRE_NEGATION)
     post_negation: tuple[str, ...] = tuple(POST_NEGATION)
