@@ -52,24 +52,30 @@ PRE_UNCERTAIN = [
     "differential diagnosis", "differential considerations include", "in favor of", "in favour of", "favor",
     "favored", "favoured", "versus", "vs", "?", "indeterminate", "presumably", "presumed",
     "cannot be excluded", "not excluded", "not be excluded", "cannot entirely exclude", "not entirely excluded",
-    "uncertain", "unclear", "doubtful", "appears to represent", "query",
+    "uncertain", "unclear", "doubtful", "appears to represent", "query", "may include", "could include",
+    "considerations include", "worrisome for", "could indicate", "might represent", "raises the possibility of",
+    "cannot be * excluded", "difficult to * exclude", "question", "would include", "is a possibility",
 ]
 POST_UNCERTAIN = [
     "cannot be excluded", "can not be excluded", "not excluded", "not be excluded", "cannot be ruled out",
     "can not be ruled out", "not ruled out", "cannot be entirely excluded", "not entirely excluded",
     "is suspected", "are suspected", "suspected", "possible", "is possible", "are possible", "versus", "vs", "is likely", "are likely", "likely", "is probable", "is questioned", "questioned", "is unlikely", "are unlikely", "unlikely",
-    "is not excluded", "?", "is difficult to exclude", "difficult to exclude", "not entirely clear",
+    "is not excluded", "?", "is difficult to exclude", "difficult to exclude", "difficult to * exclude",
+    "cannot be * excluded", "not * excluded", "is a possibility", "could have this appearance", "could account for",
+    "could explain", "not entirely clear",
     "is uncertain", "is unclear", "is equivocal", "is questionable", "is favored", "favored", "could be present",
     "may be present", "is considered", "not completely excluded",
 ]
 #: a mention in a request or history says nothing about this study (CheXpert's "indication" handling)
 PRE_IGNORE = [
     "history of", "evaluate for", "evaluation for", "evaluation of", "assess for", "assessment for", "rule out",
-    "r o", "to exclude", "indication", "to evaluate", "to assess", "check for", "screening for", "follow up of",
+    "r o", "to exclude", "exclude", "indication", "to evaluate", "to assess", "check for", "screening for", "follow up of",
+    "correlate clinically for", "clinical correlation for", "to ensure", "could obscure", "may obscure", "obscure",
+    "in detecting", "detecting",
 ]
 #: phrases that look like cues and are not ("no change in the effusion" means the effusion is still there)
 PSEUDO = [
-    "no change", "no significant change", "no interval change", "no substantial change", "no significant interval change",
+    "no change", "no * change", "no * * change", "without * change", "without * * change",
     "not only", "no increase", "no decrease", "no significant increase", "no significant decrease", "without change",
     "without significant change", "without interval change", "not changed", "no further", "gram negative",
     "not significantly changed", "not necessarily", "no definite change", "no appreciable change", "not well defined",
@@ -84,6 +90,9 @@ TERMINATORS = [
 #: a coordinator followed by one of these starts a new clause with its own subject
 _CLAUSE_START = frozenset({"the", "there", "this", "these", "it", "its", "which", "otherwise"})
 _COORDINATORS = frozenset({",", "and", "with"})
+#: a negated list ends with its participle: "No effusion seen, dense nodule in the left lung" ends at "seen"
+_CLOSERS = frozenset({"seen", "identified", "noted", "demonstrated", "detected", "visualized", "visualised",
+                      "appreciated", "observed", "evident", "present"})
 #: verbs that end a backward scope when they are not part of the cue ("Heart is enlarged, effusion is not seen")
 _VERBS = frozenset({"is", "are", "was", "were", "be", "been", "appear", "appears", "remain", "remains", "seem",
                     "show", "shows", "demonstrate", "demonstrates", "reveal", "reveals", "has", "have", "had"})
@@ -156,6 +165,8 @@ class ContextEngine:
         for i in range(n - 1):
             if lemmas[i] in _COORDINATORS and lemmas[i + 1] in _CLAUSE_START:
                 stops[i] = True
+            elif lemmas[i] in _CLOSERS and lemmas[i + 1] in _COORDINATORS:
+                stops[i + 1] = True
         pre_starts = [(s, k) for s, _, (k, d) in kept if d == "pre"]
         out: list[Cue] = []
         for start, end, (kind, direction) in kept:
