@@ -28,11 +28,15 @@ LOSSES = {
 MEDALIGN = [sys.executable, "-m", "medalign.cli.main"]
 
 
-def run_one(data: Path, labels: Path, out: Path, loss: str, seed: int, steps: int, threads: int) -> dict:
+def run_one(data: Path, labels: Path, out: Path, loss: str, seed: int, steps: int, threads: int, reuse: bool = False) -> dict:
     run = out / f"{loss}_s{seed}"
     metrics = run / "bench.json"
-    if metrics.is_file():  # resumable: finished runs are kept
+    if reuse and metrics.is_file():  # only when asked: a benchmark measures afresh
         return json.loads(metrics.read_text())
+    if run.exists():
+        import shutil
+
+        shutil.rmtree(run)  # a fresh run, not a resumed one
     subprocess.run(MEDALIGN + ["pretrain", "--data", str(data), "--out", str(run), "--config", "demo_ct", "--max-steps", str(steps),
                                f"trainer.seed={seed}", f"trainer.threads={threads}", *LOSSES[loss]], check=True, stdout=subprocess.DEVNULL)
     subprocess.run(MEDALIGN + ["zeroshot", "--checkpoint", str(run), "--data", str(data), "--labels", str(labels), "--out", str(run / "zs")],
@@ -57,10 +61,11 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--losses", nargs="+", default=list(LOSSES), choices=list(LOSSES))
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--reuse", action="store_true", help="keep the figures of runs finished earlier in --out (default: every run afresh)")
     a = p.parse_args()
     rows = {}
     for loss in a.losses:
-        rows[loss] = [run_one(a.data, a.labels, a.out, loss, s, a.steps, a.threads) for s in a.seeds]
+        rows[loss] = [run_one(a.data, a.labels, a.out, loss, s, a.steps, a.threads, a.reuse) for s in a.seeds]
         print(f"{loss} done: {rows[loss]}", flush=True)
     keys = ["macro_auroc", "report_to_study_r1", "report_to_study_r5", "study_to_study_map10"]
     print(f"\n{len(a.seeds)} seeds x {a.steps} steps; mean ± half-range")

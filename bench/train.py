@@ -145,6 +145,7 @@ def main() -> None:
     from medalign.models import DualEncoder
     from medalign.prep.config import PrepConfig
     from medalign.train.config import PretrainConfig
+    from medalign.train.runner import configure_cuda_backends
 
     config = load_config(PretrainConfig, a.preset, "pretrain")
     prep = load_config(PrepConfig, a.preset if a.preset != "oct" else "oct", "prep")
@@ -152,7 +153,7 @@ def main() -> None:
     batch = a.batch or config.data.batch_size
     precision = a.precision or (config.trainer.precision if a.device == "cuda" else "32-true")
     config.trainer.precision = precision
-    torch.backends.cudnn.benchmark = True
+    configure_cuda_backends(deterministic=False)  # what `medalign pretrain` sets, so the benchmark measures training as it runs
     with tempfile.TemporaryDirectory() as tmp:
         config.model.text.model = _text_model_dir(config.model.text.model, Path(tmp))
         results = {}

@@ -172,10 +172,30 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def read_config_yaml(path: Path, stage: str, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file's mapping with its ``base:`` (a preset name or YAML path of the same stage)
+    merged underneath, recursively: a preset that differs from another in a few keys says only those."""
+    data = read_yaml(path)
+    if "base" not in data:
+        return data
+    base = resolve_config_path(data.pop("base"), stage)
+    if base.resolve() in _seen + (path.resolve(),):
+        raise ConfigError(f"{path}: 'base' chain returns to {base.name}")
+    return _deep_merge(read_config_yaml(base, stage, _seen + (path.resolve(),)), data)
+
+
 def load_config(cls: type[T], name_or_path: str | os.PathLike, stage: str, overrides: list[str] | None = None) -> T:
-    """Load preset or YAML file ``name_or_path`` for ``stage`` into dataclass ``cls`` (strict)."""
+    """Load preset or YAML file ``name_or_path`` for ``stage`` into dataclass ``cls`` (strict; a
+    ``base:`` key inherits from another preset of the stage)."""
     path = resolve_config_path(name_or_path, stage)
-    data = apply_overrides(read_yaml(path), overrides or [])
+    data = apply_overrides(read_config_yaml(path, stage), overrides or [])
     return from_dict(cls, data, where=str(path.name))
 
 

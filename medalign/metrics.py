@@ -44,17 +44,21 @@ def macro_auroc(scores: np.ndarray, truth: np.ndarray) -> float:
 
 
 def paired_recall_at_k(query: np.ndarray, keys: np.ndarray, ks: tuple[int, ...] = (1, 5, 10), chunk: int = 4096) -> dict[str, float]:
-    """Row ``i`` of ``query`` matches row ``i`` of ``keys`` ``(N, D)``: the fraction of queries whose
-    match ranks in the top K by inner product, and the chance level ``K / N``. Exact, ``chunk`` rows
-    of the similarity matrix at a time."""
+    """Row ``i`` of ``query`` matches row ``i`` of ``keys`` ``(N, D)``: the expected fraction of
+    queries whose match ranks in the top K by inner product, ties broken at random, and the chance
+    level ``K / N``. A match tied with ``t`` other keys below ``a`` keys scoring strictly higher sits
+    at each rank ``a .. a + t`` with probability ``1 / (t + 1)``, so P(rank < K) = clip((K − a) / (t + 1), 0, 1):
+    a collapsed model (every score equal) scores exactly chance. Exact, ``chunk`` rows at a time."""
     n = len(query)
-    ranks = np.empty(n, dtype=np.int64)
+    above = np.empty(n, dtype=np.int64)
+    tied = np.empty(n, dtype=np.int64)
     for start in range(0, n, chunk):
         sim = query[start : start + chunk] @ keys.T
         own = sim[np.arange(len(sim)), np.arange(start, start + len(sim))]
-        ranks[start : start + len(sim)] = (sim > own[:, None]).sum(1)  # keys scoring strictly above the match
+        above[start : start + len(sim)] = (sim > own[:, None]).sum(1)
+        tied[start : start + len(sim)] = (sim == own[:, None]).sum(1) - 1  # other keys scoring exactly as the match
     out = {}
     for k in ks:
-        out[f"recall@{k}"] = float(np.mean(ranks < k)) if n else float("nan")
+        out[f"recall@{k}"] = float(np.mean(np.clip((k - above) / (tied + 1), 0.0, 1.0))) if n else float("nan")
         out[f"chance@{k}"] = min(1.0, k / n) if n else float("nan")
     return out

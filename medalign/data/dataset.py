@@ -99,6 +99,9 @@ class StudyDataset(Dataset):
                 if hasattr(step, "set_random_state"):
                     step.set_random_state(state=state)
             image = self.augment(image)
+            # MONAI returns a MetaTensor; its per-op metadata bookkeeping slows every forward and breaks
+            # torch.compile's graph, and nothing downstream reads it: the hot path carries plain tensors
+            image = image.as_tensor() if hasattr(image, "as_tensor") else image
         jitter = draw_intensity_jitter(rng, self.device_intensity) if self.device_intensity else None
         text = self.manifest.columns[self.text_field][i] or ""
         sampled = None

@@ -69,13 +69,26 @@ class ResumableSampler(Sampler[tuple[int, int]]):
                 yield order[pos], epoch * per_epoch * global_batch + pos
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "consumed": self.consumed, "seed": self.seed, "num_items": self.num_items}
+        _, world = _rank_and_world()
+        return {"epoch": self.epoch, "consumed": self.consumed, "seed": self.seed, "num_items": self.num_items,
+                "batch_size": self.batch_size, "world_size": world}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore the position; a checkpoint from another data set, seed, per-rank batch or number of
+        ranks is refused (its batches consumed count global batches of another size)."""
+        from medalign.errors import InputError
+
         if state.get("num_items") != self.num_items or state.get("seed") != self.seed:
-            raise ValueError(
+            raise InputError(
                 f"the checkpoint's data position is for {state.get('num_items')} studies with seed {state.get('seed')}, "
                 f"this run has {self.num_items} with seed {self.seed}"
+            )
+        _, world = _rank_and_world()
+        saved = (state.get("batch_size", self.batch_size), state.get("world_size", world))
+        if saved != (self.batch_size, world):
+            raise InputError(
+                f"the checkpoint was written with batch size {saved[0]} on {saved[1]} process(es), this run has batch size "
+                f"{self.batch_size} on {world}: resume with the same data.batch_size and devices x nodes, or start a new run"
             )
         self.epoch, self._start, self.consumed = int(state["epoch"]), int(state["consumed"]), int(state["consumed"])
         if self._start >= self.batches_per_epoch():  # the checkpoint closed its epoch

@@ -20,7 +20,7 @@ class ContrastiveObjective(nn.Module):
     when frozen report embeddings are given); ``cwcl`` uses the similarity targets alone.
     """
 
-    def __init__(self, name: LossName = "soft_labels", mix: float = 1.0) -> None:
+    def __init__(self, name: LossName = "soft_labels", mix: float = 0.5) -> None:
         super().__init__()
         self.name = name
         self.mix = mix
@@ -48,6 +48,13 @@ class ContrastiveObjective(nn.Module):
         labels: torch.Tensor | None = None,
         frozen_text: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        # similarities and loss in fp32 whatever the autocast (bf16 separates logits at scale 100 only
+        # in steps of 0.5), from float features, as open_clip does
+        with torch.autocast(device_type=img.device.type, enabled=False):
+            return self._loss(img.float(), txt.float(), scale.float(), bias.float() if isinstance(bias, torch.Tensor) else bias,
+                              labels, frozen_text)
+
+    def _loss(self, img, txt, scale, bias, labels, frozen_text) -> torch.Tensor:
         img, txt = gather_with_grad(img), gather_with_grad(txt)
         if self.name == "info_nce":
             return info_nce(img, txt, scale)

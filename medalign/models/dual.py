@@ -44,8 +44,15 @@ class DualEncoder(nn.Module):
         self.logit_bias = nn.Parameter(torch.tensor(-10.0)) if config.logit_bias else None
 
     def scale(self) -> torch.Tensor:
-        """``exp(logit_scale)`` clamped to ``max_logit_scale`` (CLIP)."""
-        return self.logit_scale.exp().clamp(max=self.config.max_logit_scale)
+        """``exp(logit_scale)``; the parameter itself is kept at most ln ``max_logit_scale`` by
+        :meth:`clamp_logit_scale` after each optimizer step (as open_clip does), so its gradient never
+        vanishes at the cap the way a clamp of ``exp()`` would make it."""
+        return self.logit_scale.exp()
+
+    @torch.no_grad()
+    def clamp_logit_scale(self) -> None:
+        """Clamp ``logit_scale`` in place to [0, ln ``max_logit_scale``]."""
+        self.logit_scale.clamp_(0.0, math.log(self.config.max_logit_scale))
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, 1, X, Y, Z) -> (B, D)`` unit vectors. Float input is the ``[0, 1]`` window; integer (uint8)

@@ -33,15 +33,13 @@ from medalign.tasks.model_io import load_model
 
 
 def probe_auroc(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray) -> float:
-    """Test AUROC of a class-balanced logistic regression ``(N, D) -> {0, 1}``; NaN when a split lacks a class.
-    A training subsample with one class only predicts a constant (AUROC 0.5)."""
+    """Test AUROC of a class-balanced logistic regression ``(N, D) -> {0, 1}``; NaN when the test split
+    or the training subsample lacks a class (a probe trained on one class learns nothing to score)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
 
-    if len(set(y_test.tolist())) < 2:
+    if len(set(y_test.tolist())) < 2 or len(set(y_train.tolist())) < 2:
         return float("nan")
-    if len(set(y_train.tolist())) < 2:
-        return 0.5
     clf = LogisticRegression(class_weight="balanced", max_iter=2000, C=1.0)
     clf.fit(x_train, y_train)
     return float(roc_auc_score(y_test, clf.predict_proba(x_test)[:, 1]))
@@ -55,10 +53,12 @@ def subsample(n: int, fraction: float, seed: int, minimum: int = 4) -> np.ndarra
 
 def run_probes(emb_train: np.ndarray, y_train: np.ndarray, emb_test: np.ndarray, y_test: np.ndarray,
                names: list[str], fractions: list[float], seeds: int) -> dict:
-    """``{fraction: {"macro_auroc", "per_finding": {name: mean AUROC over seeds}}}``; y rows with NaN are left out per finding."""
+    """``{fraction: {"macro_auroc", "per_finding": {name: mean AUROC over the scorable seeds}, "scorable":
+    {name: "s of n"}}}``; y rows with NaN are left out per finding, and a subsample whose training rows
+    hold one class only is skipped (not scored as 0.5) and counted out of ``scorable``."""
     out = {}
     for f in fractions:
-        per = {}
+        per, scorable = {}, {}
         for k, name in enumerate(names):
             te = known_rows(y_test[:, k])
             values = []
@@ -66,10 +66,11 @@ def run_probes(emb_train: np.ndarray, y_train: np.ndarray, emb_test: np.ndarray,
                 rows = subsample(len(emb_train), f, seed=s)
                 tr = rows[known_rows(y_train[rows, k])]
                 values.append(probe_auroc(emb_train[tr], y_train[tr, k] > 0.5, emb_test[te], y_test[te, k] > 0.5))
-            values = [v for v in values if not math.isnan(v)]
-            per[name] = float(np.mean(values)) if values else None
+            kept = [v for v in values if not math.isnan(v)]
+            per[name] = float(np.mean(kept)) if kept else None
+            scorable[name] = f"{len(kept)} of {len(values)}"
         scored = [v for v in per.values() if v is not None]
-        out[str(f)] = {"macro_auroc": float(np.mean(scored)) if scored else None, "per_finding": per}
+        out[str(f)] = {"macro_auroc": float(np.mean(scored)) if scored else None, "per_finding": per, "scorable": scorable}
     return out
 
 

@@ -4,6 +4,8 @@
 - study -> study mAP@10: a hit is relevant when it shares at least one of the query's positive
   findings (a query without findings: when the hit has none either); the query is left out.
 Chance levels: K / N for recall; for mAP@10 the mean over 50 random rankings of the same sets.
+Tied similarities never count in a query's favour: recall takes the expected rank under random
+tie-breaking, mAP averages random tie-breaks (a collapsed model scores chance).
 """
 
 from __future__ import annotations
@@ -37,16 +39,26 @@ def average_precision_at_k(ranked_relevance: np.ndarray, n_relevant: int, k: int
     return float((precision * rel).sum() / min(n_relevant, k))
 
 
-def map_at_k(emb: np.ndarray, relevant: np.ndarray, k: int = 10, seed: int = 0) -> tuple[float, float]:
-    """Study -> study mAP@k over all queries (self excluded) and its chance level."""
+def map_at_k(emb: np.ndarray, relevant: np.ndarray, k: int = 10, seed: int = 0, draws: int = 50) -> tuple[float, float]:
+    """Study -> study mAP@k over all queries (self excluded) and its chance level (the mean over
+    ``draws`` random rankings). Tied similarities are ranked in random order and a query with ties
+    is averaged over ``draws`` tie-breaks (its expected AP), so a collapsed model scores chance,
+    not the order the studies happen to be stored in."""
     n = len(emb)
     sims = emb @ emb.T
-    np.fill_diagonal(sims, -np.inf)
-    order = np.argsort(-sims, axis=1, kind="stable")[:, : n - 1]
-    aps = [average_precision_at_k(relevant[i, order[i]], int(relevant[i].sum()), k) for i in range(n)]
     rng = np.random.default_rng(seed)
+    aps = []
+    for i in range(n):
+        others = np.delete(np.arange(n), i)
+        s = sims[i, others]
+        n_rel = int(relevant[i].sum())
+        if len(np.unique(s)) == len(s):
+            aps.append(average_precision_at_k(relevant[i, others[np.argsort(-s)]], n_rel, k))
+        else:  # lexsort: by score, ties by a fresh random key each draw
+            aps.append(float(np.mean([average_precision_at_k(relevant[i, others[np.lexsort((rng.random(len(s)), -s))]], n_rel, k)
+                                      for _ in range(draws)])))
     chance = []
-    for _ in range(50):
+    for _ in range(draws):
         for i in range(n):
             others = np.delete(np.arange(n), i)
             chance.append(average_precision_at_k(relevant[i, rng.permutation(others)], int(relevant[i].sum()), k))

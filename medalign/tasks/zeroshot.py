@@ -76,9 +76,13 @@ def evaluate(
     findings: list[str],
     thresholds: dict[str, float] | None = None,
     n_bootstrap: int = 1000,
+    threshold_notes: dict[str, str] | None = None,
 ) -> dict:
-    """Per-finding AUROC (with bootstrap 95% CI), average precision, and, at the given (Youden)
-    thresholds, sensitivity/specificity/precision/F1; macro means over findings with both classes.
+    """Per-finding AUROC (with bootstrap 95% CI), average precision, and, at the given thresholds
+    (chosen elsewhere, on a validation split), sensitivity/specificity/precision/F1; macro means
+    over findings with both classes. A finding without a threshold gets none fitted here (that
+    would fit on the split being scored): its threshold metrics are null and
+    ``threshold_notes[name]`` says why.
 
     ``truth``: 1 positive, 0 negative, NaN or -1 (uncertain) excluded for that finding.
     """
@@ -94,7 +98,11 @@ def evaluate(
             entry["auroc_ci95"] = list(bootstrap_auroc_ci(yk, sk, n_bootstrap, seed=k))
             entry["average_precision"] = float(average_precision_score(yk, sk))
             thr = (thresholds or {}).get(name)
-            entry.update(threshold_metrics(yk, sk, youden_threshold(yk, sk) if thr is None else thr))
+            if thr is not None:
+                entry.update(threshold_metrics(yk, sk, thr))
+            else:
+                entry.update({"threshold": None, "sensitivity": None, "specificity": None, "precision": None, "f1": None,
+                              "threshold_note": (threshold_notes or {}).get(name, "no validation threshold")})
         else:
             entry["auroc"] = None
         per[name] = entry

@@ -46,18 +46,24 @@ def zeroshot_dataset(checkpoint: Path, dataset: Path, out: Path, vocab: str | No
     truth = _ground_truth(manifest, voc, labels)
     scores = finding_probabilities(model, embed_studies(model, manifest), voc)
     # operating points (Youden's J) are chosen on the validation split, never on the split evaluated
+    # (never on the split being scored: a finding whose validation labels lack a class gets no threshold)
     val = full_manifest.subset("val")
-    thresholds, threshold_source = None, f"youden on the evaluated split '{split}' (no separate validation split)"
-    if split != "val" and len(val) > 0:
+    thresholds: dict[str, float] = {}
+    notes: dict[str, str] = {}
+    if split in ("val", "all") or len(val) == 0:
+        threshold_source = f"none: no validation split apart from the evaluated split '{split}'"
+        notes = {name: threshold_source for name in voc.names}
+    else:
         val_scores = finding_probabilities(model, embed_studies(model, val), voc)
         val_truth = _ground_truth(val, voc, labels)
-        thresholds = {}
         for k, name in enumerate(voc.names):
             y, s = binary_labels(val_truth[:, k], val_scores[:, k])
             if 0 < y.sum() < len(y):
                 thresholds[name] = youden_threshold(y, s)
+            else:
+                notes[name] = f"the validation split has {'no positive' if y.sum() == 0 else 'no negative'} for this finding: no threshold"
         threshold_source = "youden on the validation split"
-    metrics = evaluate(scores, truth, voc.names, thresholds)
+    metrics = evaluate(scores, truth, voc.names, thresholds, threshold_notes=notes)
     metrics.update({
         "split": split, "n_studies": len(manifest), "ground_truth": str(labels) if labels else "labels parsed from reports",
         "score": "softmax over (positive, negative) prompt", "threshold_source": threshold_source,

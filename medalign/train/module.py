@@ -85,17 +85,30 @@ class PretrainModule(L.LightningModule):
         self.log("train/logit_scale", self.model.scale().detach(), batch_size=bsz)
         return loss
 
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        self.model.clamp_logit_scale()  # after the optimizer step (open_clip clamps the parameter, not exp())
+
     def configure_optimizers(self):
         o = self.config.optim
-        text_params = [p for n, p in self.model.named_parameters() if n.startswith("text.model.") and p.requires_grad]
-        other = [p for n, p in self.model.named_parameters() if not n.startswith("text.model.") and p.requires_grad]
-        groups = [{"params": other, "lr": o.lr}]
-        if text_params:
-            groups.append({"params": text_params, "lr": o.text_lr})
-        optimizer = torch.optim.AdamW(groups, weight_decay=o.weight_decay)
+        groups = [{"params": params, "lr": lr, "weight_decay": wd} for params, lr, wd in parameter_groups(self.model, o)]
+        optimizer = torch.optim.AdamW(groups)
         total = max(1, self.config.trainer.max_steps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(warmup_cosine, warmup_steps=o.warmup_steps, total_steps=total, min_ratio=o.min_lr_ratio))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def parameter_groups(model: torch.nn.Module, o) -> list[tuple[list[torch.nn.Parameter], float, float]]:
+    """``[(params, lr, weight_decay)]`` as open_clip groups them: weight decay only on weight
+    matrices and kernels (ndim >= 2); biases, norm weights, ``logit_scale`` and ``logit_bias`` get
+    none. The text transformer trains at ``text_lr``, the rest at ``lr``."""
+    buckets: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        decay = p.ndim >= 2 and "logit_" not in name
+        buckets.setdefault((name.startswith("text.model."), decay), []).append(p)
+    return [(params, o.text_lr if text else o.lr, o.weight_decay if decay else 0.0)
+            for (text, decay), params in sorted(buckets.items()) if params]
 
 
 def make_collate(tokenizer=None, max_length: int = 128, tokens=None):

@@ -55,7 +55,7 @@ def pretrain(
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from medalign.train.checkpointing import LastCheckpoint
-    from medalign.train.runner import fit, make_trainer, quiet_lightning
+    from medalign.train.runner import configure_cuda_backends, fit, make_trainer, quiet_lightning
     from medalign.train.state import TrainingStateCallback
 
     quiet_lightning()
@@ -99,7 +99,11 @@ def pretrain(
         tokens = build_token_cache(run / "cache", reports, model.text.token_ids, f"{config.model.text.model}:{len(model.text.tokenizer)}",
                                    model.text.max_length)
         collate = make_collate(model.text.tokenizer, model.text.max_length, tokens)
-    loader = ResumableLoader(dataset_, sampler, num_workers=d.num_workers, collate_fn=collate, persistent_workers=d.num_workers > 0)
+    on_cuda = torch.cuda.is_available() and t.accelerator in ("auto", "gpu", "cuda")
+    loader = ResumableLoader(dataset_, sampler, num_workers=d.num_workers, collate_fn=collate, persistent_workers=d.num_workers > 0,
+                             pin_memory=on_cuda)
+    if on_cuda:
+        configure_cuda_backends(t.deterministic)
     callbacks = [TrainingStateCallback(sampler)]
     v = config.validation
     val = manifest.subset("val")

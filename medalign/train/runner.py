@@ -19,6 +19,18 @@ def quiet_lightning() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def configure_cuda_backends(deterministic: bool = False) -> None:
+    """On a CUDA device: cuDNN autotuning for the fixed-size 3D inputs (unless the run must be
+    deterministic) and TF32 matmuls and convolutions for what stays in fp32. No effect on a CPU."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+
+
 def make_trainer(folder: Path, callbacks: list, progress: bool, **options) -> L.Trainer:
     """A ``Trainer`` logging to ``folder/logs/metrics.csv`` and ``folder/tensorboard``; ``options`` are the
     job's own (steps or epochs, devices, precision, ...)."""

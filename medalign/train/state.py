@@ -25,20 +25,26 @@ class TrainingStateCallback(L.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         if self._rng_to_restore is not None:
-            torch.set_rng_state(self._rng_to_restore["torch"])
-            if torch.cuda.is_available() and self._rng_to_restore.get("cuda"):
-                torch.cuda.set_rng_state_all(self._rng_to_restore["cuda"])
+            per_rank = self._rng_to_restore.get("per_rank")
+            # each rank its own generators (dropout differs per rank); older checkpoints held rank 0's only
+            own = per_rank[trainer.global_rank] if per_rank and len(per_rank) == trainer.world_size else self._rng_to_restore
+            torch.set_rng_state(own["torch"])
+            if torch.cuda.is_available() and own.get("cuda") is not None and len(own["cuda"]):
+                torch.cuda.set_rng_state(own["cuda"] if per_rank else own["cuda"][0])
             self._rng_to_restore = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         self.sampler.consumed = batch_idx + 1
 
     def state_dict(self) -> dict:
-        return {
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "sampler": self.sampler.state_dict(),
-        }
+        import torch.distributed as dist
+
+        own = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
+        per_rank = [own]
+        if dist.is_available() and dist.is_initialized():  # every rank saves a checkpoint together; rank 0 writes all
+            per_rank = [None] * dist.get_world_size()
+            dist.all_gather_object(per_rank, own)
+        return {"torch": own["torch"], "per_rank": per_rank, "sampler": self.sampler.state_dict()}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self._rng_to_restore = state_dict
