@@ -13,6 +13,11 @@ from medalign.losses.distributed import gather_no_grad, gather_with_grad
 LossName = Literal["info_nce", "siglip", "soft_labels", "cwcl"]
 
 
+def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """Half-precision features as float32; float32 and float64 as they are."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 class ContrastiveObjective(nn.Module):
     """``loss(img, txt, scale, bias, labels, frozen_text)`` with features gathered across ranks.
 
@@ -51,8 +56,8 @@ class ContrastiveObjective(nn.Module):
         # similarities and loss in fp32 whatever the autocast (bf16 separates logits at scale 100 only
         # in steps of 0.5), from float features, as open_clip does
         with torch.autocast(device_type=img.device.type, enabled=False):
-            return self._loss(img.float(), txt.float(), scale.float(), bias.float() if isinstance(bias, torch.Tensor) else bias,
-                              labels, frozen_text)
+            return self._loss(_at_least_fp32(img), _at_least_fp32(txt), _at_least_fp32(scale),
+                              _at_least_fp32(bias) if isinstance(bias, torch.Tensor) else bias, labels, frozen_text)
 
     def _loss(self, img, txt, scale, bias, labels, frozen_text) -> torch.Tensor:
         img, txt = gather_with_grad(img), gather_with_grad(txt)
