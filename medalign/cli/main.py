@@ -82,9 +82,12 @@ def cmd_convert(a: argparse.Namespace) -> int:
     return 0
 
 
-def default_prep_preset(images: Path) -> str:
-    """``demo_oct`` when the first DICOM under ``images`` is an OCT object, else ``demo_ct``."""
+def default_prep_preset(images: Path) -> tuple[str, str]:
+    """The preset ``prep`` takes without ``--config`` and why: ``oct`` for OCT objects, ``chest_ct``
+    otherwise; the 2-core demo presets (8 mm voxels) only for medalign's own phantom, never for
+    hospital data."""
     from medalign.io.dicom import read_header
+    from medalign.synth.dicom_writer import PHANTOM_MANUFACTURER
 
     for n, p in enumerate(sorted(images.rglob("*"))):
         if n > 2000:
@@ -92,8 +95,11 @@ def default_prep_preset(images: Path) -> str:
         if p.is_file():
             ds = read_header(p)
             if ds is not None and "Rows" in ds:
-                return "demo_oct" if str(ds.get("Modality", "")).upper() in ("OPT", "OCT") else "demo_ct"
-    return "demo_ct"
+                oct_ = str(ds.get("Modality", "")).upper() in ("OPT", "OCT")
+                if str(ds.get("Manufacturer", "")) == PHANTOM_MANUFACTURER:
+                    return ("demo_oct" if oct_ else "demo_ct"), "medalign's phantom"
+                return ("oct", "OCT images found") if oct_ else ("chest_ct", "CT or other DICOM images found")
+    return "chest_ct", "no DICOM found (NIfTI)"
 
 
 def _shard(value: str) -> tuple[int, int]:
@@ -118,7 +124,11 @@ def cmd_prep(a: argparse.Namespace) -> int:
         return 3 if errors else 0
     if a.images is None or a.reports is None:
         raise MedalignError("prep: --images and --reports are required (except with --merge)")
-    config = load_config(PrepConfig, a.config or default_prep_preset(a.images), "prep")
+    preset = a.config
+    if preset is None:
+        preset, why = default_prep_preset(a.images)
+        print(f"prep: no --config given: preset {preset} ({why}); pass --config PRESET or a YAML file to choose")
+    config = load_config(PrepConfig, preset, "prep")
     vocab = load_vocabulary(a.vocab or config.vocab)
     given = None
     if a.labels is not None:
@@ -133,7 +143,9 @@ def cmd_prep(a: argparse.Namespace) -> int:
     s = prepare_dataset(a.images, a.reports, a.out, vocab, config, workers=a.workers, shard=a.shard, id_key=key,
                         given_labels=given)
     reasons = "; ".join(f"{k}: {v}" for k, v in s.reasons.items())
-    print(f"prep: {s.done} prepared, {s.skipped} already done, {s.failed} failed{' (' + reasons + ')' if reasons else ''} -> {s.out}")
+    orphans = f", {s.reports_without_images} reports without images" if s.reports_without_images else ""
+    print(f"prep (preset {Path(preset).stem}): {s.done} prepared, {s.skipped} already done, {s.failed} failed"
+          f"{' (' + reasons + ')' if reasons else ''}{orphans} -> {s.out}")
     if s.failed:
         print(f"failures are listed in {s.out / 'errors.jsonl'}", file=sys.stderr)
     return s.exit_code

@@ -166,6 +166,29 @@ def read_header(path: Path) -> Dataset | None:
         return None
 
 
+#: skip reason of a file that starts as DICOM (preamble + "DICM") and cannot be parsed: cut short or damaged
+CORRUPT = "truncated or damaged DICOM (the header cannot be parsed)"
+
+
+def _has_dicom_preamble(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def _display(path: Path, root: Path | None) -> str:
+    """A file as the user finds it: relative to ``root`` (the images folder) when given."""
+    if root is not None:
+        try:
+            return str(Path(path).relative_to(root))
+        except ValueError:
+            pass
+    return Path(path).name
+
+
 def scan_series(root: Path) -> tuple[list[SeriesInfo], list[tuple[Path, str]]]:
     """Group every DICOM file under ``root`` (recursively) into series.
 
@@ -182,9 +205,13 @@ def scan_series(root: Path) -> tuple[list[SeriesInfo], list[tuple[Path, str]]]:
             continue
         ds = read_header(path)
         if ds is None:
-            skipped.append((path, "not a readable DICOM file"))
+            skipped.append((path, CORRUPT if _has_dicom_preamble(path) else "not a readable DICOM file"))
             continue
         sop = _str(ds, "SOPClassUID")
+        meta_sop = str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", "") or "")
+        if not sop and "Rows" not in ds and meta_sop and not meta_sop.startswith(NON_IMAGE_SOP_PREFIXES):
+            skipped.append((path, CORRUPT))  # an image file whose dataset ends inside its first elements: cut short
+            continue
         if sop.startswith(NON_IMAGE_SOP_PREFIXES) or "Rows" not in ds:
             skipped.append((path, f"non-image object (SOP class {sop or 'unknown'})"))
             continue
@@ -350,25 +377,37 @@ class _Slice:
     source: Path
 
 
-def _slices_from_file(path: Path, frame_order_fallback: bool = False, header: Dataset | None = None) -> tuple[list[_Slice], str]:
+def _slices_from_file(path: Path, frame_order_fallback: bool = False, header: Dataset | None = None,
+                      root: Path | None = None) -> tuple[list[_Slice], str]:
     """Every frame of one file as a rescaled slice with its geometry; returns them and a note
     (non-empty when ``frame_order_fallback`` placed frames that carried no usable positions).
-    ``header``: the file's dataset as :func:`read_header` gave it (not parsed again)."""
+    ``header``: the file's dataset as :func:`read_header` gave it (not parsed again); errors name
+    the file relative to ``root`` when given."""
+    name = _display(path, root)
     try:
         ds = header if header is not None else pydicom.dcmread(path)
     except Exception as e:  # noqa: BLE001 - any decoder failure is a per-file input error
-        raise InputError(f"{path.name}: unreadable DICOM ({e.__class__.__name__}: {e})") from None
+        raise InputError(f"{name}: unreadable DICOM ({e.__class__.__name__}: {e})") from None
     rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
     n_frames = _frame_count(ds)
     if rows > MAX_SIDE or cols > MAX_SIDE or rows * cols * n_frames > MAX_VOXELS:
         # refused from the header, before any pixel buffer is allocated
-        raise InputError(f"{path.name}: absurd dimensions {rows}x{cols}x{n_frames} (limit {MAX_SIDE} per side, {MAX_VOXELS} voxels)")
+        raise InputError(f"{name}: absurd dimensions {rows}x{cols}x{n_frames} (limit {MAX_SIDE} per side, {MAX_VOXELS} voxels)")
+    mosaic = _mosaic_images(ds)
+    if mosaic:
+        raise InputError(f"{name}: Siemens mosaic ({mosaic} images tiled in one {rows}x{cols} frame); medalign does not "
+                         f"de-mosaic: convert the series with dcm2niix and prepare the NIfTI")
     if "PixelData" not in ds and "FloatPixelData" not in ds:
-        raise InputError(f"{path.name}: no pixel data")
+        size = Path(path).stat().st_size
+        raise InputError(f"{name}: no pixel data (the file ends after {size:,} bytes: truncated, or not an image)")
+    short = _pixel_bytes_missing(ds, rows, cols, n_frames)
+    if short:
+        raise InputError(f"{name}: truncated: {short[0]:,} of {short[1]:,} pixel bytes")
     try:
         pixels = ds.pixel_array
     except Exception as e:  # noqa: BLE001 - truncated data, missing decoder plugin, ...
-        raise InputError(f"{path.name}: cannot decode pixel data ({e.__class__.__name__}: {e})") from None
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise InputError(f"{name}: cannot decode pixel data ({e.__class__.__name__}: {first})") from None
     if n_frames == 1:
         pixels = pixels[None]
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
@@ -377,20 +416,47 @@ def _slices_from_file(path: Path, frame_order_fallback: bool = False, header: Da
     note = ""
     if n_frames > 1 and _frame_positions_unusable(geometry, n_frames):
         if not frame_order_fallback:
-            raise InputError(f"{path.name}: frames lack distinct ImagePositionPatient (series.on_missing_frame_positions: frame_order stacks them)")
+            raise InputError(f"{name}: frames lack distinct ImagePositionPatient (series.on_missing_frame_positions: frame_order stacks them)")
         geometry, note = _positions_from_frame_order(ds, frame_groups, geometry, path)
     if len(geometry) != n_frames:
-        raise InputError(f"{path.name}: no usable ImagePositionPatient/ImageOrientationPatient")
+        raise InputError(f"{name}: no usable ImagePositionPatient/ImageOrientationPatient")
     out = []
     for f, groups in enumerate(frame_groups):
         ps = _functional(ds, groups, "PixelMeasuresSequence", "PixelSpacing")
         if ps is None:
-            raise InputError(f"{path.name}: frame {f} lacks PixelSpacing")
+            raise InputError(f"{name}: frame {f} lacks PixelSpacing")
         slope, intercept = _rescale(ds, groups)
         ipp, iop = geometry[f]
         out.append(_Slice(pixels=_to_float_units(pixels[f], slope, intercept), ipp=ipp, iop=iop,
                           spacing=(float(ps[0]), float(ps[1])), source=path))
     return out, note
+
+
+def _mosaic_images(ds: Dataset) -> int:
+    """How many images a Siemens mosaic tiles into its one frame (0: not a mosaic)."""
+    image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
+    count = ds.get((0x0019, 0x100A))  # Siemens NumberOfImagesInMosaic (private)
+    try:
+        n = int(count.value) if count is not None else 0
+    except (TypeError, ValueError):
+        n = 0
+    if n > 1 or "MOSAIC" in image_type:
+        return max(n, 2)
+    return 0
+
+
+def _pixel_bytes_missing(ds: Dataset, rows: int, cols: int, n_frames: int) -> tuple[int, int] | None:
+    """``(bytes present, bytes needed)`` when uncompressed pixel data is shorter than its header says."""
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is not None and syntax.is_compressed:
+        return None  # encapsulated: the decoder finds the cut
+    try:
+        data = ds.PixelData
+    except Exception:  # noqa: BLE001 - the deferred read hit the end of the file
+        data = b""
+    bits = int(ds.get("BitsAllocated", 16) or 16)
+    needed = rows * cols * n_frames * int(ds.get("SamplesPerPixel", 1) or 1) * bits // 8
+    return (len(data), needed) if data is not None and len(data) < needed else None
 
 
 def _to_float_units(stored: np.ndarray, slope: float, intercept: float) -> np.ndarray:
@@ -564,8 +630,9 @@ def correct_gantry_tilt(slices: list[_Slice], drift: np.ndarray) -> tuple[list[_
     return out, f"gantry tilt {tilt:.1f} deg corrected: slices shifted in-plane onto a {rows + extra[0]}x{cols + extra[1]} grid"
 
 
-def load_series(series: SeriesInfo, policy: SeriesSelection | None = None) -> Volume:
-    """Read every file of ``series`` (single- or multi-frame) into a :class:`Volume`."""
+def load_series(series: SeriesInfo, policy: SeriesSelection | None = None, root: Path | None = None) -> Volume:
+    """Read every file of ``series`` (single- or multi-frame) into a :class:`Volume`; errors name
+    files relative to ``root`` when given."""
     policy = policy or SeriesSelection()
     slices: list[_Slice] = []
     notes = []
@@ -574,7 +641,7 @@ def load_series(series: SeriesInfo, policy: SeriesSelection | None = None) -> Vo
     for k, path in enumerate(series.files):
         # each header is dropped once its frames are converted, and its pixel bytes with it
         header, headers[k] = headers[k], None
-        file_slices, note = _slices_from_file(path, policy.on_missing_frame_positions == "frame_order", header)
+        file_slices, note = _slices_from_file(path, policy.on_missing_frame_positions == "frame_order", header, root)
         del header
         slices.extend(file_slices)
         notes.append(note)
@@ -591,15 +658,26 @@ def load_series(series: SeriesInfo, policy: SeriesSelection | None = None) -> Vo
 def load_dicom_study(folder: Path, policy: SeriesSelection | None = None) -> tuple[Volume, str]:
     """Scan ``folder``, choose its series by ``policy`` and load it; returns the volume and why it was chosen."""
     policy = policy or SeriesSelection()
+    root = Path(folder).parent  # errors name files as the user finds them under the images folder
     series, skipped = scan_series(folder)
+    corrupt = [p for p, why in skipped if why == CORRUPT]
+    if corrupt:  # never a slice fewer without a word: a cut file fails its study
+        more = f" (and {len(corrupt) - 1} more)" if len(corrupt) > 1 else ""
+        raise InputError(f"{_display(corrupt[0], root)}: {CORRUPT}{more}")
     if not series:
         raise InputError(f"{folder}: no DICOM image files found")
+    studies = {s.study_uid for s in series if s.study_uid}
+    if len(studies) > 1:
+        raise InputError(f"{folder}: {len(studies)} different studies (StudyInstanceUIDs) in one study folder; "
+                         "a study folder must hold one study: move the prior(s) to folders of their own")
     chosen, reason = select_series(series, policy)
+    # kept in memory only: preparation draws the study's split from it (studies of one patient share a split)
+    patient_id = _str(chosen.headers[0], "PatientID").strip() if chosen.headers else ""
     repeats = sum(why.startswith("same SOP instance") for _, why in skipped)
     if repeats:
         reason += f"; {repeats} files repeating an instance read once"
     try:
-        volume = load_series(chosen, policy)
+        volume = load_series(chosen, policy, root)
     except InputError as e:
         # a gap often comes from files split off the series for their geometry: name them
         apart = sum(len(s.files) for s in series if s.series_uid == chosen.series_uid and s is not chosen)
@@ -608,4 +686,6 @@ def load_dicom_study(folder: Path, policy: SeriesSelection | None = None) -> tup
         raise
     if "geometry_note" in volume.info:
         reason += f"; {volume.info['geometry_note']}"
+    if patient_id:
+        volume.info["patient_id"] = patient_id
     return volume, reason

@@ -55,6 +55,8 @@ class PrepSummary:
     failed: int
     reasons: dict[str, int]
     out: Path
+    #: rows of the reports file whose study has no images (they are listed in prep.log)
+    reports_without_images: int = 0
 
     @property
     def exit_code(self) -> int:
@@ -122,7 +124,7 @@ def to_cache_dtype(array: np.ndarray, dtype: str) -> np.ndarray:
 
 
 def assign_split(study_id: str, val_fraction: float = 0.1, test_fraction: float = 0.1) -> str:
-    """Deterministic train/val/test split from a hash of the study id."""
+    """Deterministic train/val/test split from a hash of ``study_id`` (or of ``"patient:" + PatientID``)."""
     u = int(hashlib.sha256(study_id.encode("utf-8")).hexdigest()[:12], 16) / float(16**12)
     if u < test_fraction:
         return "test"
@@ -173,6 +175,9 @@ def _prepare_one(task: tuple[str, str, dict, str]) -> dict[str, Any]:
         "source_spacing": [round(v, 4) for v in volume.spacing],
         "provenance": provenance,
     }
+    patient = volume.info.pop("patient_id", "")
+    if patient:  # the split of the patient, never the PatientID: studies of one patient never straddle train and test
+        record["patient_split"] = assign_split("patient:" + patient, config.val_fraction, config.test_fraction)
     atomic_write_json(Path(out) / "records" / f"{name}.json", record)
     return record
 
@@ -304,7 +309,8 @@ def prepare_dataset(
             skipped += 1
         else:
             tasks.append((sid, str(path), to_dict(config), str(out)))
-    for sid in sorted(set(report_rows) - set(all_studies)):
+    orphan_reports = sorted(set(report_rows) - set(all_studies))
+    for sid in orphan_reports:
         log_lines.append(f"warning: report for study {sid} has no images; ignored")
     workers = max(1, workers or config.workers)
     show = sys.stderr.isatty() if progress is None else progress
@@ -345,7 +351,8 @@ def prepare_dataset(
         record = json.loads((out / "records" / f"{_safe_name(sid)}.json").read_text(encoding="utf-8"))
         text = redact_identifiers(clean_report(report_rows[sid]["report"]))  # identifiers never reach the manifest
         sections = split_sections(text)
-        split = report_rows[sid].get("split") or assign_split(sid, config.val_fraction, config.test_fraction)
+        patient_split = record.pop("patient_split", None)
+        split = report_rows[sid].get("split") or patient_split or assign_split(sid, config.val_fraction, config.test_fraction)
         if split not in ("train", "val", "test"):
             errors.append({"study_id": sid, "path": str(reports), "reason": f"split '{split}' is not train, val or test"})
             continue
@@ -380,7 +387,8 @@ def prepare_dataset(
     log_lines.append(f"done {done}, skipped (already prepared) {skipped}, failed {len(errors)}; manifest rows {len(rows)}")
     previous = logfile.read_text(encoding="utf-8") if logfile.exists() else ""
     atomic_write_text_lines(logfile, [previous.rstrip("\n")] + log_lines if previous else log_lines)
-    return PrepSummary(done=done, skipped=skipped, failed=len(errors), reasons=reasons, out=out)
+    return PrepSummary(done=done, skipped=skipped, failed=len(errors), reasons=reasons, out=out,
+                       reports_without_images=len(orphan_reports))
 
 
 def _reason_category(reason: str) -> str:

@@ -39,6 +39,10 @@ class FakePatient:
         )
 
 
+#: the Manufacturer of every phantom file: ``prep`` without ``--config`` gives the demo presets only to these
+PHANTOM_MANUFACTURER = "medalign phantom"
+
+
 def _base_dataset(sop_class: str, patient: FakePatient, study_uid: str, series_uid: str, modality: str) -> Dataset:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = sop_class
@@ -55,6 +59,7 @@ def _base_dataset(sop_class: str, patient: FakePatient, study_uid: str, series_u
     ds.PatientSex = "O"
     ds.AccessionNumber = patient.accession
     ds.InstitutionName = patient.institution
+    ds.Manufacturer = PHANTOM_MANUFACTURER  # lets prep tell the phantom from hospital data (the demo presets)
     ds.StudyInstanceUID = study_uid
     ds.SeriesInstanceUID = series_uid
     ds.FrameOfReferenceUID = generate_uid(prefix=None, entropy_srcs=[study_uid, "frame-of-reference"])

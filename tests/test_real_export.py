@@ -1,0 +1,124 @@
+"""A hospital export, built from a real CT series (pydicom's dicomdirtests CT5N, 5 axial slices): every
+good study prepared with its own report, every bad one named in errors.jsonl with the file and the
+true reason, studies of one patient in one split, PatientID never written, the preset said aloud."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
+
+from medalign.cli.main import main as cli
+from medalign.prep.build import assign_split
+
+CT5N = Path(get_testdata_file("dicomdirtests/98892001/CT5N/2062", download=False)).parent
+CONFIG = ("modality: ct\nvocab: chest_ct\nseries: {modalities: [CT], planes: [], min_slices: 3}\n"
+          "steps:\n  - orientation: {axcodes: RAS}\n  - spacing: {pixdim: [4.0, 4.0, 4.0]}\n"
+          "  - window: {a_min: -1000.0, a_max: 400.0}\n  - crop_or_pad: {spatial_size: [16, 16, 8]}\n")
+
+
+def _copy_series(dst: Path, patient_id: str | None = None, new_study: bool = False) -> list[Path]:
+    """CT5N's files under ``dst``; with ``new_study`` they become another study (new UIDs)."""
+    dst.mkdir(parents=True, exist_ok=True)
+    study_uid, series_uid = generate_uid(), generate_uid()
+    out = []
+    for f in sorted(p for p in CT5N.iterdir() if p.is_file()):
+        ds = pydicom.dcmread(f)
+        if new_study:
+            ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        if patient_id is not None:
+            ds.PatientID = patient_id
+        target = dst / (f.name + ("_b" if (dst / f.name).exists() else ""))
+        ds.save_as(target, enforce_file_format=True)
+        out.append(target)
+    return out
+
+
+def _by_position(files: list[Path]) -> list[Path]:
+    return sorted(files, key=lambda f: float(pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient[2]))
+
+
+def _reports(path: Path, ids: list[str]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["study_id", "report"])
+        for sid in ids:
+            w.writerow([sid, f"Report of {sid}: no pleural effusion."])
+
+
+def test_an_export_with_broken_studies(tmp_path):
+    images = tmp_path / "images"
+    _copy_series(images / "good")
+    last = _by_position(_copy_series(images / "trunc_last"))[-1]
+    ds = pydicom.dcmread(last)
+    last.write_bytes(last.read_bytes()[: -len(ds.PixelData) // 2])  # the last slice's pixel data cut in half
+    cut = _by_position(_copy_series(images / "header_cut"))[-1]
+    cut.write_bytes(cut.read_bytes()[:400])  # ends inside the dataset's first elements
+    _copy_series(images / "prior_and_current")
+    _copy_series(images / "prior_and_current", new_study=True)
+    for f in _copy_series(images / "mosaic"):
+        ds = pydicom.dcmread(f)
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND", "MOSAIC"]
+        ds.save_as(f, enforce_file_format=True)
+    ids = ["good", "trunc_last", "header_cut", "prior_and_current", "mosaic"]
+    _reports(tmp_path / "reports.csv", ids)
+    (tmp_path / "p.yaml").write_text(CONFIG)
+    out = tmp_path / "ds"
+    code = cli(["prep", "--images", str(images), "--reports", str(tmp_path / "reports.csv"), "--out", str(out),
+                "--config", str(tmp_path / "p.yaml"), "--workers", "1"])
+    assert code == 3
+    rows = pq.read_table(out / "manifest.parquet").to_pylist()
+    assert [r["study_id"] for r in rows] == ["good"] and "Report of good" in rows[0]["report"]
+    errors = {e["study_id"]: e["reason"] for e in map(json.loads, (out / "errors.jsonl").read_text().splitlines())}
+    assert errors["trunc_last"] == f"trunc_last/{last.name}: truncated: 256 of 512 pixel bytes"
+    assert errors["header_cut"].startswith(f"header_cut/{cut.name}: truncated or damaged DICOM")
+    assert "2 different studies (StudyInstanceUIDs) in one study folder" in errors["prior_and_current"]
+    assert "Siemens mosaic" in errors["mosaic"] and "dcm2niix" in errors["mosaic"]
+
+
+def test_studies_of_one_patient_share_a_split_and_the_id_is_never_written(tmp_path):
+    images = tmp_path / "images"
+    patients = {"MRN-778812": ["a1", "a2", "a3"], "MRN-550071": ["b1", "b2", "b3"], "MRN-912345": ["c1", "c2", "c3"]}
+    for pid, studies in patients.items():
+        for sid in studies:
+            _copy_series(images / sid, patient_id=pid, new_study=True)
+    _reports(tmp_path / "reports.csv", [s for v in patients.values() for s in v])
+    (tmp_path / "p.yaml").write_text(CONFIG + "val_fraction: 0.4\ntest_fraction: 0.3\n")
+    out = tmp_path / "ds"
+    assert cli(["prep", "--images", str(images), "--reports", str(tmp_path / "reports.csv"), "--out", str(out),
+                "--config", str(tmp_path / "p.yaml"), "--workers", "1"]) == 0
+    split = {r["study_id"]: r["split"] for r in pq.read_table(out / "manifest.parquet").to_pylist()}
+    for pid, studies in patients.items():
+        assert {split[s] for s in studies} == {assign_split("patient:" + pid, 0.4, 0.3)}
+    # the study-id hash alone would have split some patient (the test would prove nothing otherwise)
+    assert any(len({assign_split(s, 0.4, 0.3) for s in studies}) > 1 for studies in patients.values())
+    for f in out.rglob("*"):
+        if f.is_file() and f.suffix != ".npy":
+            assert b"MRN-" not in f.read_bytes(), f
+
+
+def test_without_config_hospital_data_gets_a_real_preset_and_is_told(tmp_path, capsys):
+    images = tmp_path / "images"
+    _copy_series(images / "s1")
+    _reports(tmp_path / "reports.csv", ["s1", "s_missing"])
+    cli(["prep", "--images", str(images), "--reports", str(tmp_path / "reports.csv"), "--out", str(tmp_path / "ds"), "--workers", "1"])
+    out = capsys.readouterr().out
+    assert "no --config given: preset chest_ct" in out
+    assert "prep (preset chest_ct):" in out and "1 reports without images" in out
+
+
+@pytest.mark.parametrize("phantom_preset", ["demo_ct"])
+def test_the_phantom_keeps_the_demo_preset(phantom_ct, tmp_path, capsys, phantom_preset):
+    images = tmp_path / "images"
+    first = sorted((phantom_ct / "images").iterdir())[0]
+    shutil.copytree(first, images / first.name)
+    cli(["prep", "--images", str(images), "--reports", str(phantom_ct / "reports.csv"), "--out", str(tmp_path / "ds"), "--workers", "1"])
+    assert f"no --config given: preset {phantom_preset} (medalign's phantom)" in capsys.readouterr().out
