@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from medalign.errors import MedalignError
+from medalign.errors import MedalignError, StorageError
 
 EXIT_USER_ERROR = 2
 
@@ -56,6 +56,17 @@ def _quiet_libraries() -> None:
         hf_logging.set_verbosity_error()
     except ImportError:
         pass
+
+
+def _one_writer(folder: Path, name: str):
+    """The output folder's lock (:func:`medalign.io.lock.output_lock`), taken by the launching process
+    only: the other ranks of a multi-process run write under its lock."""
+    from contextlib import nullcontext
+
+    from medalign.io.lock import output_lock
+
+    ranks = [os.environ.get(k, "0") for k in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")]
+    return output_lock(folder, name) if all(r == "0" for r in ranks) else nullcontext()
 
 
 def cmd_synth(a: argparse.Namespace) -> int:
@@ -119,7 +130,8 @@ def cmd_prep(a: argparse.Namespace) -> int:
     from medalign.prep.vocab import load_vocabulary
 
     if a.merge:
-        rows, errors = merge_shards(a.out)
+        with _one_writer(a.out, "prep"):
+            rows, errors = merge_shards(a.out)
         print(f"prep --merge: {rows} studies in {a.out / 'manifest.parquet'}, {errors} failed (errors.jsonl)")
         return 3 if errors else 0
     if a.images is None or a.reports is None:
@@ -140,8 +152,10 @@ def cmd_prep(a: argparse.Namespace) -> int:
         key = a.hash_ids.read_bytes().strip()
         if len(key) < 16:
             raise MedalignError(f"--hash-ids {a.hash_ids}: the key must hold at least 16 bytes of secret")
-    s = prepare_dataset(a.images, a.reports, a.out, vocab, config, workers=a.workers, shard=a.shard, id_key=key,
-                        given_labels=given)
+    lock = "prep" if a.shard is None else f"prep.shard-{a.shard[0]}-of-{a.shard[1]}"  # shards share a folder on purpose
+    with _one_writer(a.out, lock):
+        s = prepare_dataset(a.images, a.reports, a.out, vocab, config, workers=a.workers, shard=a.shard, id_key=key,
+                            given_labels=given)
     reasons = "; ".join(f"{k}: {v}" for k, v in s.reasons.items())
     orphans = f", {s.reports_without_images} reports without images" if s.reports_without_images else ""
     print(f"prep (preset {Path(preset).stem}): {s.done} prepared, {s.skipped} already done, {s.failed} failed"
@@ -223,7 +237,8 @@ def cmd_pretrain(a: argparse.Namespace) -> int:
     if (a.out is None) == (a.resume is None):
         raise MedalignError("pretrain: give --out RUN for a new run or --resume RUN to continue one")
     run = a.resume if a.resume is not None else a.out
-    export = pretrain(a.data, run, config, progress=sys.stderr.isatty(), resume=a.resume is not None)
+    with _one_writer(run, "pretrain"):
+        export = pretrain(a.data, run, config, progress=sys.stderr.isatty(), resume=a.resume is not None)
     if export is not None:  # every rank runs this command; rank 0 reports
         print(f"pretrain: model exported to {export}")
     return 0
@@ -286,7 +301,8 @@ def cmd_zeroshot(a: argparse.Namespace) -> int:
 def cmd_index(a: argparse.Namespace) -> int:
     from medalign.tasks.retrieval_run import index_dataset
 
-    added, total = index_dataset(a.checkpoint, a.data, a.out, a.device, a.split, a.approximate, a.update)
+    with _one_writer(a.out, "index"):
+        added, total = index_dataset(a.checkpoint, a.data, a.out, a.device, a.split, a.approximate, a.update)
     print(f"index: {added} studies embedded, {total} in {a.out}")
     return 0
 
@@ -486,6 +502,9 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     try:
         return int(args.func(args) or 0)
+    except StorageError as e:
+        print(f"medalign {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_STORAGE_ERROR
     except MedalignError as e:
         print(f"medalign {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 
 from medalign.config import save_yaml, to_dict
-from medalign.errors import InputError, MedalignError
-from medalign.io.atomic import atomic_save_npy, atomic_write, atomic_write_json
+from medalign.errors import InputError, MedalignError, StorageError
+from medalign.io.atomic import atomic_save_npy, atomic_write, atomic_write_json, storage_error
 from medalign.io.dicom import Volume, load_dicom_study
 from medalign.io.nifti import is_nifti, load_nifti
 from medalign.io.reports import read_reports
@@ -57,6 +57,8 @@ class PrepSummary:
     out: Path
     #: rows of the reports file whose study has no images (they are listed in prep.log)
     reports_without_images: int = 0
+    #: the run's estimate of the bytes its volumes and records take (None: no fixed output size)
+    bytes_needed: int | None = None
 
     @property
     def exit_code(self) -> int:
@@ -165,11 +167,25 @@ def _prepare_one(task: tuple[str, str, dict, str]) -> dict[str, Any]:
         return {"study_id": study_id, "error": f"{e.__class__.__name__}: {e}"}
     name = _safe_name(study_id)
     rel = f"volumes/{name}.npy"
-    atomic_save_npy(Path(out) / rel, to_cache_dtype(array, config.cache_dtype))
+    try:
+        return _write_study(Path(out), name, rel, to_cache_dtype(array, config.cache_dtype), volume, affine, provenance, study_id, config)
+    except OSError as e:  # a refused write stops the whole run (the parent says so once): not this study's fault
+        refused = storage_error(Path(out) / rel, e)
+        if refused is None:
+            raise
+        return {"study_id": study_id, "storage_error": str(refused)}
+    except StorageError as e:
+        return {"study_id": study_id, "storage_error": str(e)}
+
+
+def _write_study(out: Path, name: str, rel: str, cached: np.ndarray, volume, affine, provenance: str, study_id: str,
+                 config: PrepConfig) -> dict[str, Any]:
+    """Write the study's volume, then its record (the record's presence means done: written last); returns the record."""
+    atomic_save_npy(out / rel, cached)
     record = {
         "study_id": study_id,
         "volume": rel,
-        "shape": list(array.shape),
+        "shape": list(cached.shape),
         "spacing": [round(float(v), 4) for v in np.linalg.norm(affine[:3, :3], axis=0)],
         "source_shape": list(volume.array.shape),
         "source_spacing": [round(v, 4) for v in volume.spacing],
@@ -178,8 +194,15 @@ def _prepare_one(task: tuple[str, str, dict, str]) -> dict[str, Any]:
     patient = volume.info.pop("patient_id", "")
     if patient:  # the split of the patient, never the PatientID: studies of one patient never straddle train and test
         record["patient_split"] = assign_split("patient:" + patient, config.val_fraction, config.test_fraction)
-    atomic_write_json(Path(out) / "records" / f"{name}.json", record)
+    atomic_write_json(out / "records" / f"{name}.json", record)
     return record
+
+
+def _stop_on_refused_write(result: dict, bar) -> None:
+    """A worker's refused write ends the run: one StorageError (exit 4); what was written stays, atomically."""
+    if "storage_error" in result:
+        bar.close()
+        raise StorageError(result["storage_error"])
 
 
 def _share_cores(workers: int) -> None:
@@ -312,6 +335,15 @@ def prepare_dataset(
     orphan_reports = sorted(set(report_rows) - set(all_studies))
     for sid in orphan_reports:
         log_lines.append(f"warning: report for study {sid} has no images; ignored")
+    needed = estimate_bytes(config, len(tasks))
+    if needed is not None:
+        import shutil
+
+        free = shutil.disk_usage(out).free
+        log_lines.append(f"space: about {needed / 2**20:.1f} MiB needed for {len(tasks)} studies, {free / 2**20:.1f} MiB free")
+        if free < needed:
+            raise StorageError(f"cannot write {out}: disk full: {free / 2**20:.1f} MiB free, about {needed / 2**20:.1f} MiB "
+                               f"needed for {len(tasks)} studies; free space and rerun")
     workers = max(1, workers or config.workers)
     show = sys.stderr.isatty() if progress is None else progress
     from tqdm import tqdm
@@ -319,8 +351,8 @@ def prepare_dataset(
     bar = tqdm(total=len(tasks), desc="prep", unit="study", disable=not show)
     results: list[dict] = []
     if workers == 1 or len(tasks) <= 1:
-        iterator = map(_prepare_one, tasks)
-        for res in iterator:
+        for res in map(_prepare_one, tasks):
+            _stop_on_refused_write(res, bar)
             results.append(res)
             bar.update()
     else:
@@ -331,6 +363,7 @@ def prepare_dataset(
         ctx.set_forkserver_preload(["medalign.prep.build", "monai.transforms"])
         with ctx.Pool(workers, initializer=_share_cores, initargs=(workers,)) as pool:
             for res in pool.imap_unordered(_prepare_one, tasks, chunksize=1):
+                _stop_on_refused_write(res, bar)  # leaving the with-block terminates the other workers
                 results.append(res)
                 bar.update()
     bar.close()
@@ -388,7 +421,21 @@ def prepare_dataset(
     previous = logfile.read_text(encoding="utf-8") if logfile.exists() else ""
     atomic_write_text_lines(logfile, [previous.rstrip("\n")] + log_lines if previous else log_lines)
     return PrepSummary(done=done, skipped=skipped, failed=len(errors), reasons=reasons, out=out,
-                       reports_without_images=len(orphan_reports))
+                       reports_without_images=len(orphan_reports), bytes_needed=needed)
+
+
+def estimate_bytes(config: PrepConfig, studies: int) -> int | None:
+    """Bytes ``studies`` cached volumes and records take under ``config``'s fixed output size
+    (``crop_or_pad`` or ``resize``); ``None`` when the steps fix no size."""
+    size = None
+    for step in config.steps:
+        for name in ("crop_or_pad", "resize"):
+            if name in step:
+                size = step[name].get("spatial_size")
+    if not size:
+        return None
+    itemsize = np.dtype(config.cache_dtype).itemsize
+    return studies * (int(np.prod(size)) * itemsize + 128 + 4096)  # .npy header, record and file-system slack
 
 
 def _reason_category(reason: str) -> str:

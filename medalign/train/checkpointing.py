@@ -10,6 +10,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from medalign.errors import InputError
+from medalign.io.atomic import storage_error
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -18,8 +19,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         path = Path(path)
         tmp = path.with_name(f".{path.name}.tmp")
-        super().save_checkpoint(checkpoint, tmp, storage_options)
-        os.replace(tmp, path)
+        try:
+            super().save_checkpoint(checkpoint, tmp, storage_options)
+            os.replace(tmp, path)
+        except BaseException as e:  # the previous checkpoint stays whole; a full disk is one line, exit 4
+            tmp.unlink(missing_ok=True)
+            refused = storage_error(path, e)
+            if refused is not None:
+                raise refused from None
+            raise
 
     def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = None) -> dict[str, Any]:
         # checkpoints hold tensors and plain containers only: never unpickle arbitrary objects

@@ -34,3 +34,186 @@ def test_storage_errors_are_one_line(phantom_ct, tmp_path, monkeypatch, capsys, 
     assert rc == 4
     assert len(err) == 1 and text in err[0] and "volumes" in err[0], err
     assert not (out / "manifest.parquet").exists()  # nothing claims to be complete
+
+
+# --- a full disk, a file-size limit, a short write, two writers ---------------------------------
+
+import json  # noqa: E402
+import resource  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+
+MEDALIGN = [sys.executable, "-m", "medalign.cli.main"]
+#: demo_ct without its fixed output size: prep cannot estimate the space, so the disk fills mid-run
+UNSIZED = ("modality: ct\nvocab: chest_ct\nseries: {modalities: [CT], planes: [axial], min_slices: 8}\n"
+           "steps:\n  - orientation: {axcodes: RAS}\n  - spacing: {pixdim: [8.0, 8.0, 7.5]}\n"
+           "  - window: {a_min: -1000.0, a_max: 400.0}\ncache_dtype: uint8\nworkers: 2\n")
+
+
+def _export(phantom_ct: Path, dst: Path, n: int) -> tuple[Path, Path]:
+    rows = list(csv.DictReader(open(phantom_ct / "reports.csv", encoding="utf-8")))[:n]
+    images = dst / "images"
+    for r in rows:
+        shutil.copytree(phantom_ct / "images" / r["study_id"], images / r["study_id"])
+    reports = dst / "reports.csv"
+    with open(reports, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, ["study_id", "report"])
+        w.writeheader()
+        w.writerows({"study_id": r["study_id"], "report": r["report"]} for r in rows)
+    return images, reports
+
+
+@pytest.fixture
+def tiny_fs(tmp_path):
+    """A 1 MiB tmpfs (needs root; skipped where mounting is refused), unmounted afterwards."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({res.stderr.strip() or 'not root'})")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def _one_line(res: subprocess.CompletedProcess) -> str:
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr[-3000:]
+    return lines[0]
+
+
+def test_a_disk_that_fills_mid_run_then_resume(phantom_ct, tmp_path, tiny_fs):
+    images, reports = _export(phantom_ct, tmp_path, 24)
+    (tmp_path / "p.yaml").write_text(UNSIZED)
+    out = tiny_fs / "ds"
+    cmd = MEDALIGN + ["prep", "--images", str(images), "--reports", str(reports), "--out", str(out), "--config", str(tmp_path / "p.yaml")]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode == 4, res.stderr[-3000:]
+    line = _one_line(res)
+    assert "disk full, " in line and "MiB free on" in line and str(out) in line  # numpy: a short write, no errno
+    assert not list(out.rglob("*.tmp")), "a partial file was left behind"
+    done_before = {p.name for p in (out / "records").iterdir()} if (out / "records").exists() else set()
+    assert len(done_before) < 24
+    subprocess.run(["mount", "-o", "remount,size=16m", str(tiny_fs)], check=True)  # space freed
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert len(pq.read_table(out / "manifest.parquet")) == 24
+    assert f"{len(done_before)} already done" in res.stdout
+
+
+def test_prep_checks_free_space_before_it_starts(phantom_ct, tmp_path, tiny_fs):
+    images, reports = _export(phantom_ct, tmp_path, 24)
+    out = tiny_fs / "ds"
+    res = subprocess.run(MEDALIGN + ["prep", "--images", str(images), "--reports", str(reports), "--out", str(out),
+                                     "--config", "demo_ct"], capture_output=True, text=True)
+    assert res.returncode == 4
+    line = _one_line(res)
+    assert "needed for 24 studies" in line and "MiB free" in line
+    assert not (out / "volumes").exists()  # refused before any work
+
+
+def test_a_file_size_limit_is_one_line(phantom_ct, tmp_path):
+    images, reports = _export(phantom_ct, tmp_path, 2)
+    limit = 50_000  # a cached demo volume is 92 KB
+
+    def cap():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    res = subprocess.run(MEDALIGN + ["prep", "--images", str(images), "--reports", str(reports), "--out", str(tmp_path / "ds"),
+                                     "--config", "demo_ct", "--workers", "1"], capture_output=True, text=True, preexec_fn=cap)
+    assert res.returncode == 4
+    assert "file size limit" in _one_line(res)
+    assert not list((tmp_path / "ds").rglob("*.tmp"))
+
+
+def test_a_short_write_without_errno_is_one_line(phantom_ct, tmp_path, monkeypatch, capsys):
+    """numpy's save on a full disk raises OSError("N requested and M written"), no errno."""
+    import medalign.io.atomic as atomic
+
+    images, reports = _export(phantom_ct, tmp_path, 2)
+
+    def short_save(f, array):
+        f.write(b"\x93NUMPY" + b"\0" * 100)
+        raise OSError(f"{array.nbytes} requested and 106 written")
+
+    monkeypatch.setattr(atomic.np, "save", short_save)
+    rc = cli(["prep", "--images", str(images), "--reports", str(reports), "--out", str(tmp_path / "ds"), "--config", "demo_ct", "--workers", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 4 and len(err) == 1 and "short write: disk full" in err[0] and "volumes" in err[0], err
+    assert not list((tmp_path / "ds").rglob("*.tmp")) and not list((tmp_path / "ds" / "volumes").glob("*.npy"))
+
+
+def test_a_full_disk_while_checkpointing_keeps_the_last_checkpoint(prepared_ct, tmp_path, monkeypatch, capsys):
+    from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+    from medalign.train.checkpointing import AtomicCheckpointIO
+
+    calls = {"n": 0}
+    real = TorchCheckpointIO.save_checkpoint
+
+    def fill_up(self, checkpoint, path, storage_options=None):
+        calls["n"] += 1
+        if calls["n"] >= 2:
+            Path(path).write_bytes(b"PK\x03\x04 partial")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return real(self, checkpoint, path, storage_options)
+
+    monkeypatch.setattr(TorchCheckpointIO, "save_checkpoint", fill_up)
+    run = tmp_path / "run"
+    rc = cli(["pretrain", "--data", str(prepared_ct), "--out", str(run), "--config", "demo_ct", "--max-steps", "3",
+              "--checkpoint-every", "1", "data.batch_size=4", "model.image.options.widen_factor=0.25"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("medalign")]
+    assert rc == 4 and len(err) == 1 and "No space left on device" in err[0], err
+    last = run / "checkpoints" / "last.ckpt"
+    assert not list(last.parent.glob(".*.tmp"))
+    monkeypatch.setattr(TorchCheckpointIO, "save_checkpoint", real)
+    state = AtomicCheckpointIO().load_checkpoint(last)  # the previous checkpoint, whole and loadable
+    assert state["global_step"] == 1
+
+
+def test_index_onto_a_full_disk(trained_run, prepared_ct, tiny_fs):
+    subprocess.run(["mount", "-o", "remount,size=64k", str(tiny_fs)], check=True)
+    res = subprocess.run(MEDALIGN + ["index", "--checkpoint", str(trained_run), "--data", str(prepared_ct), "--out", str(tiny_fs / "idx")],
+                         capture_output=True, text=True)
+    assert res.returncode == 4
+    assert "disk full" in _one_line(res)
+    assert not list((tiny_fs / "idx").rglob("*.tmp"))
+
+
+def test_a_second_prep_on_the_same_folder_stops_naming_the_holder(phantom_ct, tmp_path):
+    images, reports = _export(phantom_ct, tmp_path, 24)
+    out = tmp_path / "ds"
+    cmd = MEDALIGN + ["prep", "--images", str(images), "--reports", str(reports), "--out", str(out), "--config", "demo_ct", "--workers", "1"]
+    first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        lock = out / ".medalign-prep.lock"
+        deadline = time.time() + 60
+        while not (lock.is_file() and lock.read_text().strip()) and time.time() < deadline:
+            time.sleep(0.1)
+        assert json.loads(lock.read_text())["pid"] == first.pid
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert res.returncode == 2
+        line = _one_line(res)
+        assert f"pid {first.pid}" in line and "another medalign prep is writing here" in line
+    finally:
+        first.kill()
+        first.wait()
+    # the holder is dead: its lock file stays, but nothing holds it, so the next prep goes ahead
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+
+
+def test_shards_share_a_folder_and_locks_are_per_shard(tmp_path):
+    from medalign.errors import BusyError
+    from medalign.io.lock import output_lock
+
+    with output_lock(tmp_path, "prep.shard-0-of-2"), output_lock(tmp_path, "prep.shard-1-of-2"):
+        with pytest.raises(BusyError, match="pid"):
+            with output_lock(tmp_path, "prep.shard-0-of-2"):
+                pass
