@@ -50,6 +50,7 @@ def paired_recall_at_k(query: np.ndarray, keys: np.ndarray, ks: tuple[int, ...] 
     at each rank ``a .. a + t`` with probability ``1 / (t + 1)``, so P(rank < K) = clip((K − a) / (t + 1), 0, 1):
     a collapsed model (every score equal) scores exactly chance. Exact, ``chunk`` rows at a time."""
     n = len(query)
+    query, keys = np.asarray(query, dtype=np.float64), np.asarray(keys, dtype=np.float64)  # ties are true ties
     above = np.empty(n, dtype=np.int64)
     tied = np.empty(n, dtype=np.int64)
     for start in range(0, n, chunk):

@@ -178,7 +178,7 @@ def test_study_to_report_retrieval_and_recall(trained_run, prepared_ct, phantom_
     assert len(json.loads((out / "results.json").read_text())) == 3
     # Recall@K against a brute-force count of ranks
     reports, studies = np.load(index / "report_embeddings.npy"), np.load(index / "study_embeddings.npy")
-    sims = reports @ studies.T
+    sims = reports.astype(np.float64) @ studies.T.astype(np.float64)  # as the metric computes (ties are true ties)
     rank_of_pair = np.array([(sims[i] > sims[i, i]).sum() for i in range(len(sims))])
     got = paired_recall_at_k(reports, studies, ks=(1, 5))
     assert got["recall@1"] == pytest.approx(np.mean(rank_of_pair < 1))
@@ -203,7 +203,7 @@ def test_retrieval_eval_against_an_independent_loop(trained_run, prepared_ct, ph
         def relevant(j):
             return bool(pos[i] & pos[j]) or (not pos[i] and not pos[j])
 
-        others = sorted((j for j in range(len(meta)) if j != i), key=lambda j: -float(emb[i] @ emb[j]))
+        others = sorted((j for j in range(len(meta)) if j != i), key=lambda j: -float(emb[i].astype(np.float64) @ emb[j].astype(np.float64)))
         n_rel = sum(relevant(j) for j in others)
         hits, total = 0, 0.0
         for r, j in enumerate(others[:10], 1):

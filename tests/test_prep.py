@@ -87,7 +87,7 @@ def test_bad_studies_are_recorded_and_good_ones_kept(phantom_ct, tmp_path, capsy
     shutil.copytree(phantom_ct / "images" / rows[0]["study_id"], images / "noreport" / "a")
     reports = tmp_path / "reports.csv"
     with open(reports, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, ["study_id", "report"])
+        w = csv.DictWriter(f, ["study_id", "report"], extrasaction="ignore")
         w.writeheader()
         w.writerows(rows + [{"study_id": "junk", "report": "No effusion."}, {"study_id": "empty", "report": "x"}, {"study_id": "ghost", "report": "y"}])
     out = tmp_path / "ds"

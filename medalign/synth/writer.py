@@ -11,6 +11,7 @@ from pydicom.uid import generate_uid
 
 from medalign.errors import InputError
 from medalign.io.atomic import atomic_write
+from medalign.prep.build import assign_split
 from medalign.synth.ct import CT_FINDINGS, CTGrid, make_ct_case
 from medalign.synth.dicom_writer import FakePatient, write_ct_series, write_oct_volume
 from medalign.synth.oct import OCT_FINDINGS, OCT_SPACING, make_oct_case
@@ -29,7 +30,7 @@ def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
 
 def synthesize(out: Path, modality: Literal["ct", "oct"] = "ct", studies: int = 300, seed: int = 0, localizer_fraction: float = 0.3) -> dict:
     """Write ``studies`` phantom studies under ``out/images/<study_id>/`` plus
-    ``out/reports.csv`` (study_id, report) and ``out/labels.csv`` (ground truth, 0/1 per finding).
+    ``out/reports.csv`` (study_id, report, split) and ``out/labels.csv`` (ground truth, 0/1 per finding).
 
     Returns a summary dict with the paths and finding prevalences.
     """
@@ -67,9 +68,11 @@ def synthesize(out: Path, modality: Literal["ct", "oct"] = "ct", studies: int = 
             write_oct_volume(case.volume, OCT_SPACING, folder / f"{rng.bytes(6).hex()}.dcm", patient, study_uid)
             report = oct_report(case.labels, rng)
             labels = case.labels
-        report_rows.append([study_id, report])
+        # the phantom's research split: one patient per study, drawn from the study id (a hospital's
+        # own split column travels the same way; without one, prep draws it from the PatientID)
+        report_rows.append([study_id, report, assign_split(study_id)])
         label_rows.append([study_id] + [labels[f] for f in findings])
-    _write_csv(out / "reports.csv", ["study_id", "report"], report_rows)
+    _write_csv(out / "reports.csv", ["study_id", "report", "split"], report_rows)
     _write_csv(out / "labels.csv", ["study_id", *findings], label_rows)
     prevalence = {f: float(np.mean([r[i + 1] for r in label_rows])) if label_rows else 0.0 for i, f in enumerate(findings)}
     return {"images": str(out / "images"), "reports": str(out / "reports.csv"), "labels": str(out / "labels.csv"), "studies": studies, "prevalence": prevalence}

@@ -45,6 +45,7 @@ def map_at_k(emb: np.ndarray, relevant: np.ndarray, k: int = 10, seed: int = 0, 
     is averaged over ``draws`` tie-breaks (its expected AP), so a collapsed model scores chance,
     not the order the studies happen to be stored in."""
     n = len(emb)
+    emb = np.asarray(emb, dtype=np.float64)  # float64: a tie is a true tie, not a rounding coincidence
     sims = emb @ emb.T
     rng = np.random.default_rng(seed)
     aps = []

@@ -99,8 +99,8 @@ DICOM_CASES = {
     # case: substring the errors.jsonl reason must contain (None: the study must be prepared)
     "good": None,
     "dicomdir_and_sr_beside_images": None,
-    "truncated_file": "cannot decode pixel data",
-    "truncated_pixel_data": "cannot decode pixel data",
+    "truncated_file": "truncated: 4,751 of 18,432 pixel bytes",
+    "truncated_pixel_data": "truncated: 17,432 of 18,432 pixel bytes",
     "junk_named_dcm": "no DICOM image files",
     # a slice of another size or orientation is set apart (as dcm2niix splits it), leaving a gap
     "rows_disagree": "uneven slice spacing (steps 7.50-15.00 mm, median 7.50): missing slices?; 1 file of this series set apart",

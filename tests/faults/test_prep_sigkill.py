@@ -53,5 +53,6 @@ def test_five_sigkills_then_resume_equal_one_run(phantom_ct, tmp_path):
     assert kills >= 3  # most runs really were cut short
     assert subprocess.run(MEDALIGN + argv + ["--out", str(out)], capture_output=True).returncode == 0
     assert _digest(out) == _digest(reference)
-    leftovers = [p for p in out.rglob("*") if p.name.endswith(".tmp") or p.name.startswith(".")]
+    # no temporary file survives; the writer's lock file stays by design (unheld once its holder died)
+    leftovers = [p for p in out.rglob("*") if p.name.endswith(".tmp") or (p.name.startswith(".") and not p.name.startswith(".medalign-"))]
     assert leftovers == [], leftovers
