@@ -87,7 +87,26 @@ def cmd_convert(a: argparse.Namespace) -> int:
     # (the printed reason says which series was taken and how)
     policy = SeriesSelection(modalities=[], planes=[], skip_image_types=["LOCALIZER"], skip_secondary_capture=False,
                              min_slices=1, on_missing_frame_positions="frame_order")
-    volume, reason = load_dicom_study(a.series_dir, policy)
+    import numpy as np
+
+    from medalign.io.oct_vendor import is_vendor_oct, load_heyex_vol
+
+    if is_vendor_oct(a.series_dir):  # a vendor OCT file; its SLO fundus image is written beside the volume
+        volume = load_heyex_vol(a.series_dir)
+        reason = f"Heidelberg .vol, {volume.info['scan_pattern']} scan, eye {volume.info['laterality'] or 'unknown'}"
+        localizer = volume.info.pop("localizer", None)
+        if localizer is not None:
+            from medalign.io.dicom import Volume
+
+            sx, sy = volume.info.get("localizer_spacing", (1.0, 1.0))
+            slo = Volume(array=np.ascontiguousarray(localizer.T[:, :, None]), affine=np.diag([sx, sy, 1.0, 1.0]), info={})
+            slo_path = Path(str(a.output).replace(".nii", "_localizer.nii", 1))
+            save_nifti(slo, slo_path)
+            reason += f"; SLO fundus image -> {slo_path}"
+    elif a.series_dir.is_dir():
+        volume, reason = load_dicom_study(a.series_dir, policy)
+    else:
+        raise MedalignError(f"{a.series_dir}: neither a DICOM series folder nor a vendor OCT file (.vol)")
     save_nifti(volume, a.output)
     print(f"{a.output}: {volume.array.shape} voxels of {', '.join(f'{s:.3g}' for s in volume.spacing)} mm ({reason})")
     return 0
@@ -360,8 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_synth)
 
-    s = sub.add_parser("convert", help="one DICOM series folder -> NIfTI (world geometry as dcm2niix)")
-    s.add_argument("series_dir", type=_existing_dir, metavar="SERIES_DIR")
+    s = sub.add_parser("convert", help="one DICOM series folder or vendor OCT file (.vol) -> NIfTI (world geometry as dcm2niix)")
+    s.add_argument("series_dir", type=_existing_path, metavar="SERIES_DIR|FILE.vol")
     s.add_argument("output", type=Path, metavar="OUT.nii.gz")
     s.set_defaults(func=cmd_convert)
 

@@ -673,6 +673,8 @@ def load_dicom_study(folder: Path, policy: SeriesSelection | None = None) -> tup
     chosen, reason = select_series(series, policy)
     # kept in memory only: preparation draws the study's split from it (studies of one patient share a split)
     patient_id = _str(chosen.headers[0], "PatientID").strip() if chosen.headers else ""
+    side = (_str(chosen.headers[0], "ImageLaterality") or _str(chosen.headers[0], "Laterality")).strip().upper() if chosen.headers else ""
+    eye = {"R": "OD", "L": "OS"}.get(side, "") if chosen.modality in ("OPT", "OCT") else ""
     repeats = sum(why.startswith("same SOP instance") for _, why in skipped)
     if repeats:
         reason += f"; {repeats} files repeating an instance read once"
@@ -688,4 +690,6 @@ def load_dicom_study(folder: Path, policy: SeriesSelection | None = None) -> tup
         reason += f"; {volume.info['geometry_note']}"
     if patient_id:
         volume.info["patient_id"] = patient_id
+    if eye:
+        volume.info["laterality"] = eye
     return volume, reason

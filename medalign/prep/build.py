@@ -34,6 +34,7 @@ from medalign.errors import InputError, MedalignError, StorageError
 from medalign.io.atomic import atomic_save_npy, atomic_write, atomic_write_json, storage_error
 from medalign.io.dicom import Volume, load_dicom_study
 from medalign.io.nifti import is_nifti, load_nifti
+from medalign.io.oct_vendor import is_vendor_oct, load_heyex_vol, mirror_to_right_eye
 from medalign.io.reports import read_reports
 from medalign.prep.config import PrepConfig
 from medalign.prep.given_labels import GivenLabels, agreement_table, merge_labels
@@ -77,15 +78,36 @@ def discover_studies(images: Path) -> dict[str, Path]:
             continue
         if p.is_dir():
             studies[p.name] = p
+        elif is_vendor_oct(p):
+            studies[p.stem] = p
         elif is_nifti(p):
             studies[p.name[: -len(".nii.gz")] if p.name.lower().endswith(".gz") else p.name[: -len(".nii")]] = p
     return studies
 
 
 def load_study(path: Path, config: PrepConfig) -> tuple[Volume, str]:
-    """Read a study (NIfTI file, folder holding one NIfTI, or DICOM folder); returns the volume and provenance."""
+    """Read a study (NIfTI or vendor OCT file, a folder holding one, or a DICOM folder); returns the
+    volume and provenance. OCT presets mirror left eyes to right-eye orientation."""
+    volume, provenance = _read_study(path, config)
+    volume.info.pop("localizer", None)  # the SLO fundus image is not part of the training volume
+    if config.mirror_left_eyes and volume.info.get("laterality") == "OS":
+        volume = mirror_to_right_eye(volume)
+        provenance += "; left eye (OS) mirrored to right-eye orientation"
+    elif volume.info.get("laterality"):
+        provenance += f"; {volume.info['laterality']}"
+    return volume, provenance
+
+
+def _read_study(path: Path, config: PrepConfig) -> tuple[Volume, str]:
     if path.is_file():
+        if is_vendor_oct(path):
+            return _vendor(path, path.name)
         return load_nifti(path), "nifti"
+    vendor = [p for p in sorted(path.rglob("*")) if is_vendor_oct(p)]
+    if len(vendor) == 1:
+        return _vendor(vendor[0], f"{path.name}/{vendor[0].relative_to(path)}")
+    if len(vendor) > 1:
+        raise InputError(f"{path}: {len(vendor)} vendor OCT files; one study is one eye's volume scan")
     niftis = [p for p in sorted(path.rglob("*")) if p.is_file() and is_nifti(p)]
     if len(niftis) == 1:
         return load_nifti(niftis[0]), "nifti"
@@ -94,6 +116,14 @@ def load_study(path: Path, config: PrepConfig) -> tuple[Volume, str]:
     if not any(p.is_file() for p in path.rglob("*")):
         raise InputError(f"{path}: empty study folder")
     return load_dicom_study(path, config.series)
+
+
+def _vendor(path: Path, name: str) -> tuple[Volume, str]:
+    """A vendor OCT file (``name``: as errors call it, relative to the images folder)."""
+    volume = load_heyex_vol(path, name=name)
+    note = f"; {volume.info['geometry_note']}" if volume.info.get("geometry_note") else ""
+    x, y, z = volume.array.shape
+    return volume, f"Heidelberg .vol, {volume.info['scan_pattern']} scan, {z} B-scans of {x} A-scans x {y}{note}"
 
 
 def pseudonym(study_id: str, key: bytes) -> str:

@@ -29,6 +29,8 @@ class PrepConfig:
     workers: int = 2
     val_fraction: float = 0.1
     test_fraction: float = 0.1
+    #: OCT: left eyes (OS) mirrored along the lateral axis, so the nasal side always lies on one side
+    mirror_left_eyes: bool = False
 
     def validate(self, where: str) -> None:
         if not self.steps:
