@@ -21,8 +21,16 @@ from medalign.errors import ConfigError
 
 T = TypeVar("T")
 
-#: Folder holding ``configs/<stage>/<preset>.yaml``; overridable for installed copies.
-CONFIG_ROOT = Path(os.environ.get("MEDALIGN_CONFIG_DIR", Path(__file__).resolve().parents[1] / "configs"))
+def _packaged_configs() -> Path:
+    """The presets shipped inside the package (``medalign/configs``; the repository's top-level
+    ``configs`` links to it), found the same way in a source checkout and in an installed wheel."""
+    from importlib.resources import files
+
+    return Path(str(files("medalign") / "configs"))
+
+
+#: Folder holding ``configs/<stage>/<preset>.yaml``; ``MEDALIGN_CONFIG_DIR`` points elsewhere.
+CONFIG_ROOT = Path(os.environ["MEDALIGN_CONFIG_DIR"]) if os.environ.get("MEDALIGN_CONFIG_DIR") else _packaged_configs()
 
 
 def resolve_config_path(name_or_path: str | os.PathLike, stage: str) -> Path:

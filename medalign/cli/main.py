@@ -395,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--vocab", default=None, help="vocabulary YAML or preset (default: the prep preset's)")
     s.add_argument("--labels", type=_existing_file, default=None, metavar="FILE.csv",
                    help="labels you already have: study_id (or VolumeName) + one column per finding, 1/0/-1/empty; they win over the labeler")
-    s.add_argument("--config", default=None, help="prep YAML or preset under configs/prep (default: demo_ct, demo_oct for OCT)")
+    s.add_argument("--config", default=None, help="prep YAML or preset under configs/prep (default: chest_ct, oct for OCT; said on the terminal)")
     s.add_argument("--workers", type=int, default=None)
     s.set_defaults(func=cmd_prep)
 
