@@ -122,3 +122,21 @@ def test_the_phantom_keeps_the_demo_preset(phantom_ct, tmp_path, capsys, phantom
     shutil.copytree(first, images / first.name)
     cli(["prep", "--images", str(images), "--reports", str(phantom_ct / "reports.csv"), "--out", str(tmp_path / "ds"), "--workers", "1"])
     assert f"no --config given: preset {phantom_preset} (medalign's phantom)" in capsys.readouterr().out
+
+
+def test_a_dataset_prepared_otherwise_than_the_model_is_refused(trained_run, prepared_ct, tmp_path, capsys):
+    import yaml
+
+    other = tmp_path / "other"
+    shutil.copytree(prepared_ct, other)
+    cfg = yaml.safe_load((other / "prep_config.yaml").read_text())
+    spacing = next(s for s in cfg["steps"] if "spacing" in s)
+    spacing["spacing"]["pixdim"] = [1.5, 1.5, 3.0]  # as if prepared with chest_ct's grid
+    (other / "prep_config.yaml").write_text(yaml.safe_dump(cfg))
+    for command in (["zeroshot", "--checkpoint", str(trained_run), "--data", str(other), "--out", str(tmp_path / "zs")],
+                    ["index", "--checkpoint", str(trained_run), "--data", str(other), "--out", str(tmp_path / "idx")],
+                    ["embed", "--checkpoint", str(trained_run), "--data", str(other), "--out", str(tmp_path / "emb")]):
+        assert cli(command) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "prepared otherwise than the model" in err[0] and "pixdim" in err[0], err
+    assert cli(["zeroshot", "--checkpoint", str(trained_run), "--data", str(prepared_ct), "--out", str(tmp_path / "ok")]) == 0

@@ -41,7 +41,7 @@ def embed_dataset(checkpoint: Path, dataset: Path, out: Path, device: str = "aut
         with safe_open(str(out / EMBEDDINGS), framework="pt") as f:
             if (f.metadata() or {}) == prints:
                 return out, False
-    model, _ = load_model(checkpoint, device)
+    model, _ = load_model(checkpoint, device, dataset)
     manifest = read_manifest(dataset)
     study = torch.from_numpy(embed_studies(model, manifest))
     report = torch.from_numpy(embed_texts(model, [r or "" for r in manifest.columns["report"]]))

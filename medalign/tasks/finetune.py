@@ -174,7 +174,7 @@ def finetune(checkpoint: Path, dataset: Path, out: Path, labels: Path | None = N
     last = out / "checkpoints" / "last.ckpt"
     if resume and not last.is_file():
         raise InputError(f"{out}: nothing to resume (no checkpoints/last.ckpt)")
-    model_dual, model_dir = load_model(checkpoint, "cpu")
+    model_dual, model_dir = load_model(checkpoint, "cpu", dataset)
     vocab_file = Path(model_dir) / "vocab.yaml"
     manifest = read_manifest(dataset)
     names = load_vocabulary(vocab_file).names if vocab_file.is_file() else manifest.findings

@@ -83,7 +83,7 @@ def probe_dataset(checkpoint: Path, dataset: Path, out: Path, labels: Path | Non
     fractions = fractions or [0.01, 0.1, 1.0]
     if any(not 0 < f <= 1 for f in fractions):
         raise InputError(f"--fractions {fractions}: each must lie in (0, 1]")
-    model, model_dir = load_model(checkpoint, device)
+    model, model_dir = load_model(checkpoint, device, dataset)
     manifest = read_manifest(dataset)
     train, test = manifest.subset("train"), manifest.subset("test")
     if len(train) < 4 or len(test) < 2:

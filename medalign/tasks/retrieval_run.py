@@ -26,7 +26,7 @@ def index_dataset(checkpoint: Path, dataset: Path, out: Path, device: str = "aut
     ``update``: add only the studies the existing index at ``out`` lacks (same model required).
     Returns (studies embedded now, studies in the index).
     """
-    model, model_dir = load_model(checkpoint, device)
+    model, model_dir = load_model(checkpoint, device, dataset)
     manifest = read_manifest(dataset).subset(None if split == "all" else split)
     existing = None
     if update and (Path(out) / "index.json").is_file():
