@@ -26,6 +26,28 @@ def binary_labels(truth_col: np.ndarray, score_col: np.ndarray) -> tuple[np.ndar
     return (truth_col[keep] > 0.5).astype(int), score_col[keep]
 
 
+def youden_threshold(y: np.ndarray, s: np.ndarray) -> float:
+    """The score threshold maximising sensitivity + specificity − 1 (Youden's J) on ``(y, s)``."""
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, thresholds = roc_curve(y, s)
+    best = int(np.argmax(tpr - fpr))
+    return float(min(thresholds[best], 1.0))
+
+
+def validation_thresholds(scores: np.ndarray, truth: np.ndarray, names: list[str]) -> tuple[dict[str, float], dict[str, str]]:
+    """Youden thresholds per finding fitted on a validation split ``(N, K)``, and for each finding
+    without one the reason (its validation labels lack a class)."""
+    thresholds, notes = {}, {}
+    for k, name in enumerate(names):
+        y, s = binary_labels(truth[:, k], scores[:, k])
+        if 0 < y.sum() < len(y):
+            thresholds[name] = youden_threshold(y, s)
+        else:
+            notes[name] = f"the validation split has {'no positive' if y.sum() == 0 else 'no negative'} for this finding: no threshold"
+    return thresholds, notes
+
+
 def finding_aurocs(scores: np.ndarray, truth: np.ndarray) -> list[float | None]:
     """AUROC per finding ``(N, K) -> K`` (scikit-learn); ``None`` where the known rows lack a class."""
     from sklearn.metrics import roc_auc_score

@@ -58,6 +58,25 @@ def test_zeroshot_one_raw_study_prints_json(trained_run, phantom_ct):
     assert data["study"] == study.name
     assert len(data["probabilities"]) == 18
     assert all(0.0 <= p <= 1.0 for p in data["probabilities"].values())
+    # each finding: its score, the validation threshold stored in the export, and the call they make
+    stored = json.loads((trained_run / "model" / "thresholds.json").read_text())
+    assert "validation split" in stored["source"] and data["threshold_source"] == stored["source"]
+    assert stored["thresholds"], "the phantom's val split holds both classes of some finding"
+    for name, f in data["findings"].items():
+        thr = stored["thresholds"].get(name)
+        assert f["threshold"] == (None if thr is None else round(thr, 4))
+        assert f["call"] == (None if thr is None else ("positive" if f["score"] >= thr else "negative"))
+
+
+def test_a_nifti_study_needs_the_models_modality_confirmed(trained_run, tmp_path):
+    from nibabel.testing import data_path
+
+    nii = Path(data_path) / "anatomical.nii"  # a brain MR: nothing in the file says so
+    res = subprocess.run(MEDALIGN + ["zeroshot", "--checkpoint", str(trained_run), "--study", str(nii)], capture_output=True, text=True)
+    assert res.returncode == 2 and "carries no modality" in res.stderr and "--modality ct" in res.stderr
+    res = subprocess.run(MEDALIGN + ["zeroshot", "--checkpoint", str(trained_run), "--study", str(nii), "--modality", "ct"],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
 
 
 def test_index_and_retrieve(trained_run, prepared_ct, phantom_ct, tmp_path):

@@ -308,7 +308,7 @@ def cmd_zeroshot(a: argparse.Namespace) -> int:
     from medalign.tasks.zeroshot_run import zeroshot_dataset, zeroshot_study
 
     if a.study is not None:
-        print(json.dumps(zeroshot_study(a.checkpoint, a.study, a.vocab, a.device), indent=2))
+        print(json.dumps(zeroshot_study(a.checkpoint, a.study, a.vocab, a.device, a.modality), indent=2))
         return 0
     if a.data is None or a.out is None:
         raise MedalignError("zeroshot: give --study PATH, or --data DATASET with --out DIR")
@@ -329,7 +329,8 @@ def cmd_index(a: argparse.Namespace) -> int:
 def cmd_retrieve(a: argparse.Namespace) -> int:
     from medalign.tasks.retrieval_run import retrieve
 
-    hits = retrieve(a.index, a.out, study=a.study, text=a.text, k=a.k, device=a.device, target=a.target, html=a.html, ef_search=a.ef_search)
+    hits = retrieve(a.index, a.out, study=a.study, text=a.text, k=a.k, device=a.device, target=a.target, html=a.html, ef_search=a.ef_search,
+                    modality=a.modality)
     for h in hits:
         print(f"{h['rank']:>3}  {h['study_id']:<24} {h['score']:.3f}  {h['impression'][:80]}")
     print(f"retrieve: {a.out / 'results.json'}, {a.out / 'montage.png'}" + (f", {a.out / 'results.html'}" if a.html else ""))
@@ -463,6 +464,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = s.add_mutually_exclusive_group(required=True)
     g.add_argument("--data", type=_existing_dir)
     g.add_argument("--study", type=_existing_path, help="one raw study (DICOM folder or NIfTI): JSON on stdout")
+    s.add_argument("--modality", choices=["ct", "oct"], default=None,
+                   help="with a NIfTI --study: confirms it is of the model's modality (NIfTI carries none)")
     s.add_argument("--vocab", default=None)
     s.add_argument("--labels", type=_existing_file, default=None)
     s.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
@@ -484,6 +487,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = s.add_mutually_exclusive_group(required=True)
     g.add_argument("--study", type=_existing_path)
     g.add_argument("--text")
+    s.add_argument("--modality", choices=["ct", "oct"], default=None,
+                   help="with a NIfTI --study: confirms it is of the model's modality (NIfTI carries none)")
     s.add_argument("--k", type=int, default=5)
     s.add_argument("--target", choices=["studies", "reports"], default="studies", help="search study images (default) or reports")
     s.add_argument("--html", action="store_true", help="also write results.html, a self-contained page of the same")

@@ -13,12 +13,17 @@ from medalign.prep.config import PrepConfig
 from medalign.prep.transforms import apply_preprocessing, build_preprocessing
 
 
-def prepare_raw_study(path: Path, model_dir: Path) -> np.ndarray:
-    """``(X, Y, Z)`` float32 volume in [0, 1] using ``model_dir/prep_config.yaml``."""
+def prepare_raw_study(path: Path, model_dir: Path, modality: str | None = None) -> np.ndarray:
+    """``(X, Y, Z)`` float32 volume in [0, 1] using ``model_dir/prep_config.yaml``. A DICOM study must
+    hold a series of the model's modality; a NIfTI file says none, so ``modality`` must confirm it."""
     cfg_path = Path(model_dir) / "prep_config.yaml"
     if not cfg_path.is_file():
         raise InputError(f"{model_dir}: exported model has no prep_config.yaml to prepare a raw study with")
     config = from_dict(PrepConfig, read_yaml(cfg_path), where=str(cfg_path))
-    volume, _ = load_study(Path(path), config)
+    volume, provenance = load_study(Path(path), config)
+    if provenance == "nifti" and modality != config.modality:
+        raise InputError(f"{path}: a NIfTI file carries no modality and the model was trained on {config.modality}: "
+                         f"pass --modality {config.modality} to confirm the study is one"
+                         + (f" (--modality {modality} given)" if modality else ""))
     array, _ = apply_preprocessing(volume, build_preprocessing(config.steps))
     return array

@@ -53,9 +53,10 @@ def index_dataset(checkpoint: Path, dataset: Path, out: Path, device: str = "aut
 
 @torch.no_grad()
 def retrieve(index: Path, out: Path, study: Path | None = None, text: str | None = None, k: int = 5, device: str = "auto", target: str = "studies",
-             html: bool = False, ef_search: int | None = None) -> list[dict]:
+             html: bool = False, ef_search: int | None = None, modality: str | None = None) -> list[dict]:
     """Top-``k`` studies (or reports) for a raw study or a text; writes results.json and montage.png
-    (and ``results.html``, a self-contained page, with ``html``)."""
+    (and ``results.html``, a self-contained page, with ``html``). ``modality`` confirms a NIfTI query
+    is of the model's modality (a NIfTI file says none)."""
     if k < 1:
         raise InputError(f"--k {k}: must be at least 1")
     idx = StudyIndex(index, ef_search)
@@ -68,7 +69,7 @@ def retrieve(index: Path, out: Path, study: Path | None = None, text: str | None
             raise InputError("--text: empty query")
         query = embed_texts(model, [text])[0]
     else:
-        query_volume = prepare_raw_study(study, model_dir)
+        query_volume = prepare_raw_study(study, model_dir, modality)
         image = torch.from_numpy(query_volume)[None, None].to(model.logit_scale.device)
         query = model.encode_image(image).float().cpu().numpy()[0]
         exclude = Path(study).name.split(".nii")[0]  # the query itself, when it is in the index

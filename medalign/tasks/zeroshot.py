@@ -10,7 +10,7 @@ import numpy as np
 
 from medalign.errors import InputError
 from medalign.io.atomic import atomic_write, atomic_write_json
-from medalign.metrics import binary_labels
+from medalign.metrics import binary_labels, youden_threshold  # noqa: F401 - youden_threshold re-exported
 from medalign.models.inference import finding_probabilities  # noqa: F401 - part of this module's API
 
 
@@ -31,15 +31,6 @@ def read_label_csv(path: Path, study_ids: list[str], findings: list[str]) -> np.
                 except ValueError:
                     raise InputError(f"{path}: study {sid}, column '{name}': not a number ({row[name]!r})") from None
     return out
-
-
-def youden_threshold(y: np.ndarray, s: np.ndarray) -> float:
-    """The score threshold maximising sensitivity + specificity − 1 (Youden's J) on ``(y, s)``."""
-    from sklearn.metrics import roc_curve
-
-    fpr, tpr, thresholds = roc_curve(y, s)
-    best = int(np.argmax(tpr - fpr))
-    return float(min(thresholds[best], 1.0))
 
 
 def threshold_metrics(y: np.ndarray, s: np.ndarray, threshold: float) -> dict[str, float]:

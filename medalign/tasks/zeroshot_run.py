@@ -9,7 +9,7 @@ import torch
 
 from medalign.data.manifest import read_manifest
 from medalign.errors import InputError
-from medalign.metrics import binary_labels
+from medalign.metrics import validation_thresholds
 from medalign.models.inference import embed_studies
 from medalign.prep.vocab import Vocabulary, load_vocabulary
 from medalign.tasks.model_io import load_model
@@ -21,7 +21,6 @@ from medalign.tasks.zeroshot import (
     read_label_csv,
     write_metrics,
     write_scores_csv,
-    youden_threshold,
 )
 
 
@@ -55,13 +54,7 @@ def zeroshot_dataset(checkpoint: Path, dataset: Path, out: Path, vocab: str | No
         notes = {name: threshold_source for name in voc.names}
     else:
         val_scores = finding_probabilities(model, embed_studies(model, val), voc)
-        val_truth = _ground_truth(val, voc, labels)
-        for k, name in enumerate(voc.names):
-            y, s = binary_labels(val_truth[:, k], val_scores[:, k])
-            if 0 < y.sum() < len(y):
-                thresholds[name] = youden_threshold(y, s)
-            else:
-                notes[name] = f"the validation split has {'no positive' if y.sum() == 0 else 'no negative'} for this finding: no threshold"
+        thresholds, notes = validation_thresholds(val_scores, _ground_truth(val, voc, labels), voc.names)
         threshold_source = "youden on the validation split"
     metrics = evaluate(scores, truth, voc.names, thresholds, threshold_notes=notes)
     metrics.update({
@@ -85,12 +78,32 @@ def _ground_truth(manifest, voc: Vocabulary, labels: Path | None) -> np.ndarray:
 
 
 @torch.no_grad()
-def zeroshot_study(checkpoint: Path, study: Path, vocab: str | None = None, device: str = "auto") -> dict:
-    """Per-finding probabilities for one raw study: ``{"study", "probabilities": {name: p}}``."""
+def zeroshot_study(checkpoint: Path, study: Path, vocab: str | None = None, device: str = "auto", modality: str | None = None) -> dict:
+    """One raw study: ``{"study", "probabilities": {name: p}, "findings": {name: {"score", "threshold",
+    "call"}}, "threshold_source"}``; the thresholds are the export's (Youden on the validation split
+    at the end of training, ``thresholds.json``); a finding without one gets no call."""
     model, model_dir = load_model(checkpoint, device)
     voc = _vocabulary(vocab, model_dir, None)
-    volume = prepare_raw_study(study, model_dir)
+    volume = prepare_raw_study(study, model_dir, modality)
     image = torch.from_numpy(volume)[None, None].to(model.logit_scale.device)
     emb = model.encode_image(image).float().cpu().numpy()
     probs = finding_probabilities(model, emb, voc)[0]
-    return {"study": Path(study).name, "probabilities": {n: round(float(p), 4) for n, p in zip(voc.names, probs)}}
+    stored = read_thresholds(model_dir)
+    findings = {}
+    for name, p in zip(voc.names, probs):
+        thr = stored["thresholds"].get(name)
+        findings[name] = {"score": round(float(p), 4), "threshold": None if thr is None else round(float(thr), 4),
+                          "call": None if thr is None else ("positive" if p >= thr else "negative")}
+    return {"study": Path(study).name, "probabilities": {n: f["score"] for n, f in findings.items()}, "findings": findings,
+            "threshold_source": stored["source"]}
+
+
+def read_thresholds(model_dir: Path) -> dict:
+    """The export's ``thresholds.json`` (``{"source", "thresholds", "notes"}``), or an empty set saying why."""
+    import json
+
+    path = Path(model_dir) / "thresholds.json"
+    if not path.is_file():
+        return {"source": "none: this export holds no validation thresholds (trained without a val split, or exported by an older medalign)",
+                "thresholds": {}, "notes": {}}
+    return json.loads(path.read_text(encoding="utf-8"))

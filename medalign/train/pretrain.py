@@ -142,7 +142,29 @@ def pretrain(
         return None
     export = run / EXPORT
     export_model(model.cpu(), run / DATASET_FILES, export)
+    val = manifest.subset("val")
+    if len(val) >= 2:  # operating points for one-study calls (zeroshot --study), fitted on validation only
+        write_validation_thresholds(model, val.subset_rows(range(min(len(val), v.max_studies))), Path(dataset), export,
+                                    config.labels.uncertain)
     return export
+
+
+def write_validation_thresholds(model: DualEncoder, val, dataset: Path, export: Path, uncertain: str = "ignore") -> None:
+    """``export/thresholds.json``: each finding's Youden threshold on the validation split (none,
+    with the reason, where its validation labels lack a class)."""
+    from medalign.io.atomic import atomic_write_json
+    from medalign.metrics import validation_thresholds
+    from medalign.models.inference import embed_studies, finding_probabilities
+    from medalign.prep.vocab import load_vocabulary
+
+    vocab = load_vocabulary(dataset / "vocab.yaml")
+    model.eval()
+    with torch.no_grad():
+        scores = finding_probabilities(model, embed_studies(model, val), vocab)
+    thresholds, notes = validation_thresholds(scores, val.truth(vocab.names, uncertain), vocab.names)
+    atomic_write_json(export / "thresholds.json", {
+        "source": f"youden on the validation split ({len(val)} studies, labels parsed from reports) at the end of training",
+        "thresholds": thresholds, "notes": notes})
 
 
 def _keep_dataset_files(dataset: Path, folder: Path) -> None:
