@@ -18,8 +18,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_a_wheel_installed_elsewhere_finds_its_presets(tmp_path):
+    # built from a copy of the sources: setuptools writes its build/ folder beside them
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    shutil.copytree(ROOT / "medalign", src / "medalign", ignore=shutil.ignore_patterns("__pycache__"))
     wheels = tmp_path / "wheels"
-    res = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet", "-w", str(wheels), str(ROOT)],
+    res = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet", "-w", str(wheels), str(src)],
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:]
     (wheel,) = wheels.glob("medalign-*.whl")
