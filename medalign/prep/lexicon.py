@@ -161,17 +161,6 @@ class PhraseMatcher(Generic[P]):
                         out.append((i, end, payload))
         return out
 
-    def longest(self, lemmas: Sequence[str]) -> list[tuple[int, int, P]]:
-        """Matches without overlaps: at each place the longest one wins, left to right."""
-        spans = sorted(self.matches(lemmas), key=lambda m: (m[0], m[0] - m[1]))
-        out: list[tuple[int, int, P]] = []
-        last = 0
-        for start, end, payload in spans:
-            if start >= last:
-                out.append((start, end, payload))
-                last = end
-        return out
-
 
 def _match_at(words: tuple[_Word, ...], lemmas: Sequence[str], i: int, n: int) -> int:
     """End index of ``words`` matched from token ``i`` (0 if it does not match); lone ``*``
