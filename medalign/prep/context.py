@@ -176,7 +176,7 @@ class ContextEngine:
                 stop = end
                 while not stops[stop] and not any(s == stop and k != kind for s, k in pre_starts):
                     stop += 1
-                if kind == UNCERTAIN and lemmas[start] in ("?", "versus", "vs", "or"):
+                if kind == UNCERTAIN and lemmas[start] in ("?", "versus", "vs"):
                     stop = min(stop, end + 4)  # "? pneumonia", "atelectasis versus pneumonia": a short reach
                 out.append(Cue(kind, direction, start, end, (end, stop)))
             else:
