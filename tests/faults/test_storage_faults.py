@@ -175,6 +175,9 @@ def test_a_full_disk_while_checkpointing_keeps_the_last_checkpoint(prepared_ct, 
     monkeypatch.setattr(TorchCheckpointIO, "save_checkpoint", real)
     state = AtomicCheckpointIO().load_checkpoint(last)  # the previous checkpoint, whole and loadable
     assert state["global_step"] == 1
+    # space freed: the run resumes from it and finishes
+    assert cli(["pretrain", "--data", str(prepared_ct), "--resume", str(run), "--max-steps", "3"]) == 0
+    assert AtomicCheckpointIO().load_checkpoint(last)["global_step"] == 3
 
 
 def test_index_onto_a_full_disk(trained_run, prepared_ct, tiny_fs):
@@ -184,6 +187,11 @@ def test_index_onto_a_full_disk(trained_run, prepared_ct, tiny_fs):
     assert res.returncode == 4
     assert "disk full" in _one_line(res)
     assert not list((tiny_fs / "idx").rglob("*.tmp"))
+    subprocess.run(["mount", "-o", "remount,size=16m", str(tiny_fs)], check=True)  # space freed: the same command completes
+    res = subprocess.run(MEDALIGN + ["index", "--checkpoint", str(trained_run), "--data", str(prepared_ct), "--out", str(tiny_fs / "idx")],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads((tiny_fs / "idx" / "index.json").read_text())["count"] > 0
 
 
 def test_a_second_prep_on_the_same_folder_stops_naming_the_holder(phantom_ct, tmp_path):
