@@ -344,11 +344,11 @@ def test_series_choice_full_coverage_first_then_thin_slices(tmp_path):
 
     chosen, reason = select_series(found, SeriesSelection())
     assert sorted(chosen.files) == sorted(want)
-    assert f"series {chosen.key}: CT axial ORIGINAL/PRIMARY/AXIAL, 41 slices at 2.50 mm over 100 mm" in reason
-    assert f"{by_name['thick_full'].key}: CT axial" in reason and "thicker slices" in reason
-    assert f"{by_name['thinner_partial'].key}: partial coverage (50 of 100 mm)" in reason
-    assert f"{by_name['many_thin_slices_half'].key}: partial coverage (49 of 100 mm)" in reason
-    assert f"{by_name['coronal'].key}: coronal plane" in reason
+    assert f"series {chosen.name}: CT axial ORIGINAL/PRIMARY/AXIAL, 41 slices at 2.50 mm over 100 mm" in reason
+    assert f"{by_name['thick_full'].name}: CT axial" in reason and "thicker slices" in reason
+    assert f"{by_name['thinner_partial'].name}: partial coverage (50 of 100 mm)" in reason
+    assert f"{by_name['many_thin_slices_half'].name}: partial coverage (49 of 100 mm)" in reason
+    assert f"{by_name['coronal'].name}: coronal plane" in reason
 
     coronal, _ = select_series(found, SeriesSelection(planes=["coronal"]))
     assert coronal is by_name["coronal"]

@@ -77,6 +77,7 @@ def test_an_export_with_broken_studies(tmp_path):
     assert code == 3
     rows = pq.read_table(out / "manifest.parquet").to_pylist()
     assert [r["study_id"] for r in rows] == ["good"] and "Report of good" in rows[0]["report"]
+    assert rows[0]["provenance"].startswith("series #")  # named by SeriesNumber as the viewer shows it, then its hash
     errors = {e["study_id"]: e["reason"] for e in map(json.loads, (out / "errors.jsonl").read_text().splitlines())}
     assert errors["trunc_last"] == f"trunc_last/{last.name}: truncated: 256 of 512 pixel bytes"
     assert errors["header_cut"].startswith(f"header_cut/{cut.name}: truncated or damaged DICOM")

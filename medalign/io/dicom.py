@@ -128,6 +128,8 @@ class SeriesInfo:
     n_frames: int  # total frames over all files (slices for classic, frames for multi-frame)
     #: which stack of its series (0 when the series holds one geometry; see split_into_stacks)
     stack: int = 0
+    #: the SeriesNumber the PACS viewer shows ("" when the header has none)
+    series_number: str = ""
     plane: str = "oblique"  # from the first frame's orientation (see acquisition_plane)
     slice_step: float | None = None  # median distance between slice positions (mm), when known
     coverage_mm: float | None = None  # distance from the first to the last slice along the normal
@@ -136,10 +138,15 @@ class SeriesInfo:
 
     def describe(self) -> str:
         """One line for the log: key, modality, plane, image type, slices, step and coverage."""
-        text = f"{self.key}: {self.modality or '?'} {self.plane} {'/'.join(self.image_type) or '-'}, {self.n_frames} slices"
+        text = f"{self.name}: {self.modality or '?'} {self.plane} {'/'.join(self.image_type) or '-'}, {self.n_frames} slices"
         if self.slice_step is not None and self.coverage_mm is not None:
             text += f" at {self.slice_step:.2f} mm over {self.coverage_mm:.0f} mm"
         return text
+
+    @property
+    def name(self) -> str:
+        """How logs name the series: its SeriesNumber, as a viewer shows it, and :attr:`key`."""
+        return f"#{self.series_number} {self.key}" if self.series_number else self.key
 
     @property
     def key(self) -> str:
@@ -264,6 +271,7 @@ def _series_info(study_uid: str, series_uid: str, stack: int, items: list[_Membe
         headers=[ds for _, ds, _ in items],
         n_frames=sum(_frame_count(ds) for _, ds, _ in items),
         stack=stack,
+        series_number=_str(first, "SeriesNumber").strip(),
     )
     geometry = [g for _, _, frames in items for g in frames]
     if geometry:
@@ -319,22 +327,22 @@ def select_series(series: list[SeriesInfo], policy: SeriesSelection) -> tuple[Se
     candidates = []
     for s in series:
         if policy.modalities and s.modality not in policy.modalities:
-            rejected.append(f"{s.key}: modality {s.modality or '?'}")
+            rejected.append(f"{s.name}: modality {s.modality or '?'}")
         elif any(t in s.image_type for t in policy.skip_image_types):
-            rejected.append(f"{s.key}: image type {'/'.join(s.image_type)}")
+            rejected.append(f"{s.name}: image type {'/'.join(s.image_type)}")
         elif policy.skip_secondary_capture and is_secondary_capture(s.sop_class_uid):
-            rejected.append(f"{s.key}: secondary capture")
+            rejected.append(f"{s.name}: secondary capture")
         elif policy.planes and s.plane not in policy.planes:
-            rejected.append(f"{s.key}: {s.plane} plane")
+            rejected.append(f"{s.name}: {s.plane} plane")
         elif s.n_frames < policy.min_slices:
-            rejected.append(f"{s.key}: {s.n_frames} slices < {policy.min_slices}")
+            rejected.append(f"{s.name}: {s.n_frames} slices < {policy.min_slices}")
         else:
             candidates.append(s)
     if not candidates:
         raise InputError("no usable series (" + "; ".join(rejected) + ")")
     longest = max(s.coverage_mm or 0.0 for s in candidates)
     full = [s for s in candidates if (s.coverage_mm or 0.0) >= policy.min_coverage_fraction * longest]
-    rejected += [f"{s.key}: partial coverage ({s.coverage_mm or 0.0:.0f} of {longest:.0f} mm)" for s in candidates if s not in full]
+    rejected += [f"{s.name}: partial coverage ({s.coverage_mm or 0.0:.0f} of {longest:.0f} mm)" for s in candidates if s not in full]
     # thinnest step first (unknown steps last), then most slices, then a stable order
     best = min(full, key=_thin_then_many)
     for s in full:
@@ -646,7 +654,7 @@ def load_series(series: SeriesInfo, policy: SeriesSelection | None = None, root:
         slices.extend(file_slices)
         notes.append(note)
     if len(slices) > MAX_VOXELS // max(1, slices[0].pixels.size):
-        raise InputError(f"series {series.key}: absurd number of slices ({len(slices)})")
+        raise InputError(f"series {series.name}: absurd number of slices ({len(slices)})")
     vol = volume_from_slices(slices, policy)
     vol.info.update({"series_key": series.key, "modality": series.modality})
     note = "; ".join(n for n in [*dict.fromkeys(n for n in notes if n), vol.info.get("geometry_note", "")] if n)
