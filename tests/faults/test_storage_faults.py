@@ -159,9 +159,9 @@ def test_a_full_disk_while_checkpointing_keeps_the_last_checkpoint(prepared_ct, 
 
     def fill_up(self, checkpoint, path, storage_options=None):
         calls["n"] += 1
-        if calls["n"] >= 2:
+        if calls["n"] >= 2:  # a short write without errno, as a full disk gives a buffered writer
             Path(path).write_bytes(b"PK\x03\x04 partial")
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+            raise OSError("4194304 requested and 10 written")
         return real(self, checkpoint, path, storage_options)
 
     monkeypatch.setattr(TorchCheckpointIO, "save_checkpoint", fill_up)
@@ -169,7 +169,7 @@ def test_a_full_disk_while_checkpointing_keeps_the_last_checkpoint(prepared_ct, 
     rc = cli(["pretrain", "--data", str(prepared_ct), "--out", str(run), "--config", "demo_ct", "--max-steps", "3",
               "--checkpoint-every", "1", "data.batch_size=4", "model.image.options.widen_factor=0.25"])
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("medalign")]
-    assert rc == 4 and len(err) == 1 and "No space left on device" in err[0], err
+    assert rc == 4 and len(err) == 1 and "short write: disk full" in err[0] and "last.ckpt" in err[0], err
     last = run / "checkpoints" / "last.ckpt"
     assert not list(last.parent.glob(".*.tmp"))
     monkeypatch.setattr(TorchCheckpointIO, "save_checkpoint", real)
@@ -192,6 +192,58 @@ def test_index_onto_a_full_disk(trained_run, prepared_ct, tiny_fs):
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
     assert json.loads((tiny_fs / "idx" / "index.json").read_text())["count"] > 0
+
+
+def test_pretrain_onto_a_small_disk_is_one_line(prepared_ct, tiny_fs):
+    """A real small file system: logs and caches fit, the first checkpoint does not."""
+    subprocess.run(["mount", "-o", "remount,size=3m", str(tiny_fs)], check=True)
+    run = tiny_fs / "run"
+    res = subprocess.run(MEDALIGN + ["pretrain", "--data", str(prepared_ct), "--out", str(run), "--config", "demo_ct", "--max-steps", "3",
+                                     "--checkpoint-every", "1", "data.batch_size=4", "model.image.options.widen_factor=0.25"],
+                         capture_output=True, text=True)
+    assert res.returncode == 4, res.stderr[-3000:]
+    line = [x for x in res.stderr.splitlines() if x.startswith("medalign")]
+    assert len(line) == 1 and "checkpoints/last.ckpt" in line[0] and "disk full" in line[0] and "Traceback" not in res.stderr
+    assert not list((run / "checkpoints").iterdir())  # no partial checkpoint
+
+
+def test_index_under_a_file_size_limit_is_one_line(trained_run, prepared_ct, tmp_path):
+    def cap():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))  # the study embeddings take 98 KB
+
+    res = subprocess.run(MEDALIGN + ["index", "--checkpoint", str(trained_run), "--data", str(prepared_ct), "--out", str(tmp_path / "idx")],
+                         capture_output=True, text=True, preexec_fn=cap)
+    assert res.returncode == 4
+    assert "file size limit" in _one_line(res)
+    assert not list((tmp_path / "idx").rglob("*.tmp"))
+
+
+def test_index_with_a_short_write_is_one_line(trained_run, prepared_ct, tmp_path, monkeypatch, capsys):
+    import medalign.io.atomic as atomic
+
+    def short_save(f, array):
+        f.write(b"\x93NUMPY")
+        raise OSError(f"{array.nbytes} requested and 6 written")
+
+    monkeypatch.setattr(atomic.np, "save", short_save)
+    assert cli(["index", "--checkpoint", str(trained_run), "--data", str(prepared_ct), "--out", str(tmp_path / "idx")]) == 4
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "study_embeddings.npy" in err[0] and "short write" in err[0], err
+    assert not list((tmp_path / "idx").rglob("*.tmp")) and not (tmp_path / "idx" / "index.json").exists()
+
+
+def test_checkpointing_under_a_file_size_limit_is_one_line(prepared_ct, tmp_path):
+    def cap():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, 1_000_000))  # logs and caches fit; a checkpoint does not
+
+    run = tmp_path / "run"
+    res = subprocess.run(MEDALIGN + ["pretrain", "--data", str(prepared_ct), "--out", str(run), "--config", "demo_ct", "--max-steps", "3",
+                                     "--checkpoint-every", "1", "data.batch_size=4", "model.image.options.widen_factor=0.25"],
+                         capture_output=True, text=True, preexec_fn=cap)
+    assert res.returncode == 4, res.stderr[-3000:]
+    line = [x for x in res.stderr.splitlines() if x.startswith("medalign")]
+    assert len(line) == 1 and "last.ckpt" in line[0] and "file size limit" in line[0] and "Traceback" not in res.stderr
+    assert not list((run / "checkpoints").iterdir())
 
 
 def test_a_second_prep_on_the_same_folder_stops_naming_the_holder(phantom_ct, tmp_path):
