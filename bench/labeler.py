@@ -14,6 +14,8 @@
      mention spans* medalign found, so the two scope engines differ and nothing else: negated -> 0,
      uncertain -> -1, hypothetical or historical -> not counted, else 1. Skipped with a line saying
      how to install it when ``medspacy`` is not importable (``make bench-nlp``).
+   Also printed: on dev, how the gold treats findings medalign labels uncertain, cue by cue, and the
+   macro F1 when uncertain counts as present.
 2. Speed: medalign reports/s on one core over the whole Open-i set, repeated.
 3. The hand-written gold (``tests/data/labeler_gold.jsonl`` and ``labeler_heldout.jsonl``, chest-CT
    phrasing, 3 classes): per-class F1 for medalign and the keyword baseline.
@@ -155,6 +157,22 @@ def openi(directory: Path, use_medspacy: bool, repeats: int) -> None:
             print(f"| {n} | {sum(gold)} | " + " | ".join(cells) + " |")
         print(f"| **macro ({len(macro[systems[0]])} findings with a gold positive)** | | "
               + " | ".join(f"**{sum(v) / len(v):.3f}**" for v in macro.values()) + " |")
+    # how the gold treats hedges (dev only): reports whose only mentions of a finding are uncertain, by the deciding cue
+    hedges: dict[str, list[int]] = {}
+    for r in reports:
+        if r["split"] != "dev":
+            continue
+        by_finding: dict[str, list] = {}
+        for m in labeler.mentions(texts[r["study_id"]]):
+            by_finding.setdefault(m.finding, []).append(m)
+        for name, found in by_finding.items():
+            if {m.label for m in found} != {-1}:
+                continue
+            for cue in {m.sentence[m.cue[0]:m.cue[1]].lower() for m in found if m.cue}:
+                hedges.setdefault(cue, [0, 0])[truth[r["study_id"]][name] == "1"] += 1
+    common = sorted(hedges.items(), key=lambda kv: -sum(kv[1]))[:10]
+    print("\ndev, findings labelled uncertain only, by cue: gold present of all — "
+          + ", ".join(f'"{cue}" {n1} of {n0 + n1}' for cue, (n0, n1) in common))
     # the same labels scored with uncertain (-1) counted as present (CheXpert's U-ones)
     for split in ("dev", "test"):
         ids = [r["study_id"] for r in reports if r["split"] == split]

@@ -8,6 +8,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import csv  # noqa: E402
+import shutil  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -44,3 +46,18 @@ def trained_run(prepared_ct, tmp_path_factory) -> Path:
     ])
     assert code == 0
     return run
+
+
+def phantom_export(phantom_ct: Path, dst: Path, n: int) -> tuple[Path, Path]:
+    """The first ``n`` phantom studies copied as an export: ``dst/images/<id>/`` and ``dst/reports.csv``
+    (study_id, report; no split column). Returns (images, reports)."""
+    rows = list(csv.DictReader(open(phantom_ct / "reports.csv", encoding="utf-8")))[:n]
+    images = dst / "images"
+    for r in rows:
+        shutil.copytree(phantom_ct / "images" / r["study_id"], images / r["study_id"])
+    reports = dst / "reports.csv"
+    with open(reports, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, ["study_id", "report"])
+        w.writeheader()
+        w.writerows({"study_id": r["study_id"], "report": r["report"]} for r in rows)
+    return images, reports

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import confusion_matrix, f1_score, roc_auc_score
 
-from medalign.tasks.zeroshot import bootstrap_auroc_ci, evaluate, threshold_metrics, youden_threshold
+from medalign.metrics import youden_threshold
+from medalign.tasks.zeroshot import bootstrap_auroc_ci, evaluate, threshold_metrics
 
 
 def _data(n=200, seed=0):

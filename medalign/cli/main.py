@@ -189,6 +189,7 @@ def cmd_label(a: argparse.Namespace) -> int:
 
     from medalign.io.atomic import atomic_write
     from medalign.io.reports import read_reports
+    from medalign.prep.deid import redact_identifiers
     from medalign.prep.labeler import ReportLabeler
     from medalign.prep.report_text import clean_report
     from medalign.prep.vocab import load_vocabulary
@@ -198,21 +199,28 @@ def cmd_label(a: argparse.Namespace) -> int:
     for p in problems:
         print(f"warning: {p}", file=sys.stderr)
     labeler = ReportLabeler(vocab)
+    # one labelling pass, on the text prep would store (cleaned, identifiers redacted), for the CSV and the audit
+    kept: dict[str, list] = {}
+    rows = []
+    for sid, row in reports.items():
+        found = labeler.mentions(redact_identifiers(clean_report(row["report"])))
+        labels = labeler.report_labels(found)
+        rows.append([sid, *("" if labels[n] is None else labels[n] for n in vocab.names)])
+        if a.audit is not None:
+            kept[sid] = found
 
     def _write(tmp: Path) -> None:
         with open(tmp, "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
             w.writerow(["study_id", *vocab.names])
-            for sid, row in reports.items():
-                labels = labeler.label(clean_report(row["report"]))
-                w.writerow([sid, *("" if labels[n] is None else labels[n] for n in vocab.names)])
+            w.writerows(rows)
 
     atomic_write(a.out, _write)
     print(f"labelled {len(reports)} reports -> {a.out}")
     if a.audit is not None:
         from medalign.prep.audit import audit_labels
 
-        audit_labels({sid: row["report"] for sid, row in reports.items()}, labeler, a.audit, per_class=a.audit_samples)
+        audit_labels(kept, labeler, a.audit, per_class=a.audit_samples)
         print(f"audit: {a.audit / 'audit.html'}, {a.audit / 'audit.csv'}, {a.audit / 'audit_sentences.csv'}")
     return 0
 

@@ -4,8 +4,8 @@ Per finding: prevalence (reports labelled present), counts of reports present / 
 and a seeded random sample of sentences for each class with the words that triggered the finding
 and the cue that decided its label highlighted. Written as ``audit.html`` (self-contained),
 ``audit.csv`` (one row per finding) and ``audit_sentences.csv`` (the sampled sentences, with the
-trigger and the cue as text). Sentences pass through :func:`redact_identifiers` like any report text
-that medalign stores.
+trigger and the cue as text). ``medalign label`` labels the reports as prep does (cleaned and
+redacted by :func:`redact_identifiers`), once, for both its CSV and the audit.
 """
 
 from __future__ import annotations
@@ -18,40 +18,36 @@ from pathlib import Path
 import numpy as np
 
 from medalign.io.atomic import atomic_write_text
-from medalign.prep.deid import redact_identifiers
 from medalign.prep.labeler import Mention, ReportLabeler
-from medalign.prep.report_text import clean_report
 
 CLASSES = ((1, "present"), (0, "negated"), (-1, "uncertain"))
 
 
-def audit_labels(reports: dict[str, str], labeler: ReportLabeler, out: Path, per_class: int = 10, seed: int = 0) -> dict:
-    """Label ``reports`` (``{study_id: text}``) and write the audit into folder ``out``.
+def audit_labels(mentions: dict[str, list[Mention]], labeler: ReportLabeler, out: Path, per_class: int = 10, seed: int = 0) -> dict:
+    """Write the audit of reports already labelled (``{study_id: their mentions}``, as
+    :meth:`ReportLabeler.mentions` gives them) into folder ``out``.
     Returns ``{finding: {"present": n, "negated": n, "uncertain": n, "prevalence": p}}``."""
     names = labeler.vocab.names
     counts = {n: {c: 0 for _, c in CLASSES} for n in names}
     examples: dict[tuple[str, int], list[tuple[str, Mention]]] = {}
-    for sid, raw in reports.items():
-        text = redact_identifiers(clean_report(raw))
-        mentions = labeler.mentions(text)
-        labels: dict[str, set[int]] = {}
-        for m in mentions:
-            labels.setdefault(m.finding, set()).add(m.label)
+    for sid, found in mentions.items():
+        for m in found:
             examples.setdefault((m.finding, m.label), []).append((sid, m))
-        for n, found in labels.items():  # as the labeler decides a report: present, else uncertain, else negated
-            counts[n]["present" if 1 in found else "uncertain" if -1 in found else "negated"] += 1
+        for n, value in labeler.report_labels(found).items():
+            if value is not None:
+                counts[n][dict(CLASSES)[value]] += 1
     rng = np.random.default_rng(seed)
     samples: dict[tuple[str, int], list[tuple[str, Mention]]] = {}
     for key, found in examples.items():
         pick = rng.choice(len(found), size=min(per_class, len(found)), replace=False)
         samples[key] = [found[i] for i in sorted(pick)]
-    n_reports = max(1, len(reports))
+    n_reports = max(1, len(mentions))
     summary = {n: {**counts[n], "prevalence": counts[n]["present"] / n_reports} for n in names}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "audit.csv", _summary_csv(summary, len(reports)))
+    atomic_write_text(out / "audit.csv", _summary_csv(summary, len(mentions)))
     atomic_write_text(out / "audit_sentences.csv", _sentences_csv(samples, names))
-    atomic_write_text(out / "audit.html", _html(summary, samples, names, len(reports), labeler))
+    atomic_write_text(out / "audit.html", _html(summary, samples, names, len(mentions), labeler))
     return summary
 
 

@@ -366,7 +366,9 @@ def prepare_dataset(
     for sid in orphan_reports:
         log_lines.append(f"warning: report for study {sid} has no images; ignored")
     needed = estimate_bytes(config, len(tasks))
-    if needed is not None:
+    if needed is None:
+        log_lines.append("space: not estimated (the preset's steps fix no output size); a full disk still stops the run, exit 4")
+    else:
         import shutil
 
         free = shutil.disk_usage(out).free

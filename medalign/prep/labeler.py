@@ -62,8 +62,12 @@ class ReportLabeler:
     def label(self, text: str) -> dict[str, int | None]:
         """``{finding: 1 | 0 | -1 | None}`` for one report. Only FINDINGS and IMPRESSION count when the
         report has headers (a history of pneumonia or a request to exclude it is not a finding)."""
+        return self.report_labels(self.mentions(text))
+
+    def report_labels(self, mentions: list[Mention]) -> dict[str, int | None]:
+        """A report's labels from its mentions: present if any says so, else uncertain, else negated."""
         found: dict[str, set[int]] = {name: set() for name in self.vocab.names}
-        for m in self.mentions(text):
+        for m in mentions:
             found[m.finding].add(m.label)
         return {name: 1 if 1 in s else -1 if -1 in s else 0 if 0 in s else None for name, s in found.items()}
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from medalign.errors import InputError
 from medalign.io.atomic import atomic_write, atomic_write_json
-from medalign.metrics import binary_labels, youden_threshold  # noqa: F401 - youden_threshold re-exported
+from medalign.metrics import binary_labels
 from medalign.models.inference import finding_probabilities  # noqa: F401 - part of this module's API
 
 

@@ -3,17 +3,16 @@ byte-for-byte the one an uninterrupted run writes."""
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
 import time
 
 import pyarrow.parquet as pq
+from conftest import phantom_export
 
 MEDALIGN = [sys.executable, "-m", "medalign.cli.main"]
 
@@ -26,15 +25,7 @@ def _digest(dataset) -> tuple[list, dict]:
 
 
 def test_five_sigkills_then_resume_equal_one_run(phantom_ct, tmp_path):
-    images = tmp_path / "images"
-    rows = list(csv.DictReader(open(phantom_ct / "reports.csv", encoding="utf-8")))[:24]
-    for r in rows:
-        shutil.copytree(phantom_ct / "images" / r["study_id"], images / r["study_id"])
-    reports = tmp_path / "reports.csv"
-    with open(reports, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, ["study_id", "report"])
-        w.writeheader()
-        w.writerows({"study_id": r["study_id"], "report": r["report"]} for r in rows)
+    images, reports = phantom_export(phantom_ct, tmp_path, 24)
     argv = ["prep", "--images", str(images), "--reports", str(reports), "--config", "demo_ct", "--workers", "2"]
 
     reference = tmp_path / "reference"

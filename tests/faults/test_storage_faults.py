@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-import csv
 import errno
+import json
 import os
-import shutil
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
+from conftest import phantom_export
 
 import medalign.prep.build as build
 from medalign.cli.main import main as cli
@@ -15,14 +21,7 @@ from medalign.cli.main import main as cli
 
 @pytest.mark.parametrize("code, text", [(errno.ENOSPC, "No space left on device"), (errno.EROFS, "Read-only file system")])
 def test_storage_errors_are_one_line(phantom_ct, tmp_path, monkeypatch, capsys, code, text):
-    rows = list(csv.DictReader(open(phantom_ct / "reports.csv", encoding="utf-8")))[:2]
-    images = tmp_path / "images"
-    for r in rows:
-        shutil.copytree(phantom_ct / "images" / r["study_id"], images / r["study_id"])
-    with open(tmp_path / "reports.csv", "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, ["study_id", "report"])
-        w.writeheader()
-        w.writerows({"study_id": r["study_id"], "report": r["report"]} for r in rows)
+    images, _ = phantom_export(phantom_ct, tmp_path, 2)
 
     def refuse(path, array):
         raise OSError(code, os.strerror(code), str(path))
@@ -38,34 +37,11 @@ def test_storage_errors_are_one_line(phantom_ct, tmp_path, monkeypatch, capsys, 
 
 # --- a full disk, a file-size limit, a short write, two writers ---------------------------------
 
-import json  # noqa: E402
-import resource  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import numpy as np  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
-
 MEDALIGN = [sys.executable, "-m", "medalign.cli.main"]
 #: demo_ct without its fixed output size: prep cannot estimate the space, so the disk fills mid-run
 UNSIZED = ("modality: ct\nvocab: chest_ct\nseries: {modalities: [CT], planes: [axial], min_slices: 8}\n"
            "steps:\n  - orientation: {axcodes: RAS}\n  - spacing: {pixdim: [8.0, 8.0, 7.5]}\n"
            "  - window: {a_min: -1000.0, a_max: 400.0}\ncache_dtype: uint8\nworkers: 2\n")
-
-
-def _export(phantom_ct: Path, dst: Path, n: int) -> tuple[Path, Path]:
-    rows = list(csv.DictReader(open(phantom_ct / "reports.csv", encoding="utf-8")))[:n]
-    images = dst / "images"
-    for r in rows:
-        shutil.copytree(phantom_ct / "images" / r["study_id"], images / r["study_id"])
-    reports = dst / "reports.csv"
-    with open(reports, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, ["study_id", "report"])
-        w.writeheader()
-        w.writerows({"study_id": r["study_id"], "report": r["report"]} for r in rows)
-    return images, reports
 
 
 @pytest.fixture
@@ -89,7 +65,7 @@ def _one_line(res: subprocess.CompletedProcess) -> str:
 
 
 def test_a_disk_that_fills_mid_run_then_resume(phantom_ct, tmp_path, tiny_fs):
-    images, reports = _export(phantom_ct, tmp_path, 24)
+    images, reports = phantom_export(phantom_ct, tmp_path, 24)
     (tmp_path / "p.yaml").write_text(UNSIZED)
     out = tiny_fs / "ds"
     cmd = MEDALIGN + ["prep", "--images", str(images), "--reports", str(reports), "--out", str(out), "--config", str(tmp_path / "p.yaml")]
@@ -108,7 +84,7 @@ def test_a_disk_that_fills_mid_run_then_resume(phantom_ct, tmp_path, tiny_fs):
 
 
 def test_prep_checks_free_space_before_it_starts(phantom_ct, tmp_path, tiny_fs):
-    images, reports = _export(phantom_ct, tmp_path, 24)
+    images, reports = phantom_export(phantom_ct, tmp_path, 24)
     out = tiny_fs / "ds"
     res = subprocess.run(MEDALIGN + ["prep", "--images", str(images), "--reports", str(reports), "--out", str(out),
                                      "--config", "demo_ct"], capture_output=True, text=True)
@@ -119,7 +95,7 @@ def test_prep_checks_free_space_before_it_starts(phantom_ct, tmp_path, tiny_fs):
 
 
 def test_a_file_size_limit_is_one_line(phantom_ct, tmp_path):
-    images, reports = _export(phantom_ct, tmp_path, 2)
+    images, reports = phantom_export(phantom_ct, tmp_path, 2)
     limit = 50_000  # a cached demo volume is 92 KB
 
     def cap():
@@ -136,7 +112,7 @@ def test_a_short_write_without_errno_is_one_line(phantom_ct, tmp_path, monkeypat
     """numpy's save on a full disk raises OSError("N requested and M written"), no errno."""
     import medalign.io.atomic as atomic
 
-    images, reports = _export(phantom_ct, tmp_path, 2)
+    images, reports = phantom_export(phantom_ct, tmp_path, 2)
 
     def short_save(f, array):
         f.write(b"\x93NUMPY" + b"\0" * 100)
@@ -247,7 +223,7 @@ def test_checkpointing_under_a_file_size_limit_is_one_line(prepared_ct, tmp_path
 
 
 def test_a_second_prep_on_the_same_folder_stops_naming_the_holder(phantom_ct, tmp_path):
-    images, reports = _export(phantom_ct, tmp_path, 24)
+    images, reports = phantom_export(phantom_ct, tmp_path, 24)
     out = tmp_path / "ds"
     cmd = MEDALIGN + ["prep", "--images", str(images), "--reports", str(reports), "--out", str(out), "--config", "demo_ct", "--workers", "1"]
     first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
