@@ -12,7 +12,10 @@ import csv  # noqa: E402
 import shutil  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+import pydicom  # noqa: E402
 import pytest  # noqa: E402
+from pydicom.data import get_testdata_file  # noqa: E402
+from pydicom.uid import generate_uid  # noqa: E402
 
 from medalign.cli.main import main as cli  # noqa: E402
 
@@ -61,3 +64,50 @@ def phantom_export(phantom_ct: Path, dst: Path, n: int) -> tuple[Path, Path]:
         w.writeheader()
         w.writerows({"study_id": r["study_id"], "report": r["report"]} for r in rows)
     return images, reports
+
+
+# A real CT series (pydicom's dicomdirtests CT5N: 5 axial 16x16 slices) and the exports built from it
+CT5N = Path(get_testdata_file("dicomdirtests/98892001/CT5N/2062", download=False)).parent
+REAL_CT_CONFIG = ("modality: ct\nvocab: chest_ct\nseries: {modalities: [CT], planes: [], min_slices: 3}\n"
+                  "steps:\n  - orientation: {axcodes: RAS}\n  - spacing: {pixdim: [4.0, 4.0, 4.0]}\n"
+                  "  - window: {a_min: -1000.0, a_max: 400.0}\n  - crop_or_pad: {spatial_size: [16, 16, 8]}\n")
+
+
+def copy_real_series(dst: Path, patient_id: str | None = None, new_study: bool = False, accession: str | None = None,
+                     prefix: str = "", hu_offset: int = 0, blank_ids: bool = False) -> list[Path]:
+    """CT5N's files under ``dst`` (named ``prefix`` + the original name); with ``new_study`` they become
+    another study (new UIDs); ``hu_offset`` shifts every stored value, so a test can tell the studies'
+    pixels apart; ``blank_ids`` empties StudyInstanceUID, SeriesInstanceUID and AccessionNumber."""
+    dst.mkdir(parents=True, exist_ok=True)
+    study_uid, series_uid = generate_uid(), generate_uid()
+    out = []
+    for f in sorted(p for p in CT5N.iterdir() if p.is_file()):
+        ds = pydicom.dcmread(f)
+        if new_study:
+            ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        if patient_id is not None:
+            ds.PatientID = patient_id
+        if accession is not None:
+            ds.AccessionNumber = accession
+        if hu_offset:
+            ds.PixelData = (ds.pixel_array.astype("int32") + hu_offset).astype(ds.pixel_array.dtype).tobytes()
+        if blank_ids:
+            ds.StudyInstanceUID = ds.SeriesInstanceUID = ds.AccessionNumber = ""
+        name = prefix + f.name
+        target = dst / (name + ("_b" if (dst / name).exists() else ""))
+        ds.save_as(target, enforce_file_format=True)
+        out.append(target)
+    return out
+
+
+def by_position(files: list[Path]) -> list[Path]:
+    return sorted(files, key=lambda f: float(pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient[2]))
+
+
+def write_reports(path: Path, ids: list[str]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["study_id", "report"])
+        for sid in ids:
+            w.writerow([sid, f"Report of {sid}: no pleural effusion."])

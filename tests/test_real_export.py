@@ -4,54 +4,19 @@ true reason, studies of one patient in one split, PatientID never written, the p
 
 from __future__ import annotations
 
-import csv
 import json
 import shutil
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pydicom
 import pytest
-from pydicom.data import get_testdata_file
-from pydicom.uid import generate_uid
+from conftest import REAL_CT_CONFIG as CONFIG
+from conftest import by_position as _by_position
+from conftest import copy_real_series as _copy_series
+from conftest import write_reports as _reports
 
 from medalign.cli.main import main as cli
 from medalign.prep.build import assign_split
-
-CT5N = Path(get_testdata_file("dicomdirtests/98892001/CT5N/2062", download=False)).parent
-CONFIG = ("modality: ct\nvocab: chest_ct\nseries: {modalities: [CT], planes: [], min_slices: 3}\n"
-          "steps:\n  - orientation: {axcodes: RAS}\n  - spacing: {pixdim: [4.0, 4.0, 4.0]}\n"
-          "  - window: {a_min: -1000.0, a_max: 400.0}\n  - crop_or_pad: {spatial_size: [16, 16, 8]}\n")
-
-
-def _copy_series(dst: Path, patient_id: str | None = None, new_study: bool = False) -> list[Path]:
-    """CT5N's files under ``dst``; with ``new_study`` they become another study (new UIDs)."""
-    dst.mkdir(parents=True, exist_ok=True)
-    study_uid, series_uid = generate_uid(), generate_uid()
-    out = []
-    for f in sorted(p for p in CT5N.iterdir() if p.is_file()):
-        ds = pydicom.dcmread(f)
-        if new_study:
-            ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
-            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        if patient_id is not None:
-            ds.PatientID = patient_id
-        target = dst / (f.name + ("_b" if (dst / f.name).exists() else ""))
-        ds.save_as(target, enforce_file_format=True)
-        out.append(target)
-    return out
-
-
-def _by_position(files: list[Path]) -> list[Path]:
-    return sorted(files, key=lambda f: float(pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient[2]))
-
-
-def _reports(path: Path, ids: list[str]) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["study_id", "report"])
-        for sid in ids:
-            w.writerow([sid, f"Report of {sid}: no pleural effusion."])
 
 
 def test_an_export_with_broken_studies(tmp_path):

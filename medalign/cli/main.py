@@ -171,10 +171,13 @@ def cmd_prep(a: argparse.Namespace) -> int:
         key = a.hash_ids.read_bytes().strip()
         if len(key) < 16:
             raise MedalignError(f"--hash-ids {a.hash_ids}: the key must hold at least 16 bytes of secret")
+    if a.group_by != "folder" and key is None:
+        print(f"prep: study ids are the {'StudyInstanceUIDs' if a.group_by == 'study_uid' else 'AccessionNumbers'} of the "
+              "studies; --hash-ids KEYFILE writes keyed pseudonyms instead")
     lock = "prep" if a.shard is None else f"prep.shard-{a.shard[0]}-of-{a.shard[1]}"  # shards share a folder on purpose
     with _one_writer(a.out, lock):
         s = prepare_dataset(a.images, a.reports, a.out, vocab, config, workers=a.workers, shard=a.shard, id_key=key,
-                            given_labels=given)
+                            given_labels=given, group_by=a.group_by)
     reasons = "; ".join(f"{k}: {v}" for k, v in s.reasons.items())
     orphans = f", {s.reports_without_images} reports without images" if s.reports_without_images else ""
     print(f"prep (preset {Path(preset).stem}): {s.done} prepared, {s.skipped} already done, {s.failed} failed"
@@ -195,7 +198,7 @@ def cmd_label(a: argparse.Namespace) -> int:
     from medalign.prep.vocab import load_vocabulary
 
     vocab = load_vocabulary(a.vocab or "chest_ct")
-    reports, problems = read_reports(a.reports)
+    reports, problems, key_column = read_reports(a.reports)
     for p in problems:
         print(f"warning: {p}", file=sys.stderr)
     labeler = ReportLabeler(vocab)
@@ -212,7 +215,7 @@ def cmd_label(a: argparse.Namespace) -> int:
     def _write(tmp: Path) -> None:
         with open(tmp, "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
-            w.writerow(["study_id", *vocab.names])
+            w.writerow([key_column, *vocab.names])
             w.writerows(rows)
 
     atomic_write(a.out, _write)
@@ -394,8 +397,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_convert)
 
     s = sub.add_parser("prep", help="DICOM/NIfTI studies + reports -> dataset")
-    s.add_argument("--images", type=_existing_dir, help="one sub-folder (or NAME.nii[.gz]) per study")
-    s.add_argument("--reports", type=_existing_file, help="CSV or JSONL with study_id, report [, split]")
+    s.add_argument("--images", type=_existing_dir, help="one sub-folder (or NAME.nii[.gz]) per study; any DICOM tree with --group-by")
+    s.add_argument("--reports", type=_existing_file, help="CSV or JSONL with study_id (or accession_number), report [, split]")
+    s.add_argument("--group-by", choices=("folder", "study_uid", "accession"), default="folder",
+                   help="what makes a study: a sub-folder of --images (default), or the files' StudyInstanceUID or AccessionNumber")
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--shard", type=_shard, default=None, metavar="I/N", help="prepare only shard I of N (cluster array jobs); then --merge")
     s.add_argument("--merge", action="store_true", help="join the shards' manifests in --out into manifest.parquet")

@@ -196,17 +196,19 @@ def _display(path: Path, root: Path | None) -> str:
     return Path(path).name
 
 
-def scan_series(root: Path) -> tuple[list[SeriesInfo], list[tuple[Path, str]]]:
-    """Group every DICOM file under ``root`` (recursively) into series.
+def scan_series(root: Path, files: list[Path] | None = None) -> tuple[list[SeriesInfo], list[tuple[Path, str]]]:
+    """Group every DICOM file under ``root`` (recursively), or the given ``files``, into series.
 
-    A file repeating an instance already read (same SOPInstanceUID, position and frame count: PACS
+    Files without a SeriesInstanceUID (blanked by de-identification) are grouped by folder and
+    SeriesNumber instead. A file repeating an instance already read (same SOPInstanceUID, position and frame count: PACS
     exports repeat instances) is skipped; a SOPInstanceUID reused at another position (as some
     de-identification tools leave them) is not a repeat. Returns the series and ``(file, reason)`` for files that were skipped.
     """
     groups: dict[tuple[str, str], list[tuple[Path, Dataset]]] = defaultdict(list)
     skipped: list[tuple[Path, str]] = []
     seen_instances: dict[tuple[str, str, int], Path] = {}
-    for path in sorted(p for p in Path(root).rglob("*") if p.is_file()):
+    paths = sorted(files) if files is not None else sorted(p for p in Path(root).rglob("*") if p.is_file())
+    for path in paths:
         if path.name.upper() == "DICOMDIR":
             skipped.append((path, "DICOMDIR index file"))
             continue
@@ -227,7 +229,8 @@ def scan_series(root: Path) -> tuple[list[SeriesInfo], list[tuple[Path, str]]]:
             skipped.append((path, f"same SOP instance as {seen_instances[instance].name}"))
             continue
         seen_instances[instance] = path
-        groups[(_str(ds, "StudyInstanceUID"), _str(ds, "SeriesInstanceUID"))].append((path, ds))
+        series_uid = _str(ds, "SeriesInstanceUID").strip() or f"blank:{path.parent}#{_str(ds, 'SeriesNumber').strip()}"
+        groups[(_str(ds, "StudyInstanceUID").strip(), series_uid)].append((path, ds))
     series = []
     for (study_uid, series_uid), members in groups.items():
         for stack, items in enumerate(split_into_stacks(members)):
@@ -383,6 +386,7 @@ class _Slice:
     iop: np.ndarray
     spacing: tuple[float, float]  # (between rows, between columns)
     source: Path
+    instance: int | None = None  # InstanceNumber of a single-frame file
 
 
 def _slices_from_file(path: Path, frame_order_fallback: bool = False, header: Dataset | None = None,
@@ -428,6 +432,12 @@ def _slices_from_file(path: Path, frame_order_fallback: bool = False, header: Da
         geometry, note = _positions_from_frame_order(ds, frame_groups, geometry, path)
     if len(geometry) != n_frames:
         raise InputError(f"{name}: no usable ImagePositionPatient/ImageOrientationPatient")
+    instance = None
+    if n_frames == 1:
+        try:
+            instance = int(ds.get("InstanceNumber"))
+        except (TypeError, ValueError):
+            pass
     out = []
     for f, groups in enumerate(frame_groups):
         ps = _functional(ds, groups, "PixelMeasuresSequence", "PixelSpacing")
@@ -436,7 +446,7 @@ def _slices_from_file(path: Path, frame_order_fallback: bool = False, header: Da
         slope, intercept = _rescale(ds, groups)
         ipp, iop = geometry[f]
         out.append(_Slice(pixels=_to_float_units(pixels[f], slope, intercept), ipp=ipp, iop=iop,
-                          spacing=(float(ps[0]), float(ps[1])), source=path))
+                          spacing=(float(ps[0]), float(ps[1])), source=path, instance=instance))
     return out, note
 
 
@@ -655,6 +665,9 @@ def load_series(series: SeriesInfo, policy: SeriesSelection | None = None, root:
         notes.append(note)
     if len(slices) > MAX_VOXELS // max(1, slices[0].pixels.size):
         raise InputError(f"series {series.name}: absurd number of slices ({len(slices)})")
+    gap = instance_number_gap(slices, root) if policy.on_uneven_spacing == "reject" else ""
+    if gap:
+        raise InputError(f"series {series.name}: {gap}")
     vol = volume_from_slices(slices, policy)
     vol.info.update({"series_key": series.key, "modality": series.modality})
     note = "; ".join(n for n in [*dict.fromkeys(n for n in notes if n), vol.info.get("geometry_note", "")] if n)
@@ -663,11 +676,36 @@ def load_series(series: SeriesInfo, policy: SeriesSelection | None = None, root:
     return vol
 
 
-def load_dicom_study(folder: Path, policy: SeriesSelection | None = None) -> tuple[Volume, str]:
-    """Scan ``folder``, choose its series by ``policy`` and load it; returns the volume and why it was chosen."""
+def instance_number_gap(slices: list[_Slice], root: Path | None = None) -> str:
+    """A message naming the missing instances when the slices' InstanceNumbers, read in position
+    order, count up (or down) one by one except where some are missing: files that did not reach the
+    export, said as such rather than as uneven spacing; "" otherwise. Series numbered in any other
+    way (repeats, strides, random numbers) are not judged."""
+    numbers = [s.instance for s in slices]
+    if len(slices) < 3 or None in numbers or len(set(numbers)) != len(numbers):
+        return ""
+    ordered, _ = sort_slices_by_position(list(slices))
+    steps = np.diff([s.instance for s in ordered])
+    if not (np.all(steps > 0) or np.all(steps < 0)):
+        return ""
+    steps = np.abs(steps)
+    if np.sum(steps != 1) > max(1.0, 0.2 * len(steps)) or np.all(steps == 1):
+        return ""  # numbered in strides, or complete
+    k = int(np.argmax(steps > 1))
+    a, b = sorted((ordered[k], ordered[k + 1]), key=lambda s: s.instance)
+    missing = int(steps.sum() - len(steps))
+    return (f"gap in InstanceNumber: {missing} instance{'s' if missing > 1 else ''} missing between "
+            f"{a.instance} ({_display(a.source, root)}) and {b.instance} ({_display(b.source, root)}): files lost from the export?")
+
+
+def load_dicom_study(folder: Path, policy: SeriesSelection | None = None, files: list[Path] | None = None,
+                     root: Path | None = None) -> tuple[Volume, str]:
+    """Scan ``folder`` (or only ``files``, a study grouped by its DICOM identity), choose its series by
+    ``policy`` and load it; returns the volume and why it was chosen. Errors name files relative to
+    ``root`` (default: the folder's parent, the images folder)."""
     policy = policy or SeriesSelection()
-    root = Path(folder).parent  # errors name files as the user finds them under the images folder
-    series, skipped = scan_series(folder)
+    root = Path(root) if root is not None else Path(folder).parent  # files named as the user finds them
+    series, skipped = scan_series(folder, files)
     corrupt = [p for p, why in skipped if why == CORRUPT]
     if corrupt:  # never a slice fewer without a word: a cut file fails its study
         more = f" (and {len(corrupt) - 1} more)" if len(corrupt) > 1 else ""

@@ -1,4 +1,5 @@
-"""Reading the reports file: CSV or JSONL with ``study_id`` and ``report`` (optional ``split``)."""
+"""Reading the reports file: CSV or JSONL with ``study_id`` (or ``accession_number``, as a RIS exports
+them) and ``report`` (optional ``split``)."""
 
 from __future__ import annotations
 
@@ -20,10 +21,14 @@ def decode_text(raw: bytes) -> str:
     return raw.decode("latin-1")
 
 
-def read_reports(path: Path) -> tuple[dict[str, dict[str, str]], list[str]]:
-    """Read reports keyed by study id.
+#: the columns a reports file may key its rows by, in order of preference
+KEY_COLUMNS = ("study_id", "accession_number")
 
-    Returns ``({study_id: {"report": str, "split": str?}}, problems)`` where problems are
+
+def read_reports(path: Path) -> tuple[dict[str, dict[str, str]], list[str], str]:
+    """Read reports keyed by study id, or by accession number when the file has no ``study_id`` column.
+
+    Returns ``({key: {"report": str, "split": str?}}, problems, key column)`` where problems are
     one-line descriptions of rows that were dropped (duplicates, missing ids).
     """
     path = Path(path)
@@ -47,15 +52,16 @@ def read_reports(path: Path) -> tuple[dict[str, dict[str, str]], list[str]]:
         if reader.fieldnames is None:
             raise InputError(f"{path}: empty reports file")
         rows = [{k: (v or "") for k, v in r.items() if k is not None} for r in reader]
-    if rows and ("study_id" not in rows[0] or "report" not in rows[0]):
-        raise InputError(f"{path}: needs columns 'study_id' and 'report' (found: {', '.join(rows[0])})")
+    key = next((k for k in KEY_COLUMNS if rows and k in rows[0]), "study_id")
+    if rows and (key not in rows[0] or "report" not in rows[0]):
+        raise InputError(f"{path}: needs columns 'study_id' (or 'accession_number') and 'report' (found: {', '.join(rows[0])})")
     out: dict[str, dict[str, str]] = {}
     problems: list[str] = []
     seen_twice: set[str] = set()
     for r in rows:
-        sid = r.get("study_id", "").strip()
+        sid = r.get(key, "").strip()
         if not sid:
-            problems.append("a row without study_id was ignored")
+            problems.append(f"a row without {key} was ignored")
             continue
         if sid in out:
             if out[sid]["report"].strip() != r.get("report", "").strip():
@@ -68,7 +74,7 @@ def read_reports(path: Path) -> tuple[dict[str, dict[str, str]], list[str]]:
         out[sid] = entry
     for sid in sorted(seen_twice):
         if out[sid].get("conflict"):
-            problems.append(f"study {sid}: several different reports under one study_id; the study is not prepared")
+            problems.append(f"study {sid}: several different reports under one {key}; the study is not prepared")
         else:
             problems.append(f"study {sid}: the same report appears twice; one kept")
-    return out, problems
+    return out, problems, key

@@ -85,10 +85,14 @@ def discover_studies(images: Path) -> dict[str, Path]:
     return studies
 
 
-def load_study(path: Path, config: PrepConfig) -> tuple[Volume, str]:
-    """Read a study (NIfTI or vendor OCT file, a folder holding one, or a DICOM folder); returns the
-    volume and provenance. OCT presets mirror left eyes to right-eye orientation."""
-    volume, provenance = _read_study(path, config)
+def load_study(path: Path, config: PrepConfig, files: list[Path] | None = None, root: Path | None = None) -> tuple[Volume, str]:
+    """Read a study (NIfTI or vendor OCT file, a folder holding one, a DICOM folder, or the DICOM
+    ``files`` that ``--group-by`` found for it under ``root``); returns the volume and provenance.
+    OCT presets mirror left eyes to right-eye orientation."""
+    if files is not None:
+        volume, provenance = load_dicom_study(path, config.series, files=files, root=root)
+    else:
+        volume, provenance = _read_study(path, config)
     volume.info.pop("localizer", None)  # the SLO fundus image is not part of the training volume
     if config.mirror_left_eyes and volume.info.get("laterality") == "OS":
         volume = mirror_to_right_eye(volume)
@@ -126,6 +130,70 @@ def _vendor(path: Path, name: str) -> tuple[Volume, str]:
     return volume, f"Heidelberg .vol, {volume.info['scan_pattern']} scan, {z} B-scans of {x} A-scans x {y}{note}"
 
 
+def _grouped_studies(images: Path, group_by: str, report_rows: dict, report_key: str):
+    """Studies of a DICOM tree grouped by ``group_by``: ``({study_id: folder}, {study_id: files},
+    reports keyed by study id, prep.log notes, early error rows)``. Reports keyed by accession
+    number are matched to studies through the AccessionNumber of their files."""
+    from medalign.io.dicom_groups import group_dicom_files, tainted_by_unreadable
+
+    images = Path(images)
+    if not images.is_dir():
+        raise InputError(f"{images}: images folder not found")
+    grouping = group_dicom_files(images, group_by)
+    notes = [f"--group-by {group_by}: {sum(len(g.files) for g in grouping.studies.values())} DICOM files in "
+             f"{len(grouping.studies)} studies"
+             + (f"; {grouping.not_dicom} files that are not DICOM ignored" if grouping.not_dicom else "")]
+    errors: list[dict[str, str]] = []
+    for sid, study in grouping.studies.items():
+        if study.by_folder:
+            notes.append(f"warning: {len(study.files)} files without {'StudyInstanceUID' if group_by == 'study_uid' else 'AccessionNumber'}"
+                         f" grouped by their folder as study {sid} (series then split by series number and geometry)")
+    tainted = tainted_by_unreadable(grouping)
+    for sid, bad in tainted.items():
+        reason = next(why for p, why in grouping.unreadable if p == bad)
+        errors.append({"study_id": sid, "path": str(grouping.studies[sid].folder),
+                       "reason": f"{bad.relative_to(images)}: {reason}, in the study's folder: maybe one of its slices"})
+    claimed = {bad for bad in tainted.values()}
+    for path, why in grouping.unreadable:
+        if path not in claimed and path.parent not in {p.parent for p in claimed}:
+            errors.append({"study_id": "", "path": str(path), "reason": f"{path.relative_to(images)}: {why}"})
+    if report_key == "accession_number" and group_by == "study_uid":
+        report_rows, more = _reports_by_study_uid(grouping.studies, report_rows)
+        notes += more
+    return ({sid: g.folder for sid, g in grouping.studies.items()}, {sid: g.files for sid, g in grouping.studies.items()},
+            report_rows, notes, errors)
+
+
+def _reports_by_study_uid(studies: dict, by_accession: dict) -> tuple[dict, list[str]]:
+    """Reports keyed by accession number re-keyed by the StudyInstanceUID of the study whose files carry it."""
+    rows, notes = {}, []
+    owners: dict[str, list[str]] = {}
+    for sid, study in studies.items():
+        for accession in study.accessions:
+            owners.setdefault(accession, []).append(sid)
+    for accession, row in by_accession.items():
+        sids = owners.get(accession, [])
+        if len(sids) > 1:
+            notes.append(f"warning: studies {', '.join(sorted(sids))} carry one accession number; its report is paired with none")
+        elif sids:
+            if len(studies[sids[0]].accessions) > 1:
+                notes.append(f"warning: study {sids[0]} carries {len(studies[sids[0]].accessions)} accession numbers; "
+                             "its report is not paired")
+                continue
+            rows[sids[0]] = row
+        else:
+            rows["accession:" + accession] = row  # no study carries it: reported as a report without images
+    return rows, notes
+
+
+def _pseudonymise_note(note: str, names: dict[str, str]) -> str:
+    """A prep.log note with every study id it names replaced by its pseudonym."""
+    for sid in sorted(names, key=len, reverse=True):
+        if sid in note:
+            note = note.replace(sid, names[sid])
+    return note
+
+
 def pseudonym(study_id: str, key: bytes) -> str:
     """A pseudonymous study id: HMAC-SHA256 of the id under the user's secret ``key`` (20 hex digits).
     The same key gives the same ids on every run; without the key they cannot be reversed or recomputed."""
@@ -145,6 +213,7 @@ def _withhold_path(error: dict, study_path: Path | None) -> dict:
     reason = error["reason"]
     if study_path is not None:
         reason = reason.replace(str(study_path), "<study>").replace(Path(study_path).name, "<study>")
+    reason = re.sub(r"[^\s():]+/", "<folder>/", reason)  # folder names of a file the reason names may identify a patient
     return {**error, "path": "<withheld: --hash-ids>", "reason": reason}
 
 
@@ -176,9 +245,9 @@ def _safe_name(study_id: str) -> str:
 _PIPELINES: dict[str, Any] = {}
 
 
-def _prepare_one(task: tuple[str, str, dict, str]) -> dict[str, Any]:
+def _prepare_one(task: tuple[str, str, dict, str, list[str] | None, str]) -> dict[str, Any]:
     """Worker: load, preprocess, cache one study; returns a record or ``{"error": reason}``."""
-    study_id, path, config_dict, out = task
+    study_id, path, config_dict, out, files, root = task
     from medalign.config import from_dict
     from medalign.prep.transforms import apply_preprocessing, build_preprocessing
 
@@ -187,7 +256,7 @@ def _prepare_one(task: tuple[str, str, dict, str]) -> dict[str, Any]:
     if key not in _PIPELINES:
         _PIPELINES[key] = build_preprocessing(config.steps)
     try:
-        volume, provenance = load_study(Path(path), config)
+        volume, provenance = load_study(Path(path), config, [Path(f) for f in files] if files is not None else None, Path(root))
         array, affine = apply_preprocessing(volume, _PIPELINES[key])
         if not np.isfinite(array).all():
             raise InputError("preprocessing produced NaN or infinite values")
@@ -321,6 +390,7 @@ def prepare_dataset(
     shard: tuple[int, int] | None = None,
     id_key: bytes | None = None,
     given_labels: "GivenLabels | None" = None,
+    group_by: str = "folder",
 ) -> PrepSummary:
     """Prepare every study under ``images`` with its report into dataset folder ``out``.
 
@@ -330,12 +400,28 @@ def prepare_dataset(
     is written, and study folder paths are withheld from errors and logs.
     ``given_labels`` (:func:`~medalign.prep.given_labels.read_given_labels`) win over the labeler;
     ``prep.log`` gets a per-finding agreement table between the two.
+    With ``group_by`` ``study_uid`` or ``accession`` the images folder may be any tree: its DICOM files
+    are grouped into studies by that key (:func:`~medalign.io.dicom_groups.group_dicom_files`), and
+    the reports file may key its rows by ``accession_number``.
     """
     out = Path(out)
-    all_studies = discover_studies(images)
-    report_rows, problems = read_reports(reports)
+    report_rows, problems, report_key = read_reports(reports)
+    notes: list[str] = []
+    early_errors: list[dict[str, str]] = []
+    study_files: dict[str, list[Path]] = {}
+    if group_by == "folder":
+        if report_key == "accession_number":
+            raise InputError(f"{reports}: rows are keyed by accession_number; prepare with --group-by accession "
+                             "(or study_uid) so that studies are known by their AccessionNumber")
+        all_studies = discover_studies(images)
+    else:
+        all_studies, study_files, report_rows, notes, early_errors = _grouped_studies(images, group_by, report_rows, report_key)
     if id_key is not None:
+        names = {sid: pseudonym(sid, id_key) for sid in all_studies}
         all_studies, report_rows, problems = _pseudonymise(id_key, all_studies, report_rows, problems)
+        study_files = {names[sid]: f for sid, f in study_files.items()}
+        early_errors = [{**e, "study_id": names.get(e["study_id"], e["study_id"])} for e in early_errors]
+        notes = [_pseudonymise_note(n, names) for n in notes]
         if given_labels is not None:
             given_labels = {pseudonym(sid, id_key): v for sid, v in given_labels.items()}
     studies = all_studies
@@ -348,10 +434,15 @@ def prepare_dataset(
     logfile = out / f"prep{suffix}.log"
     log_lines = [f"{time.strftime('%Y-%m-%d %H:%M:%S')} prep: {len(studies)} studies, {len(report_rows)} reports"]
     log_lines += [f"warning: {p}" for p in problems]
-    errors: list[dict[str, str]] = []
+    log_lines += notes
+    failed_early = {e["study_id"] for e in early_errors}
+    errors: list[dict[str, str]] = [e for e in early_errors if e["study_id"] in studies or (not e["study_id"] and (shard is None or shard[0] == 0))]
     tasks = []
     skipped = 0
     for sid, path in studies.items():
+        files = [str(f) for f in study_files[sid]] if sid in study_files else None
+        if sid in failed_early:
+            continue
         if sid not in report_rows:
             errors.append({"study_id": sid, "path": str(path), "reason": "no report for this study"})
         elif report_rows[sid].get("conflict"):
@@ -361,7 +452,7 @@ def prepare_dataset(
         elif _is_done(out, sid):
             skipped += 1
         else:
-            tasks.append((sid, str(path), to_dict(config), str(out)))
+            tasks.append((sid, str(path), to_dict(config), str(out), files, str(images)))
     orphan_reports = sorted(set(report_rows) - set(all_studies))
     for sid in orphan_reports:
         log_lines.append(f"warning: report for study {sid} has no images; ignored")

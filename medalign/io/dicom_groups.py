@@ -1,0 +1,135 @@
+"""Studies by DICOM identity: group the files of any folder tree (a flat PACS dump, a DICOMDIR
+layout, one folder per patient) by StudyInstanceUID or AccessionNumber.
+
+Only the first elements of each file are read (up to SeriesInstanceUID, group 0020): the full
+header is parsed once, later, by the worker that prepares the study.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections import defaultdict
+from pathlib import Path
+
+from pydicom.filereader import read_partial
+from pydicom.errors import InvalidDicomError
+from pydicom.tag import Tag
+
+from medalign.errors import InputError
+
+GROUP_BY = ("folder", "study_uid", "accession")
+_ACCESSION, _STUDY_UID, _SERIES_UID = Tag(0x0008, 0x0050), Tag(0x0020, 0x000D), Tag(0x0020, 0x000E)
+#: prefix of the study id of files whose key is blank: grouped by their folder instead
+BLANK_PREFIX = "folder:"
+
+
+@dataclasses.dataclass
+class StudyFiles:
+    """The files of one study as the grouping found them."""
+
+    files: list[Path]
+    study_uids: set[str] = dataclasses.field(default_factory=set)
+    accessions: set[str] = dataclasses.field(default_factory=set)
+    #: True when the key was blank and the files were grouped by their folder
+    by_folder: bool = False
+
+    @property
+    def folder(self) -> Path:
+        """The deepest folder holding every file of the study (what errors.jsonl names)."""
+        return Path(os.path.commonpath([str(f.parent) for f in self.files]))
+
+
+@dataclasses.dataclass
+class Grouping:
+    """What :func:`group_dicom_files` found under a root."""
+
+    studies: dict[str, StudyFiles]
+    #: ``(file, reason)`` for DICOM-looking files whose first elements cannot be read (cut or damaged)
+    unreadable: list[tuple[Path, str]]
+    #: files that are not DICOM (reports, NIfTI, thumbnails): not part of any study
+    not_dicom: int
+
+
+def read_identity(path: Path) -> tuple[str, str] | None:
+    """``(StudyInstanceUID, AccessionNumber)`` from the first elements of ``path`` (blank when absent);
+    ``None`` when the file is not DICOM. Raises ``ValueError`` for a DICOM file cut before them."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+            if len(head) < 132 or head[128:132] != b"DICM":
+                return None
+            f.seek(0)
+            passed = []  # set once an element after SeriesInstanceUID is reached: the file was not cut before it
+
+            def stop(tag, vr, length) -> bool:
+                if tag > _SERIES_UID:
+                    passed.append(tag)
+                return bool(passed)
+
+            ds = read_partial(f, stop_when=stop, specific_tags=[_ACCESSION, _STUDY_UID])
+    except InvalidDicomError:
+        return None
+    except (EOFError, OSError, TypeError, AttributeError, KeyError, NotImplementedError) as e:
+        raise ValueError(f"{e.__class__.__name__}") from None
+    if not passed:
+        raise ValueError("the file ends before its SeriesInstanceUID")
+    study = ds.get(_STUDY_UID)
+    accession = ds.get(_ACCESSION)
+    return (str(study.value or "").strip() if study is not None else "",
+            str(accession.value or "").strip() if accession is not None else "")
+
+
+def group_dicom_files(root: Path, by: str) -> Grouping:
+    """Group every DICOM file under ``root`` by ``by`` (``study_uid`` or ``accession``).
+
+    The study id is the key's value. Files whose key is blank (de-identification often blanks
+    them) are grouped by their folder, under the id ``folder:<path relative to root>``; the
+    series scan then splits them by series and geometry. A DICOMDIR index file is not a study file.
+    """
+    if by not in GROUP_BY[1:]:
+        raise InputError(f"--group-by {by}: expected one of {', '.join(GROUP_BY[1:])}")
+    root = Path(root)
+    studies: dict[str, StudyFiles] = {}
+    unreadable: list[tuple[Path, str]] = []
+    not_dicom = 0
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        if path.name.upper() == "DICOMDIR":
+            continue
+        try:
+            identity = read_identity(path)
+        except ValueError as e:
+            unreadable.append((path, f"truncated or damaged DICOM (its first elements cannot be read: {e})"))
+            continue
+        if identity is None:
+            not_dicom += 1
+            continue
+        study_uid, accession = identity
+        key = study_uid if by == "study_uid" else accession
+        blank = not key
+        if blank:
+            rel = path.parent.relative_to(root).as_posix()
+            key = BLANK_PREFIX + ("." if rel == "." else rel)
+        entry = studies.setdefault(key, StudyFiles(files=[], by_folder=blank))
+        entry.files.append(path)
+        if study_uid:
+            entry.study_uids.add(study_uid)
+        if accession:
+            entry.accessions.add(accession)
+    return Grouping(studies=studies, unreadable=unreadable, not_dicom=not_dicom)
+
+
+def tainted_by_unreadable(grouping: Grouping) -> dict[str, Path]:
+    """``{study id: unreadable file}`` for studies with files in a folder that also holds a file
+    whose identity could not be read: that file may be one of their slices, so the study is not
+    prepared a slice short without a word."""
+    folders = defaultdict(list)
+    for path, _ in grouping.unreadable:
+        folders[path.parent].append(path)
+    out = {}
+    for sid, study in grouping.studies.items():
+        for f in study.files:
+            if f.parent in folders:
+                out[sid] = folders[f.parent][0]
+                break
+    return out
