@@ -7,7 +7,8 @@
    HU [-1000, 1000], 240 x 240 x 120): ``medalign prep --workers W`` vs the common peer pipeline on the
    same studies and the same number of processes: dcm2niix to ``.nii.gz``, then MONAI LoadImaged,
    EnsureChannelFirstd, Orientationd, Spacingd, ScaleIntensityRanged, ResizeWithPadOrCropd, and a
-   float32 ``.npy`` save.
+   float32 ``.npy`` save. The same studies once more with ``--group-by accession`` and a RIS report
+   export keyed by accession number: what grouping by DICOM identity costs over folder mode.
 
     .venv/bin/python bench/prep.py [--studies 30] [--e2e-studies 24 --e2e-shape 160 256 256 --workers 2]
 """
@@ -118,6 +119,24 @@ def write_chest_studies(root: Path, n: int, shape: tuple[int, int, int]) -> Path
     return root
 
 
+def ris_export(raw: Path) -> Path:
+    """The studies' reports keyed by accession number, as a RIS exports them (``raw/ris.csv``)."""
+    import csv
+
+    import pydicom
+
+    with open(raw / "reports.csv", encoding="utf-8") as f:
+        reports = {r["study_id"]: r["report"] for r in csv.DictReader(f)}
+    path = raw / "ris.csv"
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["accession_number", "report"])
+        for folder in sorted((raw / "images").iterdir()):
+            first = next(p for p in sorted(folder.iterdir()) if p.is_file())
+            w.writerow([pydicom.dcmread(first, stop_before_pixels=True).AccessionNumber, reports[folder.name]])
+    return path
+
+
 def peer_monai_pipeline(pixdim: tuple[float, float, float], window: tuple[float, float], size: tuple[int, int, int]):
     """The peers' loading pipeline as their code writes it: MONAI's dictionary transforms from a ``.nii.gz``."""
     from monai import transforms as T
@@ -177,6 +196,10 @@ def end_to_end(n: int, shape: tuple[int, int, int], workers: int) -> None:
         ours = _run_whole(["-m", "medalign.cli.main", "prep", "--images", str(raw / "images"), "--reports", str(raw / "reports.csv"),
                            "--out", str(work / "ours"), "--config", "chest_ct", "--workers", str(workers)])
         peer = _run_whole([str(Path(__file__).resolve()), "--peer-only", str(raw / "images"), str(work / "peer"), "--workers", str(workers)])
+        ris = ris_export(raw)
+        grouped = _run_whole(["-m", "medalign.cli.main", "prep", "--images", str(raw / "images"), "--reports", str(ris),
+                              "--out", str(work / "grouped"), "--config", "chest_ct", "--workers", str(workers), "--group-by", "accession"])
+        assert len(list((work / "grouped" / "volumes").glob("*.npy"))) == n, "--group-by accession did not prepare every study"
         ours_mb = sum(p.stat().st_size for p in (work / "ours").rglob("*.npy")) / n / 2**20
         peer_mb = sum(p.stat().st_size for p in (work / "peer").rglob("*.npy")) / n / 2**20
         print(f"raw DICOM study -> cached training volume, {n} studies of {shape[0]} slices {shape[1]}x{shape[2]}, chest_ct preset "
@@ -185,6 +208,8 @@ def end_to_end(n: int, shape: tuple[int, int, int], workers: int) -> None:
         print(f"    medalign prep --workers {workers}          {ours:7.2f} s  ({n / ours:5.2f} studies/s, {ours_mb:5.1f} MiB/volume)")
         print(f"    dcm2niix + MONAI + save (peer)   {peer:7.2f} s  ({n / peer:5.2f} studies/s, {peer_mb:5.1f} MiB/volume)")
         print(f"    ratio medalign/peer throughput: {peer / ours:.2f}x")
+        print(f"    medalign prep --group-by accession, RIS reports keyed by accession number: {grouped:7.2f} s "
+              f"(ratio to the peer {peer / grouped:.2f}x; grouping costs {100 * (grouped / ours - 1):+.1f}% of folder mode)")
 
         import torch
 

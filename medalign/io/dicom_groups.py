@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 from pydicom.filereader import read_partial
@@ -80,8 +81,24 @@ def read_identity(path: Path) -> tuple[str, str] | None:
             str(accession.value or "").strip() if accession is not None else "")
 
 
-def group_dicom_files(root: Path, by: str) -> Grouping:
-    """Group every DICOM file under ``root`` by ``by`` (``study_uid`` or ``accession``).
+#: files whose identity one worker reads per task
+CHUNK = 512
+
+
+def read_identities(paths: list[Path]) -> list[tuple[Path, tuple[str, str] | None, str]]:
+    """:func:`read_identity` of each path: ``(path, identity or None, error or "")`` (a worker's task)."""
+    out = []
+    for path in paths:
+        try:
+            out.append((path, read_identity(path), ""))
+        except ValueError as e:
+            out.append((path, None, str(e)))
+    return out
+
+
+def group_dicom_files(root: Path, by: str, imap: Callable = map) -> Grouping:
+    """Group every DICOM file under ``root`` by ``by`` (``study_uid`` or ``accession``); ``imap`` maps
+    :func:`read_identities` over chunks of files (a worker pool's ``imap_unordered`` reads them in parallel).
 
     The study id is the key's value. Files whose key is blank (de-identification often blanks
     them) are grouped by their folder, under the id ``folder:<path relative to root>``; the
@@ -93,13 +110,12 @@ def group_dicom_files(root: Path, by: str) -> Grouping:
     studies: dict[str, StudyFiles] = {}
     unreadable: list[tuple[Path, str]] = []
     not_dicom = 0
-    for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")):
-        if path.name.upper() == "DICOMDIR":
-            continue
-        try:
-            identity = read_identity(path)
-        except ValueError as e:
-            unreadable.append((path, f"truncated or damaged DICOM (its first elements cannot be read: {e})"))
+    paths = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".") and p.name.upper() != "DICOMDIR")
+    chunks = [paths[i:i + CHUNK] for i in range(0, len(paths), CHUNK)]
+    found = sorted((item for chunk in imap(read_identities, chunks) for item in chunk), key=lambda item: item[0])
+    for path, identity, error in found:
+        if error:
+            unreadable.append((path, f"truncated or damaged DICOM (its first elements cannot be read: {error})"))
             continue
         if identity is None:
             not_dicom += 1

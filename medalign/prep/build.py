@@ -130,7 +130,7 @@ def _vendor(path: Path, name: str) -> tuple[Volume, str]:
     return volume, f"Heidelberg .vol, {volume.info['scan_pattern']} scan, {z} B-scans of {x} A-scans x {y}{note}"
 
 
-def _grouped_studies(images: Path, group_by: str, report_rows: dict, report_key: str):
+def _grouped_studies(images: Path, group_by: str, report_rows: dict, report_key: str, pool: "_WorkerPool"):
     """Studies of a DICOM tree grouped by ``group_by``: ``({study_id: folder}, {study_id: files},
     reports keyed by study id, prep.log notes, early error rows)``. Reports keyed by accession
     number are matched to studies through the AccessionNumber of their files."""
@@ -139,7 +139,7 @@ def _grouped_studies(images: Path, group_by: str, report_rows: dict, report_key:
     images = Path(images)
     if not images.is_dir():
         raise InputError(f"{images}: images folder not found")
-    grouping = group_dicom_files(images, group_by)
+    grouping = group_dicom_files(images, group_by, imap=pool.imap)
     notes = [f"--group-by {group_by}: {sum(len(g.files) for g in grouping.studies.values())} DICOM files in "
              f"{len(grouping.studies)} studies"
              + (f"; {grouping.not_dicom} files that are not DICOM ignored" if grouping.not_dicom else "")]
@@ -379,6 +379,35 @@ def merge_shards(out: Path) -> tuple[int, int]:
     return table.num_rows, len(errors)
 
 
+class _WorkerPool:
+    """The prep worker processes, started on first use; with one worker, everything runs in this process."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self._pool = None
+
+    def imap(self, fn, items, chunksize: int = 1):
+        """``fn`` over ``items`` in any order (in order, here, with one worker)."""
+        if self.workers == 1 or len(items) <= 1:
+            return map(fn, items)
+        if self._pool is None:
+            # forkserver: workers fork from a clean server, never from a parent whose torch/OpenMP
+            # threads are running (a plain fork can deadlock there)
+            ctx = mp.get_context("forkserver")
+            # MONAI's import takes seconds: done once in the server, every worker forks with it loaded
+            ctx.set_forkserver_preload(["medalign.prep.build", "monai.transforms"])
+            self._pool = ctx.Pool(self.workers, initializer=_share_cores, initargs=(self.workers,))
+        return self._pool.imap_unordered(fn, items, chunksize=chunksize)
+
+    def __enter__(self) -> "_WorkerPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._pool is not None:  # as Pool's own with-block: the other workers are terminated
+            self._pool.terminate()
+            self._pool.join()
+
+
 def prepare_dataset(
     images: Path,
     reports: Path,
@@ -404,7 +433,13 @@ def prepare_dataset(
     are grouped into studies by that key (:func:`~medalign.io.dicom_groups.group_dicom_files`), and
     the reports file may key its rows by ``accession_number``.
     """
-    out = Path(out)
+    with _WorkerPool(max(1, workers or config.workers)) as pool:
+        return _prepare_dataset(images, reports, Path(out), vocab, config, pool, progress, shard, id_key, given_labels, group_by)
+
+
+def _prepare_dataset(images: Path, reports: Path, out: Path, vocab: Vocabulary, config: PrepConfig, pool: _WorkerPool,
+                     progress: bool | None, shard: tuple[int, int] | None, id_key: bytes | None,
+                     given_labels: "GivenLabels | None", group_by: str) -> PrepSummary:
     report_rows, problems, report_key = read_reports(reports)
     notes: list[str] = []
     early_errors: list[dict[str, str]] = []
@@ -415,7 +450,7 @@ def prepare_dataset(
                              "(or study_uid) so that studies are known by their AccessionNumber")
         all_studies = discover_studies(images)
     else:
-        all_studies, study_files, report_rows, notes, early_errors = _grouped_studies(images, group_by, report_rows, report_key)
+        all_studies, study_files, report_rows, notes, early_errors = _grouped_studies(images, group_by, report_rows, report_key, pool)
     if id_key is not None:
         names = {sid: pseudonym(sid, id_key) for sid in all_studies}
         all_studies, report_rows, problems = _pseudonymise(id_key, all_studies, report_rows, problems)
@@ -467,28 +502,15 @@ def prepare_dataset(
         if free < needed:
             raise StorageError(f"cannot write {out}: disk full: {free / 2**20:.1f} MiB free, about {needed / 2**20:.1f} MiB "
                                f"needed for {len(tasks)} studies; free space and rerun")
-    workers = max(1, workers or config.workers)
     show = sys.stderr.isatty() if progress is None else progress
     from tqdm import tqdm
 
     bar = tqdm(total=len(tasks), desc="prep", unit="study", disable=not show)
     results: list[dict] = []
-    if workers == 1 or len(tasks) <= 1:
-        for res in map(_prepare_one, tasks):
-            _stop_on_refused_write(res, bar)
-            results.append(res)
-            bar.update()
-    else:
-        # forkserver: workers fork from a clean server, never from a parent whose torch/OpenMP
-        # threads are running (a plain fork can deadlock there)
-        ctx = mp.get_context("forkserver")
-        # MONAI's import takes seconds: done once in the server, every worker forks with it loaded
-        ctx.set_forkserver_preload(["medalign.prep.build", "monai.transforms"])
-        with ctx.Pool(workers, initializer=_share_cores, initargs=(workers,)) as pool:
-            for res in pool.imap_unordered(_prepare_one, tasks, chunksize=1):
-                _stop_on_refused_write(res, bar)  # leaving the with-block terminates the other workers
-                results.append(res)
-                bar.update()
+    for res in pool.imap(_prepare_one, tasks):
+        _stop_on_refused_write(res, bar)  # leaving the pool's with-block terminates the other workers
+        results.append(res)
+        bar.update()
     bar.close()
     done = 0
     for res in results:
