@@ -318,6 +318,16 @@ def cmd_finetune(a: argparse.Namespace) -> int:
 def cmd_zeroshot(a: argparse.Namespace) -> int:
     from medalign.tasks.zeroshot_run import zeroshot_dataset, zeroshot_study
 
+    if a.explain is not None and a.study is None:
+        raise MedalignError("zeroshot: --explain DIR explains one --study")
+    if a.study is not None and a.explain is not None:
+        from medalign.tasks.explain_run import explain_study
+
+        result = explain_study(a.checkpoint, a.study, a.explain, a.vocab, a.device, a.modality, a.explain_method)
+        print(json.dumps(result["findings"], indent=2))
+        print(f"zeroshot --explain: method {result['method']}")
+        print(f"zeroshot --explain: per finding a map on the study's scanner grid (.nii.gz), a figure (.png), and explain.json -> {a.explain}")
+        return 0
     if a.study is not None:
         print(json.dumps(zeroshot_study(a.checkpoint, a.study, a.vocab, a.device, a.modality), indent=2))
         return 0
@@ -483,6 +493,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--labels", type=_existing_file, default=None)
     s.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
     s.add_argument("--out", type=Path, default=None)
+    s.add_argument("--explain", type=Path, default=None, metavar="DIR",
+                   help="with --study: per finding a relevance map on the study's scanner grid (.nii.gz), a figure (.png), explain.json")
+    s.add_argument("--explain-method", choices=["auto", "gradcam", "occlusion"], default="auto",
+                   help="gradcam (the encoder's deepest spatial map), occlusion (slower, model-agnostic), or auto (default): "
+                        "gradcam unless that map is too coarse to point (under 6 cells an axis); the choice is printed")
     s.add_argument("--device", default="auto")
     s.set_defaults(func=cmd_zeroshot)
 

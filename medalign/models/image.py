@@ -15,16 +15,38 @@ from torch import nn
 from medalign.errors import ConfigError
 
 IMAGE_ENCODERS: dict[str, Callable[..., tuple[nn.Module, int]]] = {}
+#: per encoder, the backbone module whose output is its deepest spatial feature map ``(B, C, x, y, z)``
+SPATIAL_LAYERS: dict[str, str] = {}
 
 
-def register_image_encoder(name: str):
-    """Decorator: register a factory returning ``(backbone, feature_dim)``."""
+def register_image_encoder(name: str, spatial_layer: str):
+    """Decorator: register a factory returning ``(backbone, feature_dim)``; ``spatial_layer`` names the
+    backbone module (dotted path) whose output is the deepest spatial feature map, where explanation
+    maps (Grad-CAM) are read."""
 
     def wrap(fn):
         IMAGE_ENCODERS[name] = fn
+        SPATIAL_LAYERS[name] = spatial_layer
         return fn
 
     return wrap
+
+
+def list_models() -> list[str]:
+    """The registered image encoder names, sorted."""
+    return sorted(IMAGE_ENCODERS)
+
+
+class TokensToGrid(nn.Module):
+    """Patch tokens ``(B, N, C)`` laid back on their patch grid ``(B, C, gx, gy, gz)``."""
+
+    def __init__(self, grid: tuple[int, int, int]) -> None:
+        super().__init__()
+        self.grid = tuple(int(g) for g in grid)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        b, n, c = tokens.shape
+        return tokens.transpose(1, 2).reshape(b, c, *self.grid)
 
 
 class AvgMaxPool3d(nn.Module):
@@ -59,10 +81,10 @@ def _monai_resnet(
 
 
 for _depth in (10, 18, 34, 50):
-    register_image_encoder(f"resnet{_depth}_3d")(lambda _d=_depth, **kw: _monai_resnet(_d, **kw))
+    register_image_encoder(f"resnet{_depth}_3d", spatial_layer="layer4")(lambda _d=_depth, **kw: _monai_resnet(_d, **kw))
 
 
-@register_image_encoder("densenet121_3d")
+@register_image_encoder("densenet121_3d", spatial_layer="class_layers.relu")
 def _densenet121(dropout_prob: float = 0.0) -> tuple[nn.Module, int]:
     from monai.networks.nets import DenseNet121
 
@@ -77,14 +99,15 @@ class _SwinPooled(nn.Module):
     def __init__(self, swin: nn.Module) -> None:
         super().__init__()
         self.swin = swin
+        self.spatial = nn.Identity()  # the deepest stage's map passes here (where Grad-CAM reads it)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if any(s % 32 for s in x.shape[2:]):
             raise ValueError(f"swin_3d needs each spatial size to be a multiple of 32, got {tuple(x.shape[2:])}")
-        return self.swin(x, normalize=True)[-1].mean(dim=(2, 3, 4))
+        return self.spatial(self.swin(x, normalize=True)[-1]).mean(dim=(2, 3, 4))
 
 
-@register_image_encoder("swin_3d")
+@register_image_encoder("swin_3d", spatial_layer="spatial")
 def _swin(feature_size: int = 24, depths: list[int] = (2, 2, 2, 2), num_heads: list[int] = (3, 6, 12, 24), use_checkpoint: bool = False) -> tuple[nn.Module, int]:
     from monai.networks.nets import SwinUNETR
 
@@ -94,22 +117,25 @@ def _swin(feature_size: int = 24, depths: list[int] = (2, 2, 2, 2), num_heads: l
 
 
 class _ViTPooled(nn.Module):
-    def __init__(self, vit: nn.Module) -> None:
+    """MONAI's ViT, its patch tokens laid on their grid and average-pooled (the mean of the tokens)."""
+
+    def __init__(self, vit: nn.Module, grid: tuple[int, int, int]) -> None:
         super().__init__()
         self.vit = vit
+        self.spatial = TokensToGrid(grid)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens, _ = self.vit(x)
-        return tokens.mean(dim=1)
+        return self.spatial(tokens).mean(dim=(2, 3, 4))
 
 
-@register_image_encoder("vit_3d")
+@register_image_encoder("vit_3d", spatial_layer="spatial")
 def _vit(img_size: list[int] = (96, 96, 96), patch_size: list[int] = (16, 16, 16), hidden_size: int = 768, num_layers: int = 12, num_heads: int = 12, mlp_dim: int = 3072) -> tuple[nn.Module, int]:
     from monai.networks.nets import ViT
 
     vit = ViT(in_channels=1, img_size=tuple(img_size), patch_size=tuple(patch_size), hidden_size=hidden_size,
               num_layers=num_layers, num_heads=num_heads, mlp_dim=mlp_dim, classification=False, spatial_dims=3)
-    return _ViTPooled(vit), hidden_size
+    return _ViTPooled(vit, tuple(i // p for i, p in zip(img_size, patch_size))), hidden_size
 
 
 def _stages(name: str, backbone: nn.Module) -> list[nn.Module]:
@@ -168,6 +194,11 @@ class ImageEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(self.backbone(x).flatten(1))
+
+    @property
+    def spatial_layer(self) -> str:
+        """Dotted name (under this module) of the layer giving the deepest spatial map ``(B, C, x, y, z)``."""
+        return "backbone." + SPATIAL_LAYERS[self.name]
 
 
 def create_image_encoder(name: str, embed_dim: int = 256, activation_checkpointing: bool = False, **options: Any) -> ImageEncoder:

@@ -42,6 +42,8 @@ class CTCase:
     hu: np.ndarray
     labels: dict[str, int]
     details: dict[str, dict]
+    #: where each present finding was drawn, ``(Z, Y, X)`` bool (the enlarged heart for cardiomegaly)
+    masks: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
 
 def _ellipsoid(z, y, x, c, r) -> np.ndarray:
@@ -62,6 +64,7 @@ def make_ct_case(rng: np.random.Generator, grid: CTGrid | None = None, prevalenc
     hu[np.broadcast_to(body_r <= 0.82, shape)] = 45.0  # muscle and mediastinum
     labels = {f: int(rng.random() < prevalence) for f in CT_FINDINGS}
     details: dict[str, dict] = {}
+    masks: dict[str, np.ndarray] = {}
 
     # lungs (patient right is -x in LPS)
     lung_c = {"right": (10.0, -2.0, -68 * s), "left": (6.0, -2.0, 66 * s)}
@@ -87,6 +90,8 @@ def make_ct_case(rng: np.random.Generator, grid: CTGrid | None = None, prevalenc
         details["cardiomegaly"] = {"scale": heart_scale}
     heart = _ellipsoid(z, y, x, (-45.0, -28.0, 18.0), (50.0, 40 * heart_scale, 50 * heart_scale)) & body
     hu[heart] = 40.0
+    if labels["cardiomegaly"]:
+        masks["cardiomegaly"] = heart
     # descending aorta and spine (posterior midline)
     hu[np.broadcast_to(((x - 22) ** 2 + (y - 62) ** 2) <= 13**2, shape)] = 42.0
     spine = np.broadcast_to((x**2 + (y - 92 * s) ** 2) <= 20**2, shape)
@@ -106,6 +111,7 @@ def make_ct_case(rng: np.random.Generator, grid: CTGrid | None = None, prevalenc
             level = cy + lung_r[side][1] * (1 - 2 * depth) + 0.35 * (z - cz)  # meniscus: higher fluid posteriorly-inferiorly
             fluid = lung[side] & (y >= level) & (z < cz + 40)
             hu[fluid] = 12.0
+            masks["pleural effusion"] = masks.get("pleural effusion", np.zeros(shape, bool)) | fluid
         details["pleural effusion"] = {"sides": sides, "size": size}
     if labels["consolidation"]:
         side = rng.choice(["right", "left"])
@@ -114,6 +120,7 @@ def make_ct_case(rng: np.random.Generator, grid: CTGrid | None = None, prevalenc
         c = (cz, lung_c[side][1] + rng.uniform(-20, 30), lung_c[side][2] + rng.uniform(-15, 15))
         region = _ellipsoid(z, y, x, c, (rng.uniform(30, 45), rng.uniform(25, 40), rng.uniform(25, 35))) & lung[side]
         hu[region] = 25.0 + rng.normal(0, 20, size=int(region.sum()))
+        masks["consolidation"] = region
         details["consolidation"] = {"lobe": LOBES[side][lobe_i]}
     if labels["lung nodule"]:
         nodules = []
@@ -122,10 +129,13 @@ def make_ct_case(rng: np.random.Generator, grid: CTGrid | None = None, prevalenc
             radius = rng.uniform(10, 16)
             lobe_i = int(rng.integers(0, 3))
             c = (lung_c[side][0] + (55, 5, -50)[lobe_i] + rng.uniform(-15, 15), lung_c[side][1] + rng.uniform(-35, 25), lung_c[side][2] + rng.uniform(-20, 20))
-            hu[_ellipsoid(z, y, x, c, (radius,) * 3)] = 35.0
+            nodule = np.broadcast_to(_ellipsoid(z, y, x, c, (radius,) * 3), shape)
+            hu[nodule] = 35.0
+            masks["lung nodule"] = masks.get("lung nodule", np.zeros(shape, bool)) | nodule
             nodules.append({"lobe": LOBES[side][lobe_i], "size_mm": int(round(2 * radius))})
         details["lung nodule"] = {"nodules": nodules}
 
     hu = gaussian_filter(hu, sigma=(0.5, 0.7, 0.7))  # partial-volume blur
     hu += rng.normal(0, 12, size=shape)  # quantum noise
-    return CTCase(hu=hu.astype(np.float32), labels=labels, details=details)
+    return CTCase(hu=hu.astype(np.float32), labels=labels, details=details,
+                  masks={k: np.ascontiguousarray(np.broadcast_to(v, shape)) for k, v in masks.items()})

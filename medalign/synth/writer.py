@@ -28,9 +28,23 @@ def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
     atomic_write(path, _write)
 
 
+def write_lesion_masks(masks: dict[str, np.ndarray], grid: CTGrid, folder: Path) -> None:
+    """Each drawn finding's ``(Z, Y, X)`` mask as ``folder/<finding>.nii.gz`` (spaces as ``_``) on the
+    study's own scanner grid: the geometry ``medalign convert`` gives its DICOM series."""
+    from medalign.io.dicom import LPS_TO_RAS, Volume
+    from medalign.io.nifti import save_nifti
+
+    dz, dy, dx = grid.spacing
+    lps = np.diag([dx, dy, dz, 1.0])
+    lps[:3, 3] = grid.origin_lps()
+    for finding, mask in masks.items():
+        save_nifti(Volume(mask.transpose(2, 1, 0).astype(np.float32), LPS_TO_RAS @ lps), folder / f"{finding.replace(' ', '_')}.nii.gz")
+
+
 def synthesize(out: Path, modality: Literal["ct", "oct"] = "ct", studies: int = 300, seed: int = 0, localizer_fraction: float = 0.3) -> dict:
     """Write ``studies`` phantom studies under ``out/images/<study_id>/`` plus
-    ``out/reports.csv`` (study_id, report, split) and ``out/labels.csv`` (ground truth, 0/1 per finding).
+    ``out/reports.csv`` (study_id, report, split) and ``out/labels.csv`` (ground truth, 0/1 per finding);
+    for CT, ``out/lesions/<study_id>/<finding>.nii.gz`` says where each present finding was drawn.
 
     Returns a summary dict with the paths and finding prevalences.
     """
@@ -61,6 +75,7 @@ def synthesize(out: Path, modality: Literal["ct", "oct"] = "ct", studies: int = 
                     image_type=("ORIGINAL", "PRIMARY", "LOCALIZER"), orientation=(1, 0, 0, 0, 0, -1),
                     series_number=1, description="SCOUT",
                 )
+            write_lesion_masks(case.masks, grid, out / "lesions" / study_id)
             report = ct_report(case.labels, case.details, rng)
             labels = case.labels
         else:

@@ -24,7 +24,7 @@ from medalign.tasks.zeroshot import (
 )
 
 
-def _vocabulary(vocab: str | None, model_dir: Path, dataset: Path | None) -> Vocabulary:
+def resolve_vocabulary(vocab: str | None, model_dir: Path, dataset: Path | None) -> Vocabulary:
     if vocab:
         return load_vocabulary(vocab)
     for folder in (model_dir, dataset):
@@ -40,7 +40,7 @@ def zeroshot_dataset(checkpoint: Path, dataset: Path, out: Path, vocab: str | No
     manifest = full_manifest.subset(None if split == "all" else split)
     if len(manifest) == 0:
         raise InputError(f"{dataset}: no studies in split '{split}'")
-    voc = _vocabulary(vocab, model_dir, dataset)
+    voc = resolve_vocabulary(vocab, model_dir, dataset)
     ids = manifest.columns["study_id"]
     truth = _ground_truth(manifest, voc, labels)
     scores = finding_probabilities(model, embed_studies(model, manifest), voc)
@@ -83,7 +83,7 @@ def zeroshot_study(checkpoint: Path, study: Path, vocab: str | None = None, devi
     "call"}}, "threshold_source"}``; the thresholds are the export's (Youden on the validation split
     at the end of training, ``thresholds.json``); a finding without one gets no call."""
     model, model_dir = load_model(checkpoint, device)
-    voc = _vocabulary(vocab, model_dir, None)
+    voc = resolve_vocabulary(vocab, model_dir, None)
     volume = prepare_raw_study(study, model_dir, modality)
     image = torch.from_numpy(volume)[None, None].to(model.logit_scale.device)
     emb = model.encode_image(image).float().cpu().numpy()

@@ -1,0 +1,161 @@
+"""Where in the volume a zero-shot answer comes from: relevance maps of each finding's
+positive-versus-negative prompt score.
+
+The score explained is the finding's logit ``scale * <image, positive - negative>``, whose sigmoid
+is the probability ``zeroshot`` reports. Two methods, one for every encoder in the registry:
+
+- ``gradcam``: Grad-CAM on the encoder's deepest spatial map (``ImageEncoder.spatial_layer``). One
+  forward pass; each finding then needs only the gradient of its score with respect to that map,
+  which flows through the pooling and projection head, not the backbone (MONAI's ``GradCAM`` runs a
+  full forward and backward per finding: ``bench/explain.py`` measures both).
+- ``occlusion``: MONAI's ``OcclusionSensitivity``, the slower model-agnostic check: how much each
+  finding's score falls when a patch of the volume is replaced by the volume's mean.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medalign.errors import InputError
+from medalign.models.dual import DualEncoder
+
+METHODS = ("auto", "gradcam", "occlusion")
+#: Grad-CAM needs this many cells along each axis of the deepest spatial map to point at an
+#: organ-sized region; coarser (the demo encoder's map is 2 x 2 x 2, bench/explain.py) ``auto`` occludes
+MIN_GRADCAM_CELLS = 6
+#: occlusion patches span this fraction of each axis of the model's grid
+OCCLUSION_FRACTION = 1 / 6
+
+
+class FindingScores(nn.Module):
+    """``(B, 1, X, Y, Z) -> (B, K)``: each finding's logit ``scale * <image, pos_k - neg_k>``
+    (``direction`` holds ``pos_k - neg_k``, ``(K, D)``)."""
+
+    def __init__(self, model: DualEncoder, direction: torch.Tensor) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("direction", direction)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model.scale() * self.model.encode_image(images) @ self.direction.T
+
+
+@torch.no_grad()
+def prompt_directions(model: DualEncoder, vocab) -> torch.Tensor:
+    """``(K, D)``: per finding, its positive minus its negative prompt embedding (ensembles averaged)."""
+    from medalign.models.inference import prompt_embeddings
+
+    pairs = [f.prompt_pair() for f in vocab.findings]
+    pos = prompt_embeddings(model, [p.positives for p in pairs])
+    neg = prompt_embeddings(model, [p.negatives for p in pairs])
+    return (pos - neg).float()
+
+
+def _normalise(maps: torch.Tensor) -> torch.Tensor:
+    """Each map of ``(K, X, Y, Z)`` scaled to [0, 1] by its own maximum (an all-zero map stays zero)."""
+    top = maps.flatten(1).amax(dim=1).clamp_min(1e-12)
+    return maps / top.view(-1, 1, 1, 1)
+
+
+def gradcam_maps(scores: FindingScores, image: torch.Tensor, layer: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Grad-CAM of every finding at once: ``image`` ``(1, 1, X, Y, Z)`` -> (``(K,)`` scores,
+    ``(K, X, Y, Z)`` maps in [0, 1]), trilinearly upsampled from ``layer``'s ``(1, C, x, y, z)`` map.
+
+    The map of finding k is ``relu(sum_c w_c A_c)`` with ``w_c`` the mean over space of
+    ``d score_k / d A_c`` (Selvaraju et al., 2017)."""
+    module = dict(scores.named_modules())[layer]
+    captured: list[torch.Tensor] = []
+    handle = module.register_forward_hook(lambda _m, _i, out: captured.append(out))
+    was_training = scores.training
+    scores.eval()
+    try:
+        with torch.enable_grad():
+            logits = scores(image.requires_grad_(False))[0]  # (K,)
+            acts = captured[0]
+            maps = []
+            for k in range(logits.shape[0]):
+                (grad,) = torch.autograd.grad(logits[k], acts, retain_graph=k + 1 < logits.shape[0])
+                weights = grad.mean(dim=(2, 3, 4), keepdim=True)
+                maps.append(F.relu((weights * acts).sum(dim=1))[0].detach())
+    finally:
+        handle.remove()
+        scores.train(was_training)
+    cam = torch.stack(maps)[:, None].float()  # (K, 1, x, y, z)
+    cam = F.interpolate(cam, size=tuple(image.shape[2:]), mode="trilinear", align_corners=False)[:, 0]
+    return logits.detach(), _normalise(cam)
+
+
+def spatial_map_shape(scores: FindingScores, image: torch.Tensor, layer: str) -> tuple[int, ...]:
+    """``(x, y, z)`` of ``layer``'s map for ``image`` (one forward without gradients)."""
+    module = dict(scores.named_modules())[layer]
+    shapes: list[tuple[int, ...]] = []
+    handle = module.register_forward_hook(lambda _m, _i, out: shapes.append(tuple(out.shape[2:])))
+    try:
+        with torch.no_grad():
+            scores.eval()
+            scores(image)
+    finally:
+        handle.remove()
+    return shapes[0]
+
+
+def occlusion_maps(scores: FindingScores, image: torch.Tensor, mask_size: int | tuple[int, ...] | None = None,
+                   n_batch: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """Occlusion sensitivity (MONAI's ``OcclusionSensitivity``, patches of ``mask_size`` voxels filled
+    with the volume's mean): ``image`` ``(1, 1, X, Y, Z)`` -> (``(K,)`` scores, ``(K, X, Y, Z)`` maps
+    in [0, 1]) where a voxel's relevance is how far each finding's score falls when it is hidden.
+    ``mask_size`` defaults to :data:`OCCLUSION_FRACTION` of each axis; patches overlap by half."""
+    from monai.visualize import OcclusionSensitivity
+
+    if mask_size is None:
+        mask_size = tuple(max(2, int(np.ceil(n * OCCLUSION_FRACTION))) for n in image.shape[2:])
+
+    scores.eval()
+    with torch.no_grad():
+        base = scores(image)[0]
+        occluded, _ = OcclusionSensitivity(scores, mask_size=mask_size, n_batch=n_batch, mode="mean_img", overlap=0.5,
+                                           verbose=False, activate=False)(image)
+    occluded = occluded.as_tensor() if hasattr(occluded, "as_tensor") else occluded  # MONAI returns a MetaTensor
+    drop = F.relu(base.view(-1, 1, 1, 1) - occluded[0].float())
+    return base, _normalise(drop)
+
+
+def explain_image(model: DualEncoder, vocab, image: torch.Tensor, method: str = "auto") -> tuple[np.ndarray, np.ndarray, str]:
+    """Relevance maps of every finding of ``vocab`` on one prepared ``image`` ``(1, 1, X, Y, Z)``:
+    (``(K,)`` probabilities, ``(K, X, Y, Z)`` float32 maps in [0, 1], the method used and why).
+
+    ``auto``: Grad-CAM when the encoder's deepest spatial map has at least :data:`MIN_GRADCAM_CELLS`
+    cells along each axis, occlusion otherwise (the returned text says which and why)."""
+    if method not in METHODS:
+        raise InputError(f"--explain-method {method}: expected one of {', '.join(METHODS)}")
+    scores = FindingScores(model, prompt_directions(model, vocab).to(image.device))
+    layer = "model.image." + model.image.spatial_layer
+    used = method
+    if method == "auto":
+        cells = spatial_map_shape(scores, image, layer)
+        if min(cells) >= MIN_GRADCAM_CELLS:
+            used = f"gradcam (auto: the deepest spatial map, {layer[len('model.image.'):]}, is {'x'.join(map(str, cells))})"
+        else:
+            used = (f"occlusion (auto: the deepest spatial map, {layer[len('model.image.'):]}, is {'x'.join(map(str, cells))}, "
+                    f"under {MIN_GRADCAM_CELLS} cells an axis: too coarse for Grad-CAM to point)")
+    if used.startswith("gradcam"):
+        logits, maps = gradcam_maps(scores, image, layer)
+    else:
+        logits, maps = occlusion_maps(scores, image)
+    return torch.sigmoid(logits).float().cpu().numpy(), maps.float().cpu().numpy(), used
+
+
+def resample_to_grid(values: np.ndarray, affine: np.ndarray, target_shape: tuple[int, ...], target_affine: np.ndarray) -> np.ndarray:
+    """``values`` ``(X, Y, Z)`` on the voxel-to-world ``affine`` sampled (trilinearly, 0 outside) at
+    every voxel of the target grid, ``target_shape`` with ``target_affine``: a map on the model's
+    grid brought onto the scanner's own grid, so it overlays without registration."""
+    from scipy.ndimage import map_coordinates
+
+    to_source = np.linalg.inv(affine) @ target_affine  # target voxel -> source voxel
+    grid = np.indices(target_shape, dtype=np.float64).reshape(3, -1)
+    coords = to_source[:3, :3] @ grid + to_source[:3, 3:4]
+    out = map_coordinates(values.astype(np.float32), coords, order=1, mode="constant", cval=0.0, prefilter=False)
+    return out.reshape(target_shape).astype(np.float32)

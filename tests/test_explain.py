@@ -1,0 +1,138 @@
+"""Explanation maps (``zeroshot --study --explain``): Grad-CAM equal to MONAI's ``GradCAM`` for every
+encoder of the registry, occlusion from MONAI's ``OcclusionSensitivity``, and maps that overlay on
+``medalign convert``'s output (same shape and affine) with the figure and JSON that go with them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+from torch.nn import functional as F
+
+from medalign.cli.main import main as cli
+from medalign.models.image import SPATIAL_LAYERS, create_image_encoder, list_models
+from medalign.tasks.explain import FindingScores, gradcam_maps, occlusion_maps, resample_to_grid
+
+MEDALIGN = [sys.executable, "-m", "medalign.cli.main"]
+SMALL = {  # each registered encoder at a size this machine runs in a second, with a spatial map of >1 cell an axis
+    "resnet10_3d": {"widen_factor": 0.25, "conv1_t_stride": 1, "no_max_pool": True},
+    "resnet18_3d": {"widen_factor": 0.25, "conv1_t_stride": 1, "no_max_pool": True},
+    "resnet34_3d": {"widen_factor": 0.25, "conv1_t_stride": 1, "no_max_pool": True},
+    "resnet50_3d": {"widen_factor": 0.125, "conv1_t_stride": 1, "no_max_pool": True},
+    "densenet121_3d": {},
+    "swin_3d": {"feature_size": 12, "num_heads": [1, 1, 1, 1]},
+    "vit_3d": {"img_size": [32, 32, 32], "patch_size": [8, 8, 8], "hidden_size": 48, "num_layers": 2, "num_heads": 2, "mlp_dim": 64},
+}
+
+
+class _Tower(nn.Module):
+    """What ``FindingScores`` needs of a dual encoder: ``image``, ``scale()`` and ``encode_image``."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.image = create_image_encoder(name, 16, **SMALL[name])
+        self.logit_scale = nn.Parameter(torch.tensor(np.log(20.0), dtype=torch.float32))
+
+    def scale(self) -> torch.Tensor:
+        return self.logit_scale.exp()
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.image(images), dim=-1)
+
+
+def test_every_registered_encoder_names_its_spatial_map():
+    assert set(SMALL) == set(list_models()) == set(SPATIAL_LAYERS)
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_gradcam_equals_monai_gradcam_for_every_encoder(name):
+    from monai.visualize import GradCAM
+
+    torch.manual_seed(0)
+    scores = FindingScores(_Tower(name), F.normalize(torch.randn(3, 16), dim=-1)).eval()
+    side = 64 if name in ("densenet121_3d", "swin_3d") else 32  # their maps are 1/32 of the input: 2 cells an axis
+    image = torch.rand(1, 1, side, side, side)
+    layer = "model.image." + scores.model.image.spatial_layer
+    logits, ours = gradcam_maps(scores, image, layer)
+    assert ours.shape == (3, side, side, side) and torch.allclose(logits, scores(image)[0], atol=1e-5)
+    cam = GradCAM(nn_module=scores, target_layers=layer)
+    for k in range(3):
+        # MONAI maps each map's (min, max) to (1, 0); ours is relu'd and scaled by its maximum
+        theirs = 1.0 - cam(image, class_idx=k)[0, 0]
+        mine = ours[k]
+        assert float(mine.max()) > float(mine.min()), (name, k)  # a map with something to compare
+        mine = (mine - mine.min()) / (mine.max() - mine.min())
+        assert float((mine - theirs).abs().max()) < 1e-4, (name, k)
+
+
+def test_occlusion_finds_the_one_region_a_score_reads():
+    """A score that reads only one box of the volume: hiding that box is all that moves it."""
+
+    class BoxReader(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.stack([x[:, 0, 20:28, 4:12, 10:18].mean(dim=(1, 2, 3)), x[:, 0, :8, :8, :8].mean(dim=(1, 2, 3))], 1)
+
+    image = torch.rand(1, 1, 32, 32, 24) + 1.0
+    _, maps = occlusion_maps(BoxReader(), image, mask_size=4)
+    for k, box in enumerate(((slice(20, 28), slice(4, 12), slice(10, 18)), (slice(0, 8), slice(0, 8), slice(0, 8)))):
+        peak = np.unravel_index(int(maps[k].argmax()), maps[k].shape)
+        assert all(s.start <= p < s.stop for p, s in zip(peak, box)), (k, peak)
+        outside = torch.ones_like(maps[k], dtype=torch.bool)
+        outside[tuple(slice(max(0, s.start - 4), s.stop + 4) for s in box)] = False
+        assert type(maps[k]) is torch.Tensor and float(maps[k][outside].max()) < 1e-3  # float noise of batched forwards
+
+
+def test_resampling_onto_the_scanner_grid_keeps_world_positions():
+    """A map on a coarser, shifted grid read back at the scanner's voxels: each world point keeps its value."""
+    scanner = np.diag([-0.8, -0.8, 2.0, 1.0])
+    scanner[:3, 3] = [100.0, 80.0, -50.0]
+    model = np.diag([2.0, 2.0, 4.0, 1.0])
+    model[:3, 3] = [-90.0, -110.0, -48.0]
+    values = np.random.default_rng(0).random((60, 60, 30)).astype(np.float32)
+    out = resample_to_grid(values, model, (200, 220, 40), scanner)
+    ijk = np.array([[50, 60, 10], [120, 30, 25], [199, 219, 39]])
+    for v in ijk:
+        world = scanner @ np.array([*v, 1.0])
+        src = np.linalg.solve(model, world)[:3]
+        if np.all(src >= 0) and np.all(src <= np.array(values.shape) - 1):
+            from scipy.ndimage import map_coordinates
+
+            assert out[tuple(v)] == pytest.approx(float(map_coordinates(values, src[:, None], order=1)[0]), abs=1e-5)
+
+
+def test_explain_writes_maps_that_overlay_on_convert(trained_run, phantom_ct, tmp_path):
+    study = sorted((phantom_ct / "images").iterdir())[0]
+    assert cli(["convert", str(study), str(tmp_path / "series.nii.gz")]) == 0
+    converted = nib.load(tmp_path / "series.nii.gz")
+    res = subprocess.run(MEDALIGN + ["zeroshot", "--checkpoint", str(trained_run), "--study", str(study), "--explain", str(tmp_path / "why"),
+                                     "--explain-method", "gradcam"], capture_output=True, text=True, check=True)
+    assert "method gradcam" in res.stdout
+    plain = json.loads(subprocess.run(MEDALIGN + ["zeroshot", "--checkpoint", str(trained_run), "--study", str(study)],
+                                      capture_output=True, text=True, check=True).stdout)
+    report = json.loads((tmp_path / "why" / "explain.json").read_text())
+    assert set(report["findings"]) == set(plain["findings"])
+    for name, entry in report["findings"].items():
+        # the explained score is the score zeroshot --study gives (sigmoid of the prompt-logit difference)
+        assert entry["score"] == pytest.approx(plain["findings"][name]["score"], abs=2e-4)
+        mapped = nib.load(tmp_path / "why" / entry["map"])
+        assert mapped.shape == converted.shape
+        assert np.allclose(mapped.affine, converted.affine, atol=1e-5)
+        data = mapped.get_fdata()
+        assert 0.0 <= data.min() and data.max() <= 1.0 + 1e-6
+        assert tuple(entry["max_voxel"]) == np.unravel_index(int(np.argmax(data)), data.shape)
+        assert np.allclose(entry["max_ras_mm"], (converted.affine @ np.array([*entry["max_voxel"], 1.0]))[:3], atol=0.01)
+        with Image.open(tmp_path / "why" / entry["figure"]) as png:
+            assert png.format == "PNG" and png.width > 600 and png.height > 250
+
+
+def test_explain_needs_one_study(trained_run, prepared_ct, tmp_path, capsys):
+    assert cli(["zeroshot", "--checkpoint", str(trained_run), "--data", str(prepared_ct), "--explain", str(tmp_path / "x")]) == 2
+    assert "--explain DIR explains one --study" in capsys.readouterr().err
