@@ -136,3 +136,36 @@ def test_explain_writes_maps_that_overlay_on_convert(trained_run, phantom_ct, tm
 def test_explain_needs_one_study(trained_run, prepared_ct, tmp_path, capsys):
     assert cli(["zeroshot", "--checkpoint", str(trained_run), "--data", str(prepared_ct), "--explain", str(tmp_path / "x")]) == 2
     assert "--explain DIR explains one --study" in capsys.readouterr().err
+
+
+def test_retrieve_explain_shows_the_regions_behind_each_hit(trained_run, prepared_ct, phantom_ct, tmp_path):
+    import base64
+    import io
+    import re
+
+    index = tmp_path / "index"
+    assert cli(["index", "--checkpoint", str(trained_run), "--data", str(prepared_ct), "--out", str(index), "--split", "test"]) == 0
+    study = sorted((phantom_ct / "images").iterdir())[1]
+    out = tmp_path / "q"
+    assert cli(["retrieve", "--index", str(index), "--study", str(study), "--k", "2", "--out", str(out), "--html",
+                "--explain", "--explain-method", "gradcam"]) == 0
+    hits = json.loads((out / "results.json").read_text())
+    shape = np.load(next((prepared_ct / "volumes").glob("*.npy")), mmap_mode="r").shape
+    for h in hits:
+        assert h["explain"]["method"] == "gradcam"
+        assert all(0 <= v < n for v, n in zip(h["explain"]["hit_peak_voxel"], shape))
+        assert all(0 <= v < n for v, n in zip(h["explain"]["query_peak_voxel"], shape))
+    page = (out / "results.html").read_text(encoding="utf-8")
+    sources = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    assert len(sources) == 3 + 6 * len(hits)  # the query's mid-slices, then per hit: hit and query with their maps
+    coloured = 0
+    for src in sources:
+        with Image.open(io.BytesIO(base64.b64decode(src))) as png:
+            rgb = np.asarray(png.convert("RGB"), dtype=float)
+        coloured += float(np.abs(rgb[..., 0] - rgb[..., 2]).mean()) > 1.0  # the map's colour, not a grey slice
+    assert coloured == 6 * len(hits)
+    with Image.open(out / "montage.png") as png:
+        assert png.width > 1200
+    assert cli(["retrieve", "--index", str(index), "--text", "pleural effusion", "--k", "2", "--out", str(tmp_path / "t"),
+                "--explain", "--explain-method", "gradcam"]) == 0
+    assert all("query_peak_voxel" not in h["explain"] for h in json.loads((tmp_path / "t" / "results.json").read_text()))

@@ -351,7 +351,9 @@ def cmd_retrieve(a: argparse.Namespace) -> int:
     from medalign.tasks.retrieval_run import retrieve
 
     hits = retrieve(a.index, a.out, study=a.study, text=a.text, k=a.k, device=a.device, target=a.target, html=a.html, ef_search=a.ef_search,
-                    modality=a.modality)
+                    modality=a.modality, explain=a.explain, explain_method=a.explain_method)
+    if a.explain and hits:
+        print(f"retrieve --explain: method {hits[0]['explain']['method']}")
     for h in hits:
         print(f"{h['rank']:>3}  {h['study_id']:<24} {h['score']:.3f}  {h['impression'][:80]}")
     print(f"retrieve: {a.out / 'results.json'}, {a.out / 'montage.png'}" + (f", {a.out / 'results.html'}" if a.html else ""))
@@ -520,6 +522,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--k", type=int, default=5)
     s.add_argument("--target", choices=["studies", "reports"], default="studies", help="search study images (default) or reports")
     s.add_argument("--html", action="store_true", help="also write results.html, a self-contained page of the same")
+    s.add_argument("--explain", action="store_true",
+                   help="show, for each hit, the regions of the hit and of the query that make them similar (montage and page)")
+    s.add_argument("--explain-method", choices=["auto", "gradcam", "occlusion"], default="auto",
+                   help="as zeroshot's --explain-method")
     s.add_argument("--ef-search", type=int, default=None, metavar="N",
                    help="HNSW indexes: candidates explored per query (default 512; higher: closer to exact, slower)")
     s.add_argument("--out", type=Path, required=True)

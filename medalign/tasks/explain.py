@@ -123,15 +123,18 @@ def occlusion_maps(scores: FindingScores, image: torch.Tensor, mask_size: int | 
     return base, _normalise(drop)
 
 
-def explain_image(model: DualEncoder, vocab, image: torch.Tensor, method: str = "auto") -> tuple[np.ndarray, np.ndarray, str]:
-    """Relevance maps of every finding of ``vocab`` on one prepared ``image`` ``(1, 1, X, Y, Z)``:
-    (``(K,)`` probabilities, ``(K, X, Y, Z)`` float32 maps in [0, 1], the method used and why).
+def relevance_maps(model: DualEncoder, image: torch.Tensor, directions: torch.Tensor,
+                   method: str = "auto") -> tuple[torch.Tensor, torch.Tensor, str]:
+    """Relevance of every voxel of ``image`` ``(1, 1, X, Y, Z)`` to each score
+    ``scale * <image embedding, directions_k>`` (``directions`` ``(K, D)``): a finding's
+    positive-minus-negative prompts, or the embedding of a similar case. Returns (``(K,)`` scores,
+    ``(K, X, Y, Z)`` maps in [0, 1], the method used and why).
 
     ``auto``: Grad-CAM when the encoder's deepest spatial map has at least :data:`MIN_GRADCAM_CELLS`
-    cells along each axis, occlusion otherwise (the returned text says which and why)."""
+    cells along each axis, occlusion otherwise."""
     if method not in METHODS:
         raise InputError(f"--explain-method {method}: expected one of {', '.join(METHODS)}")
-    scores = FindingScores(model, prompt_directions(model, vocab).to(image.device))
+    scores = FindingScores(model, directions.float().to(image.device))
     layer = "model.image." + model.image.spatial_layer
     used = method
     if method == "auto":
@@ -145,6 +148,13 @@ def explain_image(model: DualEncoder, vocab, image: torch.Tensor, method: str = 
         logits, maps = gradcam_maps(scores, image, layer)
     else:
         logits, maps = occlusion_maps(scores, image)
+    return logits, maps, used
+
+
+def explain_image(model: DualEncoder, vocab, image: torch.Tensor, method: str = "auto") -> tuple[np.ndarray, np.ndarray, str]:
+    """Relevance maps of every finding of ``vocab`` on one prepared ``image`` ``(1, 1, X, Y, Z)``:
+    (``(K,)`` probabilities, ``(K, X, Y, Z)`` float32 maps in [0, 1], the method used and why)."""
+    logits, maps, used = relevance_maps(model, image, prompt_directions(model, vocab), method)
     return torch.sigmoid(logits).float().cpu().numpy(), maps.float().cpu().numpy(), used
 
 

@@ -53,12 +53,17 @@ def index_dataset(checkpoint: Path, dataset: Path, out: Path, device: str = "aut
 
 @torch.no_grad()
 def retrieve(index: Path, out: Path, study: Path | None = None, text: str | None = None, k: int = 5, device: str = "auto", target: str = "studies",
-             html: bool = False, ef_search: int | None = None, modality: str | None = None) -> list[dict]:
+             html: bool = False, ef_search: int | None = None, modality: str | None = None, explain: bool = False,
+             explain_method: str = "auto") -> list[dict]:
     """Top-``k`` studies (or reports) for a raw study or a text; writes results.json and montage.png
     (and ``results.html``, a self-contained page, with ``html``). ``modality`` confirms a NIfTI query
-    is of the model's modality (a NIfTI file says none)."""
+    is of the model's modality (a NIfTI file says none). ``explain``: for each hit, relevance maps of
+    the hit's regions and (for a study query) the query's regions for their similarity score, shown
+    in the montage and the page (:func:`~medalign.tasks.explain.relevance_maps`)."""
     if k < 1:
         raise InputError(f"--k {k}: must be at least 1")
+    if explain and target != "studies":
+        raise InputError("--explain shows the regions that make two studies similar: it needs --target studies")
     idx = StudyIndex(index, ef_search)
     model, model_dir = load_model(Path(idx.info["model"]), device)
     idx.check_model(model_dir)
@@ -85,7 +90,37 @@ def retrieve(index: Path, out: Path, study: Path | None = None, text: str | None
     prep_cfg = model_dir / "prep_config.yaml"
     modality = read_yaml(prep_cfg).get("modality", "ct") if prep_cfg.is_file() else "ct"
     title = f"Query study {Path(study).name}" if study is not None else ""
-    draw_montage(text if text is not None else query_volume, title, hits, volumes, out / "montage.png", modality)
+    maps = None
+    if explain and hits:
+        maps = _similarity_maps(model, query, query_volume, volumes, explain_method)
+        for h, q_map, h_map in zip(hits, maps["query"] or [None] * len(hits), maps["hits"]):
+            h["explain"] = {"method": maps["method"], "hit_peak_voxel": [int(v) for v in np.unravel_index(int(np.argmax(h_map)), h_map.shape)]}
+            if q_map is not None:
+                h["explain"]["query_peak_voxel"] = [int(v) for v in np.unravel_index(int(np.argmax(q_map)), q_map.shape)]
+        atomic_write_json(out / "results.json", hits)
+    draw_montage(text if text is not None else query_volume, title, hits, volumes, out / "montage.png", modality, maps)
     if html:
-        write_html(text if text is not None else query_volume, title, hits, volumes, out / "results.html", modality)
+        write_html(text if text is not None else query_volume, title, hits, volumes, out / "results.html", modality, maps)
     return hits
+
+
+def _similarity_maps(model, query: np.ndarray, query_volume: np.ndarray | None, volumes: list[np.ndarray], method: str) -> dict:
+    """``{"hits": [map], "query": [map] or None, "method"}``: per hit, the relevance of the hit's voxels
+    to its similarity with the query embedding and (study query) of the query's voxels to its
+    similarity with the hit's embedding; maps on each volume's model grid, in [0, 1]."""
+    from medalign.tasks.explain import relevance_maps
+
+    device = model.logit_scale.device
+    hit_images = [torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32))[None, None].to(device) for v in volumes]
+    hit_emb = torch.cat([model.encode_image(x) for x in hit_images]).float()
+    query_emb = torch.as_tensor(query, device=device)[None].float()
+    hit_maps, used = [], method
+    for x in hit_images:
+        _, m, used = relevance_maps(model, x, query_emb, method)
+        hit_maps.append(m[0].cpu().numpy())
+    query_maps = None
+    if query_volume is not None:
+        image = torch.from_numpy(query_volume)[None, None].to(device)
+        _, m, used = relevance_maps(model, image, hit_emb, method)  # one pass explains the query for every hit
+        query_maps = [q.cpu().numpy() for q in m]
+    return {"hits": hit_maps, "query": query_maps, "method": used}
