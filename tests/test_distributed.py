@@ -16,6 +16,7 @@ from medalign.losses import ContrastiveObjective
 
 GLOBAL_BATCH, WORLD = 8, 2
 CASES = [("info_nce", False), ("siglip", False), ("soft_labels", False), ("soft_labels", True), ("cwcl", True)]
+MODES = (False, True)  # local_loss off (every rank forms the global B x B logits) and on (its own b x B rows)
 
 
 class TinyDualEncoder(nn.Module):
@@ -58,12 +59,13 @@ def _worker(rank: int, port: int, out: str) -> None:
     try:
         batch, local = _batch(), GLOBAL_BATCH // WORLD
         results = {}
-        for name, with_frozen in CASES:
-            torch.manual_seed(0)
-            model = nn.parallel.DistributedDataParallel(TinyDualEncoder(name == "siglip").double())
-            results[f"{name}:{with_frozen}"] = _loss_and_grads(
-                model, ContrastiveObjective(name, mix=0.6), batch, slice(rank * local, (rank + 1) * local), with_frozen
-            )
+        for local_loss in MODES:
+            for name, with_frozen in CASES:
+                torch.manual_seed(0)
+                model = nn.parallel.DistributedDataParallel(TinyDualEncoder(name == "siglip").double())
+                results[f"{name}:{with_frozen}:{local_loss}"] = _loss_and_grads(
+                    model, ContrastiveObjective(name, mix=0.6, local_loss=local_loss), batch, slice(rank * local, (rank + 1) * local), with_frozen
+                )
         torch.save(results, os.path.join(out, f"rank{rank}.pt"))
         dist.barrier()  # neither rank tears gloo down while the other still has work on it
     finally:
@@ -83,14 +85,20 @@ def ranks(tmp_path_factory):
     return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
 
+@pytest.mark.parametrize("local_loss", MODES)
 @pytest.mark.parametrize("name,with_frozen", CASES)
-def test_two_ranks_equal_one_process(ranks, name, with_frozen):
+def test_two_ranks_equal_one_process(ranks, name, with_frozen, local_loss):
     torch.manual_seed(0)
     single = TinyDualEncoder(name == "siglip").double()
     loss, grads = _loss_and_grads(single, ContrastiveObjective(name, mix=0.6), _batch(), slice(None), with_frozen)
+    rank_losses = torch.stack([ranks[r][f"{name}:{with_frozen}:{local_loss}"][0] for r in range(WORLD)])
+    if local_loss:  # each rank's loss is its rows' share: their mean is the global loss, and they differ
+        assert torch.allclose(rank_losses.mean(), loss, rtol=1e-10, atol=0), (rank_losses, float(loss))
+        assert float((rank_losses[0] - rank_losses[1]).abs()) > 1e-6
     for r in range(WORLD):
-        r_loss, r_grads = ranks[r][f"{name}:{with_frozen}"]
-        assert torch.allclose(r_loss, loss, rtol=1e-5, atol=0), (r, float(r_loss), float(loss))
+        r_loss, r_grads = ranks[r][f"{name}:{with_frozen}:{local_loss}"]
+        if not local_loss:
+            assert torch.allclose(r_loss, loss, rtol=1e-5, atol=0), (r, float(r_loss), float(loss))
         for n, g in grads.items():
             rel = (r_grads[n] - g).norm() / g.norm()
             assert rel < 1e-5, (name, r, n, float(rel))
@@ -102,7 +110,7 @@ def test_a_local_only_loss_differs(ranks):
     torch.manual_seed(0)
     single = TinyDualEncoder(False).double()
     half, _ = _loss_and_grads(single, ContrastiveObjective("info_nce"), _batch(), slice(0, GLOBAL_BATCH // WORLD), False)
-    global_loss = ranks[0]["info_nce:False"][0]
+    global_loss = ranks[0]["info_nce:False:False"][0]
     assert abs(float(half) - float(global_loss)) > 1e-3
 
 

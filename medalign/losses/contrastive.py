@@ -7,29 +7,48 @@ import torch
 import torch.nn.functional as F
 
 
-def info_nce(img: torch.Tensor, txt: torch.Tensor, s: torch.Tensor | float) -> torch.Tensor:
-    """CLIP: ½ (CE(Z, I) + CE(Zᵀ, I)), mean over rows."""
-    z = s * img @ txt.T
-    target = torch.arange(z.shape[0], device=z.device)
-    return 0.5 * (F.cross_entropy(z, target) + F.cross_entropy(z.T, target))
+def info_nce(img: torch.Tensor, txt: torch.Tensor, s: torch.Tensor | float, img_all: torch.Tensor | None = None,
+             txt_all: torch.Tensor | None = None, first: int = 0) -> torch.Tensor:
+    """CLIP: ½ (CE(Z, I) + CE(Zᵀ, I)), mean over rows.
+
+    Local rows (open_clip's ``local_loss``): ``img``, ``txt`` are this rank's ``(b, D)`` rows,
+    ``img_all``, ``txt_all`` the global ``(B, D)`` batch and ``first`` the global index of the first
+    local row; only the local rows of Z and Zᵀ are formed, ``(b, B)`` each."""
+    img_all = img if img_all is None else img_all
+    txt_all = txt if txt_all is None else txt_all
+    z_img = s * img @ txt_all.T  # rows of Z
+    z_txt = s * txt @ img_all.T  # rows of Zᵀ
+    target = torch.arange(z_img.shape[0], device=z_img.device) + first
+    return 0.5 * (F.cross_entropy(z_img, target) + F.cross_entropy(z_txt, target))
 
 
-def siglip(img: torch.Tensor, txt: torch.Tensor, s: torch.Tensor | float, b: torch.Tensor | float) -> torch.Tensor:
-    """SigLIP: −(1/B) Σᵢⱼ log σ(zᵢⱼ (Zᵢⱼ + b)), zᵢⱼ = +1 on the diagonal, −1 elsewhere."""
-    z = s * img @ txt.T + b
-    sign = 2 * torch.eye(z.shape[0], device=z.device, dtype=z.dtype) - 1
+def siglip(img: torch.Tensor, txt: torch.Tensor, s: torch.Tensor | float, b: torch.Tensor | float,
+           txt_all: torch.Tensor | None = None, first: int = 0) -> torch.Tensor:
+    """SigLIP: −(1/B) Σᵢⱼ log σ(zᵢⱼ (Zᵢⱼ + b)), zᵢⱼ = +1 on the diagonal, −1 elsewhere (local rows:
+    ``img`` this rank's rows i, ``txt_all`` every column j, ``first`` as in :func:`info_nce`)."""
+    txt_all = txt if txt_all is None else txt_all
+    z = s * img @ txt_all.T + b
+    sign = -torch.ones_like(z)
+    rows = torch.arange(z.shape[0], device=z.device)
+    sign[rows, rows + first] = 1.0
     return -F.logsigmoid(sign * z).sum() / z.shape[0]
 
 
-def soft_label_contrastive(img: torch.Tensor, txt: torch.Tensor, targets: torch.Tensor, s: torch.Tensor | float) -> torch.Tensor:
+def soft_label_contrastive(img: torch.Tensor, txt: torch.Tensor, targets: torch.Tensor, s: torch.Tensor | float,
+                           img_all: torch.Tensor | None = None, txt_all: torch.Tensor | None = None, first: int = 0) -> torch.Tensor:
     """½ (−(1/B) Σᵢⱼ Tᵢⱼ log softmax(Z)ᵢⱼ − (1/B) Σᵢⱼ T'ᵢⱼ log softmax(Zᵀ)ᵢⱼ),
-    T = targets row-normalised, T' = targetsᵀ row-normalised. With targets = I it is :func:`info_nce`."""
-    z = s * img @ txt.T
-    t = targets / targets.sum(dim=1, keepdim=True)
-    t_prime = targets.T / targets.T.sum(dim=1, keepdim=True)
-    b = z.shape[0]
-    i2t = -(t * F.log_softmax(z, dim=1)).sum() / b
-    t2i = -(t_prime * F.log_softmax(z.T, dim=1)).sum() / b
+    T = targets row-normalised, T' = targetsᵀ row-normalised. With targets = I it is :func:`info_nce`.
+    ``targets`` is the global ``(B, B)`` matrix; local rows as in :func:`info_nce`."""
+    img_all = img if img_all is None else img_all
+    txt_all = txt if txt_all is None else txt_all
+    z_img = s * img @ txt_all.T
+    z_txt = s * txt @ img_all.T
+    rows = slice(first, first + z_img.shape[0])
+    t = (targets / targets.sum(dim=1, keepdim=True))[rows]
+    t_prime = (targets.T / targets.T.sum(dim=1, keepdim=True))[rows]
+    b = z_img.shape[0]
+    i2t = -(t * F.log_softmax(z_img, dim=1)).sum() / b
+    t2i = -(t_prime * F.log_softmax(z_txt, dim=1)).sum() / b
     return 0.5 * (i2t + t2i)
 
 

@@ -11,6 +11,11 @@ def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
+def rank() -> int:
+    """This process's data-parallel rank (0 without torch.distributed)."""
+    return dist.get_rank() if world_size() > 1 else 0
+
+
 class _AllGatherWithGrad(torch.autograd.Function):
     """All-gather whose backward sums every rank's gradient for the global rows and keeps its own."""
 

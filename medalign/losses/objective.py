@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from medalign.losses.contrastive import info_nce, siglip, soft_label_contrastive, targets_from_labels, targets_from_similarity
-from medalign.losses.distributed import gather_no_grad, gather_with_grad
+from medalign.losses.distributed import gather_no_grad, gather_with_grad, rank, world_size
 
 LossName = Literal["info_nce", "siglip", "soft_labels", "cwcl"]
 
@@ -25,10 +25,13 @@ class ContrastiveObjective(nn.Module):
     when frozen report embeddings are given); ``cwcl`` uses the similarity targets alone.
     """
 
-    def __init__(self, name: LossName = "soft_labels", mix: float = 0.5) -> None:
+    def __init__(self, name: LossName = "soft_labels", mix: float = 0.5, local_loss: bool = False) -> None:
         super().__init__()
         self.name = name
         self.mix = mix
+        #: open_clip's ``local_loss``: each rank forms only its own rows of the global-batch logits,
+        #: ``(b, B)`` instead of ``(B, B)``; the gradient is the same (tests/test_distributed.py)
+        self.local_loss = local_loss
 
     def targets(self, labels: torch.Tensor | None, frozen_text: torch.Tensor | None, n: int, device) -> torch.Tensor:
         """Soft-target matrix ``(B, B)`` for the global batch."""
@@ -60,11 +63,16 @@ class ContrastiveObjective(nn.Module):
                               _at_least_fp32(bias) if isinstance(bias, torch.Tensor) else bias, labels, frozen_text)
 
     def _loss(self, img, txt, scale, bias, labels, frozen_text) -> torch.Tensor:
-        img, txt = gather_with_grad(img), gather_with_grad(txt)
+        img_all, txt_all = gather_with_grad(img), gather_with_grad(txt)
+        if self.local_loss and world_size() > 1:
+            first = rank() * img.shape[0]  # every rank holds b rows (the sampler drops incomplete batches)
+        else:
+            img, txt, first = img_all, txt_all, 0
         if self.name == "info_nce":
-            return info_nce(img, txt, scale)
+            return info_nce(img, txt, scale, img_all, txt_all, first)
         if self.name == "siglip":
-            return siglip(img, txt, scale, bias if bias is not None else 0.0)
+            return siglip(img, txt, scale, bias if bias is not None else 0.0, txt_all, first)
         labels = gather_no_grad(labels) if labels is not None else None
         frozen_text = gather_no_grad(frozen_text) if frozen_text is not None else None
-        return soft_label_contrastive(img, txt, self.targets(labels, frozen_text, img.shape[0], img.device), scale)
+        targets = self.targets(labels, frozen_text, img_all.shape[0], img.device)
+        return soft_label_contrastive(img, txt, targets, scale, img_all, txt_all, first)

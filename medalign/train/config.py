@@ -17,6 +17,9 @@ class LossConfig:
     mix: float = 0.5
     #: soft_labels only: average the label targets with CWCL similarity targets from the frozen text tower
     with_similarity: bool = False
+    #: multi-GPU: each rank forms only its own rows of the global-batch logits (open_clip's local_loss):
+    #: (b x B) instead of (B x B) per rank, the same gradient; the logged train loss is then rank 0's rows
+    local_loss: bool = False
 
 
 @dataclasses.dataclass
