@@ -125,11 +125,13 @@ def test_pretrain_runs_data_parallel_on_two_cpu_processes(prepared_ct, tmp_path)
     res = subprocess.run(
         [sys.executable, "-m", "medalign.cli.main", "pretrain", "--data", str(prepared_ct), "--out", str(run), "--config", "demo_ct",
          "--max-steps", "3", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp", "data.batch_size=4",
-         "trainer.log_every_n_steps=1", "model.image.options.widen_factor=0.25"],
+         "trainer.log_every_n_steps=1", "model.image.options.widen_factor=0.25", "validation.every_n_steps=2"],
         capture_output=True, text=True, timeout=300,
     )
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.count("model exported") == 1
     steps = [int(r["step"]) for r in csv.DictReader(open(run / "logs" / "metrics.csv")) if r.get("train/loss")]
     assert steps == [0, 1, 2]
+    # validation ran sharded over the two ranks (each embeds half the val split, the halves gathered)
+    assert any(r.get("val/macro_auroc") for r in csv.DictReader(open(run / "logs" / "metrics.csv")))
     assert (run / "model" / "model.safetensors").is_file()

@@ -53,3 +53,27 @@ def gather_no_grad(x: torch.Tensor) -> torch.Tensor:
     parts = [torch.empty_like(x) for _ in range(world_size())]
     dist.all_gather(parts, x.contiguous())
     return torch.cat(parts, dim=0)
+
+
+def shard_rows(n: int) -> range:
+    """The rows of ``n`` this rank handles when work is sharded: ``rank, rank + W, ...``."""
+    return range(rank(), n, world_size())
+
+
+def gather_sharded_rows(local: torch.Tensor, n: int) -> torch.Tensor:
+    """Every rank's ``local`` rows (its :func:`shard_rows` of ``n``) joined into ``(n, ...)`` in the
+    original row order, on every rank. Ranks hold ``ceil`` or ``floor`` of ``n / W`` rows: each pads
+    to the larger count for the all-gather, and the padding is dropped."""
+    world = world_size()
+    if world == 1:
+        return local
+    size = -(-n // world)
+    padded = torch.zeros((size, *local.shape[1:]), dtype=local.dtype, device=local.device)
+    padded[: local.shape[0]] = local
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    out = torch.empty((n, *local.shape[1:]), dtype=local.dtype, device=local.device)
+    for r, part in enumerate(parts):
+        count = len(range(r, n, world))
+        out[r::world] = part[:count]
+    return out

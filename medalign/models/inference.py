@@ -30,6 +30,8 @@ def embed_studies(model: DualEncoder, manifest: Manifest, batch_size: int = 16) 
 @torch.no_grad()
 def embed_texts(model: DualEncoder, texts: list[str], batch_size: int = 64) -> np.ndarray:
     """``(N, D)`` float32 unit text embeddings."""
+    if not texts:
+        return np.zeros((0, model.config.embed_dim), np.float32)
     return model.encode_text(list(texts), batch_size=batch_size).float().cpu().numpy()
 
 
