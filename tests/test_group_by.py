@@ -162,3 +162,11 @@ def test_hashed_ids_keep_uids_and_accessions_out_of_every_file(tmp_path):
             data = f.read_bytes()
             for secret in (uid.encode(), b"ACC77", b"MRN-4411"):
                 assert secret not in data, (f, secret)
+
+
+def test_group_by_on_a_tree_without_dicom_says_so(tmp_path, capsys):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "s1.nii.gz").write_bytes(b"not really")
+    _ris_export(tmp_path / "r.csv", {"s1": "No effusion."}, key="study_id")
+    code, _ = _prep(tmp_path, tmp_path / "images", tmp_path / "r.csv", "--group-by", "study_uid")
+    assert code == 2 and "found no DICOM files (1 other files)" in capsys.readouterr().err

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -61,17 +63,20 @@ def test_cwcl_uses_the_cached_report_similarity(prepared_ct, tmp_path):
     assert cache.stat().st_mtime_ns == first
 
 
-def test_compile_option_compiles_the_image_tower_in_place(prepared_ct, tmp_path, monkeypatch):
-    """``trainer.compile=true`` calls ``nn.Module.compile`` on the image tower (compiling itself is
-    too slow for CPU tests); the export keeps the uncompiled parameter names."""
-    from torch import nn
+@pytest.mark.skipif(shutil.which("cc") is None, reason="torch.compile's inductor needs a C compiler, and this machine has none")
+def test_compile_option_trains_with_the_real_torch_compile(prepared_ct, tmp_path):
+    """``trainer.compile=true`` trains with the real ``torch.compile`` (inductor, ~30 s to compile the
+    demo tower's forward and backward on 2 cores): the steps run, the loss is finite, and the export
+    keeps the uncompiled parameter names."""
+    import csv
 
     from medalign.cli.main import main as cli
 
-    compiled = []
-    monkeypatch.setattr(nn.Module, "compile", lambda self, *a, **k: compiled.append(type(self).__name__))
     run = tmp_path / "run"
-    assert cli(["pretrain", "--data", str(prepared_ct), "--out", str(run), "--config", "demo_ct", "--max-steps", "1", "data.batch_size=4",
-                "model.image.options.widen_factor=0.25", "trainer.compile=true"]) == 0
-    assert compiled == ["ImageEncoder"]
-    assert any(k.startswith("image.backbone.") for k in load_file(str(run / "model" / "model.safetensors")))
+    assert cli(["pretrain", "--data", str(prepared_ct), "--out", str(run), "--config", "demo_ct", "--max-steps", "2", "data.batch_size=4",
+                "model.image.options.widen_factor=0.25", "trainer.compile=true", "trainer.log_every_n_steps=1"]) == 0
+    losses = [float(r["train/loss"]) for r in csv.DictReader(open(run / "logs" / "metrics.csv")) if r.get("train/loss")]
+    assert len(losses) == 2 and all(np.isfinite(losses))
+    keys = list(load_file(str(run / "model" / "model.safetensors")))
+    assert any(k.startswith("image.backbone.") for k in keys) and not any("_orig_mod" in k for k in keys)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0  # dynamo really traced the tower

@@ -140,6 +140,9 @@ def _grouped_studies(images: Path, group_by: str, report_rows: dict, report_key:
     if not images.is_dir():
         raise InputError(f"{images}: images folder not found")
     grouping = group_dicom_files(images, group_by, imap=pool.imap)
+    if not grouping.studies and not grouping.unreadable:
+        raise InputError(f"{images}: --group-by {group_by} found no DICOM files ({grouping.not_dicom} other files); "
+                         "NIfTI and vendor OCT studies are prepared one per folder or file, without --group-by")
     notes = [f"--group-by {group_by}: {sum(len(g.files) for g in grouping.studies.values())} DICOM files in "
              f"{len(grouping.studies)} studies"
              + (f"; {grouping.not_dicom} files that are not DICOM ignored" if grouping.not_dicom else "")]
