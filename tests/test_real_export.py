@@ -106,3 +106,60 @@ def test_a_dataset_prepared_otherwise_than_the_model_is_refused(trained_run, pre
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "prepared otherwise than the model" in err[0] and "pixdim" in err[0], err
     assert cli(["zeroshot", "--checkpoint", str(trained_run), "--data", str(prepared_ct), "--out", str(tmp_path / "ok")]) == 0
+
+
+def _second_reconstruction(folder, offset: int = 300) -> None:
+    """Another series of the study in ``folder`` (a new SeriesInstanceUID, as a second kernel is),
+    its pixels shifted so that the two volumes can be told apart."""
+    from pydicom.uid import generate_uid
+
+    series_uid = generate_uid()
+    for f in sorted(p for p in folder.iterdir() if p.is_file()):
+        ds = pydicom.dcmread(f)
+        ds.SeriesInstanceUID, ds.SeriesNumber, ds.SeriesDescription = series_uid, 6, "LUNG KERNEL"
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.PixelData = (ds.pixel_array.astype("int32") + offset).astype(ds.pixel_array.dtype).tobytes()
+        ds.save_as(folder / (f.name + "_lung"), enforce_file_format=True)
+
+
+def test_series_select_all_keeps_each_reconstruction_and_evaluation_averages_them(trained_run, tmp_path):
+    import numpy as np
+    import torch
+
+    from medalign.data.manifest import read_manifest
+    from medalign.models.inference import embed_studies
+    from medalign.tasks.model_io import load_model
+
+    images = tmp_path / "images"
+    _copy_series(images / "two_kernels", new_study=True)
+    _second_reconstruction(images / "two_kernels")
+    _copy_series(images / "one_kernel", new_study=True)
+    _reports(tmp_path / "reports.csv", ["two_kernels", "one_kernel"])
+    (tmp_path / "all.yaml").write_text(CONFIG.replace("min_slices: 3}", "min_slices: 3, select: all}"))
+    (tmp_path / "best.yaml").write_text(CONFIG)
+    for preset in ("all", "best"):
+        assert cli(["prep", "--images", str(images), "--reports", str(tmp_path / "reports.csv"), "--out", str(tmp_path / preset),
+                    "--config", str(tmp_path / f"{preset}.yaml"), "--workers", "1"]) == 0
+    best = pq.read_table(tmp_path / "best" / "manifest.parquet").to_pylist()
+    assert [r["study_id"] for r in best] == ["one_kernel", "two_kernels"]
+    rows = pq.read_table(tmp_path / "all" / "manifest.parquet").to_pylist()
+    two = [r for r in rows if r["study_id"] == "two_kernels"]
+    assert len(rows) == 3 and len(two) == 2
+    assert two[0]["report"] == two[1]["report"] and two[0]["split"] == two[1]["split"]  # one report, one split
+    assert len({r["volume"] for r in two}) == 2 and len({r["series"] for r in two}) == 2 and all(r["series"] for r in two)
+    means = sorted(float(np.load(tmp_path / "all" / r["volume"]).astype(float).mean()) for r in two)
+    assert means[1] > means[0]  # the two kernels' pixels, not one volume twice
+    # a rerun resumes: nothing is prepared again, nothing lost
+    assert cli(["prep", "--images", str(images), "--reports", str(tmp_path / "reports.csv"), "--out", str(tmp_path / "all"),
+                "--config", str(tmp_path / "all.yaml"), "--workers", "1"]) == 0
+    assert len(pq.read_table(tmp_path / "all" / "manifest.parquet")) == 3
+    # evaluation sees a study once, its volumes' embeddings averaged
+    manifest = read_manifest(tmp_path / "all")
+    studies = manifest.studies()
+    assert studies.columns["study_id"] == ["one_kernel", "two_kernels"]
+    model, _ = load_model(trained_run, "cpu")
+    per_volume = torch.from_numpy(embed_studies(model, manifest))
+    per_study = embed_studies(model, studies)
+    expected = torch.nn.functional.normalize(per_volume[[1, 2]].mean(0), dim=0).numpy()
+    assert per_study.shape[0] == 2 and np.allclose(per_study[1], expected, atol=1e-5)
+    assert np.allclose(per_study[0], per_volume[0].numpy(), atol=1e-6)

@@ -58,6 +58,28 @@ class Manifest:
             out[out == -1] = 1.0 if uncertain == "positive" else 0.0
         return out
 
+    def studies(self) -> "Manifest":
+        """One row per study: the first row of each ``study_id`` (in order), with a ``volumes`` column
+        listing all of that study's volumes (several under ``series.select: all``), which
+        :func:`~medalign.models.inference.embed_studies` averages."""
+        first: dict[str, int] = {}
+        volumes: dict[str, list[str]] = {}
+        for i, (sid, vol) in enumerate(zip(self.columns["study_id"], self.columns["volume"])):
+            first.setdefault(sid, i)
+            volumes.setdefault(sid, []).append(vol)
+        out = self.subset_rows(first.values())
+        out.columns["volumes"] = [volumes[sid] for sid in first]
+        return out
+
+    def volumes(self) -> "Manifest":
+        """One row per volume: a :meth:`studies` manifest expanded back (any other manifest as it is)."""
+        if "volumes" not in self.columns:
+            return self
+        rows = [(i, v) for i, vols in enumerate(self.columns["volumes"]) for v in vols]
+        columns = {k: [col[i] for i, _ in rows] for k, col in self.columns.items() if k != "volumes"}
+        columns["volume"] = [v for _, v in rows]
+        return Manifest(self.root, columns, self.findings)
+
     def volume_path(self, i: int) -> Path:
         """Absolute path of row ``i``'s cached volume."""
         return self.root / self.columns["volume"][i]

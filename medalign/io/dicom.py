@@ -99,6 +99,9 @@ class SeriesSelection:
     #: a multi-frame object whose frames lack positions or share one (some OCT exports): refuse it,
     #: or stack the frames in their in-stack order at the slice spacing its pixel measures give
     on_missing_frame_positions: str = "reject"
+    #: ``best``: one volume per study, the series chosen above; ``all``: every series with full
+    #: coverage becomes a volume of its own (several reconstructions of one study, as CT-RATE keeps)
+    select: str = "best"
 
     def validate(self, where: str) -> None:
         unknown = sorted(set(self.planes) - set(PLANES))
@@ -110,6 +113,8 @@ class SeriesSelection:
             raise ConfigError(f"{where}.on_uneven_spacing: '{self.on_uneven_spacing}' is not reject or resample")
         if self.on_gantry_tilt not in ("reject", "resample"):
             raise ConfigError(f"{where}.on_gantry_tilt: '{self.on_gantry_tilt}' is not reject or resample")
+        if self.select not in ("best", "all"):
+            raise ConfigError(f"{where}.select: '{self.select}' is not best or all")
         if self.on_missing_frame_positions not in ("reject", "frame_order"):
             raise ConfigError(f"{where}.on_missing_frame_positions: '{self.on_missing_frame_positions}' is not reject or frame_order")
 
@@ -318,7 +323,8 @@ def _frame_geometry(ds: Dataset) -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 def select_series(series: list[SeriesInfo], policy: SeriesSelection) -> tuple[SeriesInfo, str]:
-    """Choose the series that becomes the study's volume; returns it and why.
+    """Choose the series that becomes the study's volume; returns it and why (``policy.select: all``:
+    the list of every full-coverage series, best first, and a reason for each).
 
     Candidates must have an allowed modality, plane and image type, and enough slices. Among
     them, those covering at least ``policy.min_coverage_fraction`` of the longest coverage
@@ -347,7 +353,11 @@ def select_series(series: list[SeriesInfo], policy: SeriesSelection) -> tuple[Se
     full = [s for s in candidates if (s.coverage_mm or 0.0) >= policy.min_coverage_fraction * longest]
     rejected += [f"{s.name}: partial coverage ({s.coverage_mm or 0.0:.0f} of {longest:.0f} mm)" for s in candidates if s not in full]
     # thinnest step first (unknown steps last), then most slices, then a stable order
-    best = min(full, key=_thin_then_many)
+    full.sort(key=_thin_then_many)
+    if policy.select == "all":
+        others = f"; {len(series) - len(full)} other series not taken ({'; '.join(rejected)})" if rejected else ""
+        return full, [f"series {s.describe()} (series.select: all, {k + 1} of {len(full)}){others}" for k, s in enumerate(full)]
+    best = full[0]
     for s in full:
         if s is not best:
             why = "thicker slices" if _thin_then_many(s)[0] > _thin_then_many(best)[0] else "fewer slices or later in order"
@@ -702,7 +712,15 @@ def load_dicom_study(folder: Path, policy: SeriesSelection | None = None, files:
                      root: Path | None = None) -> tuple[Volume, str]:
     """Scan ``folder`` (or only ``files``, a study grouped by its DICOM identity), choose its series by
     ``policy`` and load it; returns the volume and why it was chosen. Errors name files relative to
-    ``root`` (default: the folder's parent, the images folder)."""
+    ``root`` (default: the folder's parent, the images folder). One volume whatever ``policy.select``."""
+    policy = dataclasses.replace(policy or SeriesSelection(), select="best")
+    return load_dicom_volumes(folder, policy, files, root)[0]
+
+
+def load_dicom_volumes(folder: Path, policy: SeriesSelection | None = None, files: list[Path] | None = None,
+                       root: Path | None = None) -> list[tuple[Volume, str]]:
+    """:func:`load_dicom_study` for every series ``policy.select`` takes: one (``best``), or each
+    full-coverage series (``all``), best first. One series that fails to load fails the study."""
     policy = policy or SeriesSelection()
     root = Path(root) if root is not None else Path(folder).parent  # files named as the user finds them
     series, skipped = scan_series(folder, files)
@@ -716,12 +734,20 @@ def load_dicom_study(folder: Path, policy: SeriesSelection | None = None, files:
     if len(studies) > 1:
         raise InputError(f"{folder}: {len(studies)} different studies (StudyInstanceUIDs) in one study folder; "
                          "a study folder must hold one study: move the prior(s) to folders of their own")
-    chosen, reason = select_series(series, policy)
-    # kept in memory only: preparation draws the study's split from it (studies of one patient share a split)
+    chosen, reasons = select_series(series, policy)
+    if policy.select != "all":
+        chosen, reasons = [chosen], [reasons]
+    repeats = sum(why.startswith("same SOP instance") for _, why in skipped)
+    return [_load_chosen(s, reason, series, policy, root, repeats) for s, reason in zip(chosen, reasons)]
+
+
+def _load_chosen(chosen: SeriesInfo, reason: str, series: list[SeriesInfo], policy: SeriesSelection, root: Path,
+                 repeats: int) -> tuple[Volume, str]:
+    """Load one chosen series with what preparation needs from its headers (kept in memory only)."""
+    # preparation draws the study's split from the PatientID (studies of one patient share a split)
     patient_id = _str(chosen.headers[0], "PatientID").strip() if chosen.headers else ""
     side = (_str(chosen.headers[0], "ImageLaterality") or _str(chosen.headers[0], "Laterality")).strip().upper() if chosen.headers else ""
     eye = {"R": "OD", "L": "OS"}.get(side, "") if chosen.modality in ("OPT", "OCT") else ""
-    repeats = sum(why.startswith("same SOP instance") for _, why in skipped)
     if repeats:
         reason += f"; {repeats} files repeating an instance read once"
     try:

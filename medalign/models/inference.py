@@ -16,7 +16,19 @@ from medalign.prep.vocab import Vocabulary
 
 @torch.no_grad()
 def embed_studies(model: DualEncoder, manifest: Manifest, batch_size: int = 16) -> np.ndarray:
-    """``(N, D)`` float32 unit study embeddings, in manifest order."""
+    """``(N, D)`` float32 unit study embeddings, in manifest order. A :meth:`Manifest.studies` manifest
+    lists each study's volumes: their embeddings are averaged (and renormalised), one row per study."""
+    if "volumes" in manifest.columns:
+        counts = [len(v) for v in manifest.columns["volumes"]]
+        if any(c > 1 for c in counts):
+            per_volume = torch.from_numpy(_embed_rows(model, manifest.volumes(), batch_size))
+            means = torch.stack([part.mean(0) for part in torch.split(per_volume, counts)])
+            return torch.nn.functional.normalize(means, dim=-1).numpy()
+    return _embed_rows(model, manifest, batch_size)
+
+
+def _embed_rows(model: DualEncoder, manifest: Manifest, batch_size: int) -> np.ndarray:
+    """``(N, D)``: one embedding per manifest row (its ``volume``)."""
     device = model.logit_scale.device
     ds = StudyDataset(manifest)
     out = []

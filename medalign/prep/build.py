@@ -32,7 +32,7 @@ import numpy as np
 from medalign.config import save_yaml, to_dict
 from medalign.errors import InputError, MedalignError, StorageError
 from medalign.io.atomic import atomic_save_npy, atomic_write, atomic_write_json, storage_error
-from medalign.io.dicom import Volume, load_dicom_study
+from medalign.io.dicom import Volume, load_dicom_study, load_dicom_volumes
 from medalign.io.nifti import is_nifti, load_nifti
 from medalign.io.oct_vendor import is_vendor_oct, load_heyex_vol, mirror_to_right_eye
 from medalign.io.reports import read_reports
@@ -88,11 +88,32 @@ def discover_studies(images: Path) -> dict[str, Path]:
 def load_study(path: Path, config: PrepConfig, files: list[Path] | None = None, root: Path | None = None) -> tuple[Volume, str]:
     """Read a study (NIfTI or vendor OCT file, a folder holding one, a DICOM folder, or the DICOM
     ``files`` that ``--group-by`` found for it under ``root``); returns the volume and provenance.
-    OCT presets mirror left eyes to right-eye orientation."""
+    OCT presets mirror left eyes to right-eye orientation. One volume: the best series, whatever
+    ``series.select`` says (:func:`load_study_volumes` gives them all)."""
+    config = dataclasses.replace(config, series=dataclasses.replace(config.series, select="best"))
+    return load_study_volumes(path, config, files, root)[0]
+
+
+def load_study_volumes(path: Path, config: PrepConfig, files: list[Path] | None = None,
+                       root: Path | None = None) -> list[tuple[Volume, str]]:
+    """:func:`load_study`, one ``(volume, provenance)`` per series that ``series.select`` takes
+    (``all``: every full-coverage DICOM series of the study, best first)."""
     if files is not None:
-        volume, provenance = load_dicom_study(path, config.series, files=files, root=root)
+        loaded = load_dicom_volumes(path, config.series, files=files, root=root)
+    elif path.is_dir() and config.series.select == "all" and not _holds_other_formats(path):
+        loaded = load_dicom_volumes(path, config.series)
     else:
-        volume, provenance = _read_study(path, config)
+        loaded = [_read_study(path, config)]
+    return [_finish(volume, provenance, config) for volume, provenance in loaded]
+
+
+def _holds_other_formats(folder: Path) -> bool:
+    """A study folder holding a NIfTI or vendor OCT file rather than DICOM series."""
+    return any(p.is_file() and (is_nifti(p) or is_vendor_oct(p)) for p in folder.rglob("*"))
+
+
+def _finish(volume: Volume, provenance: str, config: PrepConfig) -> tuple[Volume, str]:
+    """A loaded volume as preparation keeps it: no localizer, left eyes mirrored when the preset says."""
     volume.info.pop("localizer", None)  # the SLO fundus image is not part of the training volume
     if config.mirror_left_eyes and volume.info.get("laterality") == "OS":
         volume = mirror_to_right_eye(volume)
@@ -258,21 +279,22 @@ def _prepare_one(task: tuple[str, str, dict, str, list[str] | None, str]) -> dic
     key = json.dumps(config.steps, sort_keys=True)
     if key not in _PIPELINES:
         _PIPELINES[key] = build_preprocessing(config.steps)
+    name = _safe_name(study_id)
+    prepared = []
     try:
-        volume, provenance = load_study(Path(path), config, [Path(f) for f in files] if files is not None else None, Path(root))
-        array, affine = apply_preprocessing(volume, _PIPELINES[key])
-        if not np.isfinite(array).all():
-            raise InputError("preprocessing produced NaN or infinite values")
+        for volume, provenance in load_study_volumes(Path(path), config, [Path(f) for f in files] if files is not None else None, Path(root)):
+            array, affine = apply_preprocessing(volume, _PIPELINES[key])
+            if not np.isfinite(array).all():
+                raise InputError("preprocessing produced NaN or infinite values")
+            prepared.append((to_cache_dtype(array, config.cache_dtype), affine, volume, provenance))
     except MedalignError as e:
         return {"study_id": study_id, "error": str(e)}
     except Exception as e:  # noqa: BLE001 - one bad study must not stop the batch
         return {"study_id": study_id, "error": f"{e.__class__.__name__}: {e}"}
-    name = _safe_name(study_id)
-    rel = f"volumes/{name}.npy"
     try:
-        return _write_study(Path(out), name, rel, to_cache_dtype(array, config.cache_dtype), volume, affine, provenance, study_id, config)
+        return _write_study(Path(out), name, prepared, study_id, config)
     except OSError as e:  # a refused write stops the whole run (the parent says so once): not this study's fault
-        refused = storage_error(Path(out) / rel, e)
+        refused = storage_error(Path(out) / "volumes" / f"{name}.npy", e)
         if refused is None:
             raise
         return {"study_id": study_id, "storage_error": str(refused)}
@@ -280,20 +302,27 @@ def _prepare_one(task: tuple[str, str, dict, str, list[str] | None, str]) -> dic
         return {"study_id": study_id, "storage_error": str(e)}
 
 
-def _write_study(out: Path, name: str, rel: str, cached: np.ndarray, volume, affine, provenance: str, study_id: str,
-                 config: PrepConfig) -> dict[str, Any]:
-    """Write the study's volume, then its record (the record's presence means done: written last); returns the record."""
-    atomic_save_npy(out / rel, cached)
-    record = {
-        "study_id": study_id,
-        "volume": rel,
-        "shape": list(cached.shape),
-        "spacing": [round(float(v), 4) for v in np.linalg.norm(affine[:3, :3], axis=0)],
-        "source_shape": list(volume.array.shape),
-        "source_spacing": [round(v, 4) for v in volume.spacing],
-        "provenance": provenance,
-    }
-    patient = volume.info.pop("patient_id", "")
+def _write_study(out: Path, name: str, prepared: list, study_id: str, config: PrepConfig) -> dict[str, Any]:
+    """Write the study's volumes (``volumes/<name>.npy``, then ``<name>.1.npy``, ... under
+    ``series.select: all``), then its record (its presence means done: written last); returns the
+    record: the first volume's entry, and ``volumes`` listing every entry when there are several."""
+    entries = []
+    for k, (cached, affine, volume, provenance) in enumerate(prepared):
+        rel = f"volumes/{name}.npy" if k == 0 else f"volumes/{name}.{k}.npy"
+        atomic_save_npy(out / rel, cached)
+        entries.append({
+            "volume": rel,
+            "series": volume.info.get("series_key", ""),
+            "shape": list(cached.shape),
+            "spacing": [round(float(v), 4) for v in np.linalg.norm(affine[:3, :3], axis=0)],
+            "source_shape": list(volume.array.shape),
+            "source_spacing": [round(v, 4) for v in volume.spacing],
+            "provenance": provenance,
+        })
+    record = {"study_id": study_id, **entries[0]}
+    if len(entries) > 1:
+        record["volumes"] = entries
+    patient = prepared[0][2].info.pop("patient_id", "")
     if patient:  # the split of the patient, never the PatientID: studies of one patient never straddle train and test
         record["patient_split"] = assign_split("patient:" + patient, config.val_fraction, config.test_fraction)
     atomic_write_json(out / "records" / f"{name}.json", record)
@@ -316,7 +345,12 @@ def _share_cores(workers: int) -> None:
 
 def _is_done(out: Path, study_id: str) -> bool:
     name = _safe_name(study_id)
-    return (out / "records" / f"{name}.json").is_file() and (out / "volumes" / f"{name}.npy").is_file()
+    record = out / "records" / f"{name}.json"
+    if not (record.is_file() and (out / "volumes" / f"{name}.npy").is_file()):
+        return False
+    if (out / "volumes" / f"{name}.1.npy").is_file():  # several volumes: every one the record lists
+        return all((out / e["volume"]).is_file() for e in json.loads(record.read_text(encoding="utf-8")).get("volumes", []))
+    return True
 
 
 def _labels_table(rows: list[dict], vocab: Vocabulary):
@@ -325,6 +359,7 @@ def _labels_table(rows: list[dict], vocab: Vocabulary):
     columns: dict[str, Any] = {}
     for key in ("study_id", "split", "volume", "report", "findings", "impression", "provenance"):
         columns[key] = pa.array([r[key] for r in rows], pa.string())
+    columns["series"] = pa.array([r.get("series", "") for r in rows], pa.string())
     columns["shape"] = pa.array([r["shape"] for r in rows], pa.list_(pa.int32()))
     columns["spacing"] = pa.array([r["spacing"] for r in rows], pa.list_(pa.float32()))
     columns["source_spacing"] = pa.array([r["source_spacing"] for r in rows], pa.list_(pa.float32()))
@@ -521,7 +556,7 @@ def _prepare_dataset(images: Path, reports: Path, out: Path, vocab: Vocabulary, 
             errors.append({"study_id": res["study_id"], "path": str(studies[res["study_id"]]), "reason": res["error"]})
         else:
             done += 1
-            log_lines.append(f"study {res['study_id']}: {res['provenance']}")
+            log_lines += [f"study {res['study_id']}: {e['provenance']}" for e in res.get("volumes") or [res]]
     # manifest from every finished record, this run's and earlier runs'
     labeler = ReportLabeler(vocab)
     rows = []
@@ -540,14 +575,16 @@ def _prepare_dataset(images: Path, reports: Path, out: Path, vocab: Vocabulary, 
         parsed, given = labeler.label(text), (given_labels or {}).get(sid)
         if given is not None:
             compared.append((given, parsed))
-        rows.append({
-            **record,
-            "split": split,
-            "report": text,
-            "findings": sections["findings"],
-            "impression": sections["impression"],
-            "labels": merge_labels(parsed, given),
-        })
+        for entry in record.pop("volumes", None) or [record]:  # series.select: all: a row per volume, one report and split
+            rows.append({
+                **record,
+                **entry,
+                "split": split,
+                "report": text,
+                "findings": sections["findings"],
+                "impression": sections["impression"],
+                "labels": merge_labels(parsed, given),
+            })
     if given_labels is not None:
         unused = len(set(given_labels) - set(all_studies))
         log_lines.append(f"given labels: {len(compared)} of {len(rows)} studies labelled by the labels file"

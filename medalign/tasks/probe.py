@@ -84,7 +84,7 @@ def probe_dataset(checkpoint: Path, dataset: Path, out: Path, labels: Path | Non
     if any(not 0 < f <= 1 for f in fractions):
         raise InputError(f"--fractions {fractions}: each must lie in (0, 1]")
     model, model_dir = load_model(checkpoint, device, dataset)
-    manifest = read_manifest(dataset)
+    manifest = read_manifest(dataset).studies()  # one embedding per study (its volumes averaged)
     train, test = manifest.subset("train"), manifest.subset("test")
     if len(train) < 4 or len(test) < 2:
         raise InputError(f"{dataset}: probing needs train and test splits (have {len(train)} and {len(test)} studies)")

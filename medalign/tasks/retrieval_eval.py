@@ -72,7 +72,7 @@ def evaluate_retrieval(index: Path, dataset: Path, out: Path, split: str = "test
     from medalign.tasks.zeroshot import read_label_csv
 
     idx = StudyIndex(index)
-    manifest = read_manifest(dataset)
+    manifest = read_manifest(dataset).studies()
     rows = [i for i, m in enumerate(idx.meta) if split == "all" or m.get("split") == split]
     if len(rows) < 2:
         raise InputError(f"{index}: fewer than 2 indexed studies in split '{split}' (index the whole dataset)")

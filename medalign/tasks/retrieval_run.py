@@ -27,7 +27,7 @@ def index_dataset(checkpoint: Path, dataset: Path, out: Path, device: str = "aut
     Returns (studies embedded now, studies in the index).
     """
     model, model_dir = load_model(checkpoint, device, dataset)
-    manifest = read_manifest(dataset).subset(None if split == "all" else split)
+    manifest = read_manifest(dataset).studies().subset(None if split == "all" else split)  # a study: its volumes averaged
     existing = None
     if update and (Path(out) / "index.json").is_file():
         existing = StudyIndex(out)

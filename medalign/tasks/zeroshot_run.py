@@ -36,7 +36,7 @@ def resolve_vocabulary(vocab: str | None, model_dir: Path, dataset: Path | None)
 def zeroshot_dataset(checkpoint: Path, dataset: Path, out: Path, vocab: str | None = None, labels: Path | None = None, split: str = "test", device: str = "auto") -> dict:
     """Score every finding on ``split`` of ``dataset``; write metrics.json, roc.png, scores.csv under ``out``."""
     model, model_dir = load_model(checkpoint, device, dataset)
-    full_manifest = read_manifest(dataset)
+    full_manifest = read_manifest(dataset).studies()  # scored per study (its volumes' embeddings averaged)
     manifest = full_manifest.subset(None if split == "all" else split)
     if len(manifest) == 0:
         raise InputError(f"{dataset}: no studies in split '{split}'")

@@ -106,7 +106,7 @@ def pretrain(
         configure_cuda_backends(t.deterministic)
     callbacks = [TrainingStateCallback(sampler)]
     v = config.validation
-    val = manifest.subset("val")
+    val = manifest.subset("val").studies()  # validated per study (its volumes averaged)
     if v.every_n_steps and len(val) >= 2:
         from medalign.prep.vocab import load_vocabulary
         from medalign.train.validation import ZeroShotValidation
@@ -142,7 +142,7 @@ def pretrain(
         return None
     export = run / EXPORT
     export_model(model.cpu(), run / DATASET_FILES, export)
-    val = manifest.subset("val")
+    val = manifest.subset("val").studies()  # thresholds per study, as zeroshot scores (volumes averaged)
     if len(val) >= 2:  # operating points for one-study calls (zeroshot --study), fitted on validation only
         write_validation_thresholds(model, val.subset_rows(range(min(len(val), v.max_studies))), Path(dataset), export,
                                     config.labels.uncertain)
