@@ -145,9 +145,9 @@ def test_activation_checkpointing_gives_the_same_gradients(name, options, size):
         for m in enc.modules():  # keep BN/dropout deterministic while the rest trains
             if isinstance(m, (torch.nn.BatchNorm3d, torch.nn.Dropout)):
                 m.eval()
-        from medalign.models.image import _stages
+        from medalign.models.image import IMAGE_ENCODERS
 
-        inner = next(m for m in _stages(name, enc.backbone)[0].modules() if isinstance(m, (torch.nn.Conv3d, torch.nn.Linear)))
+        inner = next(m for m in IMAGE_ENCODERS[name].stages(enc.backbone)[0].modules() if isinstance(m, (torch.nn.Conv3d, torch.nn.Linear)))
         calls = []
         inner.register_forward_hook(lambda *a: calls.append(1))
         enc(x).square().sum().backward()
@@ -156,3 +156,30 @@ def test_activation_checkpointing_gives_the_same_gradients(name, options, size):
     assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 4
     for n in grads[0]:
         torch.testing.assert_close(grads[1][n], grads[0][n], rtol=1e-4, atol=1e-6)
+
+
+def test_grad_checkpointing_keeps_names_and_can_be_switched_off():
+    plain = create_image_encoder("resnet10_3d", 16, widen_factor=0.25)
+    enc = create_image_encoder("resnet10_3d", 16, activation_checkpointing=True, widen_factor=0.25)
+    assert list(enc.state_dict()) == list(plain.state_dict())  # no wrapper in the names: checkpoints load either way
+    assert enc.forward.__func__ is type(enc).forward  # no forward replaced
+    calls = []
+    enc.backbone.layer1[0].conv1.register_forward_hook(lambda *a: calls.append(1))
+    x = torch.randn(2, 1, 32, 32, 32)  # two: BatchNorm in training needs more than one value a channel
+    enc(x).sum().backward()
+    assert len(calls) == 2
+    enc.set_grad_checkpointing(False)
+    calls.clear()
+    enc(x).sum().backward()
+    assert len(calls) == 1
+    enc.set_grad_checkpointing(True)
+    calls.clear()
+    enc(x).sum().backward()
+    assert len(calls) == 2
+
+
+def test_an_option_the_encoder_does_not_take_is_refused():
+    from medalign.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown option 'depth' for resnet18_3d"):
+        create_image_encoder("resnet18_3d", 16, depth=50)

@@ -5,6 +5,8 @@ Every encoder maps ``(B, 1, X, Y, Z)`` to pooled features and projects them to `
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -14,19 +16,27 @@ from torch import nn
 
 from medalign.errors import ConfigError
 
-IMAGE_ENCODERS: dict[str, Callable[..., tuple[nn.Module, int]]] = {}
-#: per encoder, the backbone module whose output is its deepest spatial feature map ``(B, C, x, y, z)``
-SPATIAL_LAYERS: dict[str, str] = {}
+@dataclasses.dataclass(frozen=True)
+class EncoderEntry:
+    """A registered encoder: its factory and where its parts are, so that no code asks for its name."""
+
+    #: ``factory(**options) -> (backbone, feature_dim)``; its signature is the list of allowed options
+    factory: Callable[..., tuple[nn.Module, int]]
+    #: dotted name (under the backbone) of the module whose output is the deepest spatial map ``(B, C, x, y, z)``
+    spatial_layer: str
+    #: the backbone's stages, whose activations gradient checkpointing recomputes
+    stages: Callable[[nn.Module], list[nn.Module]]
 
 
-def register_image_encoder(name: str, spatial_layer: str):
-    """Decorator: register a factory returning ``(backbone, feature_dim)``; ``spatial_layer`` names the
-    backbone module (dotted path) whose output is the deepest spatial feature map, where explanation
-    maps (Grad-CAM) are read."""
+IMAGE_ENCODERS: dict[str, EncoderEntry] = {}
+
+
+def register_image_encoder(name: str, spatial_layer: str, stages: Callable[[nn.Module], list[nn.Module]]):
+    """Decorator (timm-style): register a factory returning ``(backbone, feature_dim)`` under ``name``,
+    with the module where explanation maps (Grad-CAM) read its deepest spatial map and its stages."""
 
     def wrap(fn):
-        IMAGE_ENCODERS[name] = fn
-        SPATIAL_LAYERS[name] = spatial_layer
+        IMAGE_ENCODERS[name] = EncoderEntry(fn, spatial_layer, stages)
         return fn
 
     return wrap
@@ -80,11 +90,17 @@ def _monai_resnet(
     return net, dim
 
 
+def _resnet_stages(net: nn.Module) -> list[nn.Module]:
+    return [net.layer1, net.layer2, net.layer3, net.layer4]
+
+
 for _depth in (10, 18, 34, 50):
-    register_image_encoder(f"resnet{_depth}_3d", spatial_layer="layer4")(lambda _d=_depth, **kw: _monai_resnet(_d, **kw))
+    # a partial binds the depth: its signature is the options a preset may give
+    register_image_encoder(f"resnet{_depth}_3d", spatial_layer="layer4", stages=_resnet_stages)(functools.partial(_monai_resnet, _depth))
 
 
-@register_image_encoder("densenet121_3d", spatial_layer="class_layers.relu")
+@register_image_encoder("densenet121_3d", spatial_layer="class_layers.relu",
+                        stages=lambda net: [m for n, m in net.features.named_children() if n.startswith("denseblock")])
 def _densenet121(dropout_prob: float = 0.0) -> tuple[nn.Module, int]:
     from monai.networks.nets import DenseNet121
 
@@ -107,7 +123,8 @@ class _SwinPooled(nn.Module):
         return self.spatial(self.swin(x, normalize=True)[-1]).mean(dim=(2, 3, 4))
 
 
-@register_image_encoder("swin_3d", spatial_layer="spatial")
+@register_image_encoder("swin_3d", spatial_layer="spatial",
+                        stages=lambda net: [getattr(net.swin, f"layers{i}")[0] for i in (1, 2, 3, 4)])
 def _swin(feature_size: int = 24, depths: list[int] = (2, 2, 2, 2), num_heads: list[int] = (3, 6, 12, 24), use_checkpoint: bool = False) -> tuple[nn.Module, int]:
     from monai.networks.nets import SwinUNETR
 
@@ -129,7 +146,7 @@ class _ViTPooled(nn.Module):
         return self.spatial(tokens).mean(dim=(2, 3, 4))
 
 
-@register_image_encoder("vit_3d", spatial_layer="spatial")
+@register_image_encoder("vit_3d", spatial_layer="spatial", stages=lambda net: list(net.vit.blocks))
 def _vit(img_size: list[int] = (96, 96, 96), patch_size: list[int] = (16, 16, 16), hidden_size: int = 768, num_layers: int = 12, num_heads: int = 12, mlp_dim: int = 3072) -> tuple[nn.Module, int]:
     from monai.networks.nets import ViT
 
@@ -138,59 +155,43 @@ def _vit(img_size: list[int] = (96, 96, 96), patch_size: list[int] = (16, 16, 16
     return _ViTPooled(vit, tuple(i // p for i, p in zip(img_size, patch_size))), hidden_size
 
 
-def _stages(name: str, backbone: nn.Module) -> list[nn.Module]:
-    """The blocks whose activations activation checkpointing recomputes, per encoder family."""
-    if name.startswith("resnet"):
-        return [backbone.layer1, backbone.layer2, backbone.layer3, backbone.layer4]
-    if name.startswith("densenet"):
-        return [m for n, m in backbone.features.named_children() if n.startswith("denseblock")]
-    if name == "vit_3d":
-        return list(backbone.vit.blocks)
-    if name == "swin_3d":
-        return [getattr(backbone.swin, f"layers{i}")[0] for i in (1, 2, 3, 4)]  # each a ModuleList of one BasicLayer
-    raise ConfigError(f"model.image.activation_checkpointing: not available for {name}")
-
-
-def enable_activation_checkpointing(module: nn.Module) -> None:
-    """Recompute ``module``'s activations in the backward pass instead of storing them (less memory,
-    about one extra forward). The forward is replaced in place, so parameter names do not change.
-    BatchNorm running statistics see the recomputed forward too (a second momentum update)."""
-    from torch.utils.checkpoint import checkpoint
-
-    original = module.forward
-
-    def forward(*args, **kwargs):
-        if module.training and torch.is_grad_enabled():
-            return checkpoint(original, *args, use_reentrant=False, **kwargs)
-        return original(*args, **kwargs)
-
-    module.forward = forward
-
-
 class ImageEncoder(nn.Module):
     """A registered backbone with a linear projection: ``(B, 1, X, Y, Z) -> (B, D)`` (not normalised).
 
-    ``activation_checkpointing`` recomputes each stage's activations in the backward pass.
+    ``activation_checkpointing`` recomputes each stage's activations in the backward pass
+    (:meth:`set_grad_checkpointing`).
     """
 
     def __init__(self, name: str, embed_dim: int, options: dict[str, Any] | None = None, activation_checkpointing: bool = False) -> None:
         super().__init__()
         if name not in IMAGE_ENCODERS:
-            raise ConfigError(f"model.image.name: unknown image encoder '{name}' (known: {', '.join(sorted(IMAGE_ENCODERS))})")
-        factory = IMAGE_ENCODERS[name]
+            raise ConfigError(f"model.image.name: unknown image encoder '{name}' (known: {', '.join(list_models())})")
+        entry = IMAGE_ENCODERS[name]
         options = dict(options or {})
-        allowed = set(inspect.signature(factory).parameters) - {"_d", "kw"}
-        if name.startswith("resnet"):
-            allowed = set(inspect.signature(_monai_resnet).parameters) - {"depth"}
+        allowed = set(inspect.signature(entry.factory).parameters)
         unknown = sorted(set(options) - allowed)
         if unknown:
             raise ConfigError(f"model.image.options: unknown option '{unknown[0]}' for {name} (allowed: {', '.join(sorted(allowed))})")
         self.name = name
-        self.backbone, self.feature_dim = factory(**options)
+        self.backbone, self.feature_dim = entry.factory(**options)
         self.proj = nn.Linear(self.feature_dim, embed_dim)
+        self.grad_checkpointing = False
         if activation_checkpointing:
-            for stage in _stages(name, self.backbone):
-                enable_activation_checkpointing(stage)
+            self.set_grad_checkpointing(True)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each stage's activations in the backward pass instead of storing them (less
+        memory, about one extra forward), as timm's method of that name. PyTorch's composable
+        ``checkpoint`` hooks the stages in place: no forward is replaced and parameter names do not
+        change. BatchNorm running statistics see the recomputed forward too (a second update)."""
+        from torch.distributed._composable import checkpoint
+
+        for stage in IMAGE_ENCODERS[self.name].stages(self.backbone):
+            if enable and not self.grad_checkpointing:
+                checkpoint(stage)
+            elif self.grad_checkpointing:
+                checkpoint.state(stage).enable_hook = enable
+        self.grad_checkpointing = self.grad_checkpointing or enable
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(self.backbone(x).flatten(1))
@@ -198,7 +199,7 @@ class ImageEncoder(nn.Module):
     @property
     def spatial_layer(self) -> str:
         """Dotted name (under this module) of the layer giving the deepest spatial map ``(B, C, x, y, z)``."""
-        return "backbone." + SPATIAL_LAYERS[self.name]
+        return "backbone." + IMAGE_ENCODERS[self.name].spatial_layer
 
 
 def create_image_encoder(name: str, embed_dim: int = 256, activation_checkpointing: bool = False, **options: Any) -> ImageEncoder:
