@@ -10,6 +10,10 @@ is the probability ``zeroshot`` reports. Two methods, one for every encoder in t
   full forward and backward per finding: ``bench/explain.py`` measures both).
 - ``occlusion``: MONAI's ``OcclusionSensitivity``, the slower model-agnostic check: how much each
   finding's score falls when a patch of the volume is replaced by the volume's mean.
+- ``auto`` (default): Grad-CAM when the deepest map is fine enough to point, occlusion otherwise.
+
+Similar-case retrieval explains its similarity score the same way: the directions are then the
+other study's embedding (:func:`relevance_maps`).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ OCCLUSION_FRACTION = 1 / 6
 
 class FindingScores(nn.Module):
     """``(B, 1, X, Y, Z) -> (B, K)``: each finding's logit ``scale * <image, pos_k - neg_k>``
-    (``direction`` holds ``pos_k - neg_k``, ``(K, D)``)."""
+    (``direction`` holds ``pos_k - neg_k``, ``(K, D)``; or other studies' embeddings, for similarity)."""
 
     def __init__(self, model: DualEncoder, direction: torch.Tensor) -> None:
         super().__init__()
