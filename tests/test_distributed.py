@@ -59,12 +59,14 @@ def _worker(rank: int, port: int, out: str) -> None:
     try:
         batch, local = _batch(), GLOBAL_BATCH // WORLD
         results = {}
-        for local_loss in MODES:
+        for local_loss, with_grad in [(m, True) for m in MODES] + [(False, False)]:
             for name, with_frozen in CASES:
                 torch.manual_seed(0)
                 model = nn.parallel.DistributedDataParallel(TinyDualEncoder(name == "siglip").double())
-                results[f"{name}:{with_frozen}:{local_loss}"] = _loss_and_grads(
-                    model, ContrastiveObjective(name, mix=0.6, local_loss=local_loss), batch, slice(rank * local, (rank + 1) * local), with_frozen
+                key = f"{name}:{with_frozen}:{local_loss}" + ("" if with_grad else ":nograd")
+                results[key] = _loss_and_grads(
+                    model, ContrastiveObjective(name, mix=0.6, local_loss=local_loss, gather_with_grad=with_grad), batch,
+                    slice(rank * local, (rank + 1) * local), with_frozen
                 )
         torch.save(results, os.path.join(out, f"rank{rank}.pt"))
         dist.barrier()  # neither rank tears gloo down while the other still has work on it
@@ -103,6 +105,37 @@ def test_two_ranks_equal_one_process(ranks, name, with_frozen, local_loss):
             rel = (r_grads[n] - g).norm() / g.norm()
             assert rel < 1e-5, (name, r, n, float(rel))
     assert all(g.abs().max() > 0 for g in grads.values())  # every parameter moves: the check is not vacuous
+
+
+@pytest.mark.parametrize("name,with_frozen", CASES)
+def test_gathering_without_grad_gives_the_gradient_over_world_size(ranks, name, with_frozen):
+    """open_clip's ``gather_with_grad=False``: other ranks' features are constants, so each rank's
+    gradient reaches the towers through its own rows only, and DDP's average is the towers' exact
+    gradient over W; the logit scale and bias, which every rank's whole loss reads, keep theirs."""
+    torch.manual_seed(0)
+    single = TinyDualEncoder(name == "siglip").double()
+    loss, grads = _loss_and_grads(single, ContrastiveObjective(name, mix=0.6), _batch(), slice(None), with_frozen)
+    for r in range(WORLD):
+        r_loss, r_grads = ranks[r][f"{name}:{with_frozen}:False:nograd"]
+        assert torch.allclose(r_loss, loss, rtol=1e-5, atol=0)
+        for n, g in grads.items():
+            factor = 1 if n in ("log_scale", "bias") else WORLD
+            rel = (factor * r_grads[n] - g).norm() / g.norm()
+            assert rel < 1e-5, (name, r, n, float(rel))
+
+
+def test_every_loss_is_a_module_of_its_own():
+    from medalign.losses import CWCLLoss, InfoNCELoss, SigLIPLoss, SoftLabelLoss
+
+    batch = _batch()
+    img, txt = F.normalize(batch["x_img"][:, :6], dim=-1), F.normalize(batch["x_txt"][:, :6], dim=-1)
+    scale = torch.tensor(10.0, dtype=torch.float64)
+    for module, name, kwargs in ((InfoNCELoss(), "info_nce", {}), (SigLIPLoss(), "siglip", {"bias": torch.tensor(-1.0, dtype=torch.float64)}),
+                                 (SoftLabelLoss(mix=0.6), "soft_labels", {"labels": batch["labels"]}),
+                                 (CWCLLoss(mix=0.6), "cwcl", {"frozen_text": batch["frozen"]})):
+        assert isinstance(module, nn.Module)
+        expected = ContrastiveObjective(name, mix=0.6)(img, txt, scale, **kwargs)
+        assert torch.allclose(module(img, txt, scale, **kwargs), expected), name
 
 
 def test_a_local_only_loss_differs(ranks):

@@ -8,9 +8,9 @@ from medalign.losses.contrastive import (
     targets_from_similarity,
 )
 from medalign.losses.distributed import gather_with_grad
-from medalign.losses.objective import ContrastiveObjective
+from medalign.losses.objective import ContrastiveObjective, CWCLLoss, InfoNCELoss, SigLIPLoss, SoftLabelLoss
 
 __all__ = [
-    "ContrastiveObjective", "gather_with_grad", "info_nce", "siglip", "soft_label_contrastive",
+    "CWCLLoss", "ContrastiveObjective", "InfoNCELoss", "SigLIPLoss", "SoftLabelLoss", "gather_with_grad", "info_nce", "siglip", "soft_label_contrastive",
     "targets_from_labels", "targets_from_similarity",
 ]

@@ -25,13 +25,19 @@ class ContrastiveObjective(nn.Module):
     when frozen report embeddings are given); ``cwcl`` uses the similarity targets alone.
     """
 
-    def __init__(self, name: LossName = "soft_labels", mix: float = 0.5, local_loss: bool = False) -> None:
+    def __init__(self, name: LossName = "soft_labels", mix: float = 0.5, local_loss: bool = False,
+                 gather_with_grad: bool = True) -> None:
         super().__init__()
         self.name = name
         self.mix = mix
         #: open_clip's ``local_loss``: each rank forms only its own rows of the global-batch logits,
         #: ``(b, B)`` instead of ``(B, B)``; the gradient is the same (tests/test_distributed.py)
         self.local_loss = local_loss
+        #: open_clip's ``gather_with_grad``: the gathered features carry gradient to every rank (exact).
+        #: False: other ranks' features are constants, each rank's gradient flows through its own rows
+        #: only (no backward all-reduce): the towers get 1/W of the exact gradient without ``local_loss``
+        #: (the logit scale and bias their exact one), and no cross terms with it, as in open_clip
+        self.gather_with_grad = gather_with_grad
 
     def targets(self, labels: torch.Tensor | None, frozen_text: torch.Tensor | None, n: int, device) -> torch.Tensor:
         """Soft-target matrix ``(B, B)`` for the global batch."""
@@ -63,10 +69,12 @@ class ContrastiveObjective(nn.Module):
                               _at_least_fp32(bias) if isinstance(bias, torch.Tensor) else bias, labels, frozen_text)
 
     def _loss(self, img, txt, scale, bias, labels, frozen_text) -> torch.Tensor:
-        img_all, txt_all = gather_with_grad(img), gather_with_grad(txt)
-        if self.local_loss and world_size() > 1:
-            first = rank() * img.shape[0]  # every rank holds b rows (the sampler drops incomplete batches)
-        else:
+        first = rank() * img.shape[0]  # every rank holds b rows (the sampler drops incomplete batches)
+        if self.gather_with_grad or world_size() == 1:
+            img_all, txt_all = gather_with_grad(img), gather_with_grad(txt)
+        else:  # constants from the other ranks around this rank's own rows
+            img_all, txt_all = (_with_own_rows(gather_no_grad(x.detach()), x, first) for x in (img, txt))
+        if not (self.local_loss and world_size() > 1):
             img, txt, first = img_all, txt_all, 0
         if self.name == "info_nce":
             return info_nce(img, txt, scale, img_all, txt_all, first)
@@ -76,3 +84,38 @@ class ContrastiveObjective(nn.Module):
         frozen_text = gather_no_grad(frozen_text) if frozen_text is not None else None
         targets = self.targets(labels, frozen_text, img_all.shape[0], img.device)
         return soft_label_contrastive(img, txt, targets, scale, img_all, txt_all, first)
+
+
+def _with_own_rows(gathered: torch.Tensor, own: torch.Tensor, first: int) -> torch.Tensor:
+    """``gathered`` (no gradient) with rows ``first .. first + b`` replaced by ``own`` (with gradient)."""
+    if gathered is own:
+        return own
+    return torch.cat([gathered[:first], own, gathered[first + own.shape[0]:]])
+
+
+class InfoNCELoss(ContrastiveObjective):
+    """CLIP's InfoNCE (:func:`info_nce`) over the global batch."""
+
+    def __init__(self, local_loss: bool = False, gather_with_grad: bool = True) -> None:
+        super().__init__("info_nce", 0.0, local_loss, gather_with_grad)
+
+
+class SigLIPLoss(ContrastiveObjective):
+    """SigLIP's pairwise sigmoid loss (:func:`siglip`) over the global batch."""
+
+    def __init__(self, local_loss: bool = False, gather_with_grad: bool = True) -> None:
+        super().__init__("siglip", 0.0, local_loss, gather_with_grad)
+
+
+class SoftLabelLoss(ContrastiveObjective):
+    """MedCLIP / Cardiac-CLIP label-similarity targets (:func:`targets_from_labels`), blended by ``mix``."""
+
+    def __init__(self, mix: float = 0.5, local_loss: bool = False, gather_with_grad: bool = True) -> None:
+        super().__init__("soft_labels", mix, local_loss, gather_with_grad)
+
+
+class CWCLLoss(ContrastiveObjective):
+    """CWCL's continuously weighted targets from frozen report embeddings (:func:`targets_from_similarity`)."""
+
+    def __init__(self, mix: float = 0.5, local_loss: bool = False, gather_with_grad: bool = True) -> None:
+        super().__init__("cwcl", mix, local_loss, gather_with_grad)

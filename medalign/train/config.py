@@ -20,6 +20,9 @@ class LossConfig:
     #: multi-GPU: each rank forms only its own rows of the global-batch logits (open_clip's local_loss):
     #: (b x B) instead of (B x B) per rank, the same gradient; the logged train loss is then rank 0's rows
     local_loss: bool = False
+    #: false: other ranks' features enter the loss as constants (open_clip's option; no backward
+    #: all-reduce, but the towers' gradient is 1/W of the exact one: see docs/scaling.md)
+    gather_with_grad: bool = True
 
 
 @dataclasses.dataclass

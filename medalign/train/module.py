@@ -43,7 +43,7 @@ class PretrainModule(L.LightningModule):
         super().__init__()
         self.model = model
         self.config = config
-        self.objective = ContrastiveObjective(config.loss.name, config.loss.mix, config.loss.local_loss)
+        self.objective = ContrastiveObjective(config.loss.name, config.loss.mix, config.loss.local_loss, config.loss.gather_with_grad)
         self.report_texts = report_texts if needs_report_embeddings(config) else None
         self.report_cache = report_cache
         # a plain attribute, not a buffer: DDP would broadcast a buffer every step
