@@ -97,15 +97,19 @@ def test_resampling_onto_the_scanner_grid_keeps_world_positions():
     model = np.diag([2.0, 2.0, 4.0, 1.0])
     model[:3, 3] = [-90.0, -110.0, -48.0]
     values = np.random.default_rng(0).random((60, 60, 30)).astype(np.float32)
-    out = resample_to_grid(values, model, (200, 220, 40), scanner)
-    ijk = np.array([[50, 60, 10], [120, 30, 25], [199, 219, 39]])
-    for v in ijk:
-        world = scanner @ np.array([*v, 1.0])
-        src = np.linalg.solve(model, world)[:3]
-        if np.all(src >= 0) and np.all(src <= np.array(values.shape) - 1):
-            from scipy.ndimage import map_coordinates
+    from scipy.ndimage import map_coordinates
 
+    out = resample_to_grid(values, model, (200, 220, 40), scanner)
+    inside = outside = 0
+    for v in np.random.default_rng(1).integers(0, (200, 220, 40), size=(200, 3)):
+        src = np.linalg.solve(model, scanner @ np.array([*v, 1.0]))[:3]
+        if np.all(src >= 0) and np.all(src <= np.array(values.shape) - 1):
+            inside += 1  # a world point on both grids keeps its value
             assert out[tuple(v)] == pytest.approx(float(map_coordinates(values, src[:, None], order=1)[0]), abs=1e-5)
+        elif np.any(src < -1) or np.any(src > np.array(values.shape)):
+            outside += 1  # beyond the model's grid: no relevance
+            assert out[tuple(v)] == 0.0
+    assert inside > 20 and outside > 20
 
 
 def test_explain_writes_maps_that_overlay_on_convert(trained_run, phantom_ct, tmp_path):

@@ -163,3 +163,26 @@ def test_series_select_all_keeps_each_reconstruction_and_evaluation_averages_the
     expected = torch.nn.functional.normalize(per_volume[[1, 2]].mean(0), dim=0).numpy()
     assert per_study.shape[0] == 2 and np.allclose(per_study[1], expected, atol=1e-5)
     assert np.allclose(per_study[0], per_volume[0].numpy(), atol=1e-6)
+
+
+def test_a_raw_study_is_scored_on_every_volume_the_preset_takes(trained_run, phantom_ct, tmp_path):
+    """``zeroshot --study`` with a model prepared under ``series.select: all`` averages the study's
+    reconstructions, as evaluation does, and names them, rather than picking one without a word."""
+    import yaml
+
+    from medalign.tasks.zeroshot_run import zeroshot_study
+
+    study = tmp_path / "study"
+    source = next(f for f in sorted((phantom_ct / "images").iterdir()) if all(p.is_file() for p in f.iterdir()))
+    shutil.copytree(source, study)
+    _second_reconstruction(study)
+    model = tmp_path / "model"
+    shutil.copytree(trained_run / "model", model)
+    cfg = yaml.safe_load((model / "prep_config.yaml").read_text())
+    cfg["series"]["select"] = "all"
+    (model / "prep_config.yaml").write_text(yaml.safe_dump(cfg))
+    both = zeroshot_study(model, study, device="cpu")
+    best = zeroshot_study(trained_run / "model", study, device="cpu")
+    assert len(both["volumes"]) == 2 and len(best["volumes"]) == 1
+    assert "1 of 2" in both["volumes"][0] and "2 of 2" in both["volumes"][1]
+    assert both["probabilities"] != best["probabilities"]  # the second reconstruction counts

@@ -326,6 +326,8 @@ def cmd_zeroshot(a: argparse.Namespace) -> int:
         result = explain_study(a.checkpoint, a.study, a.explain, a.vocab, a.device, a.modality, a.explain_method)
         print(json.dumps(result["findings"], indent=2))
         print(f"zeroshot --explain: method {result['method']}")
+        if "note_volumes" in result:
+            print(f"zeroshot --explain: {result['note_volumes']}")
         print(f"zeroshot --explain: per finding a map on the study's scanner grid (.nii.gz), a figure (.png), and explain.json -> {a.explain}")
         return 0
     if a.study is not None:

@@ -30,7 +30,6 @@ class StudyFiles:
     """The files of one study as the grouping found them."""
 
     files: list[Path]
-    study_uids: set[str] = dataclasses.field(default_factory=set)
     accessions: set[str] = dataclasses.field(default_factory=set)
     #: True when the key was blank and the files were grouped by their folder
     by_folder: bool = False
@@ -128,8 +127,6 @@ def group_dicom_files(root: Path, by: str, imap: Callable = map) -> Grouping:
             key = BLANK_PREFIX + ("." if rel == "." else rel)
         entry = studies.setdefault(key, StudyFiles(files=[], by_folder=blank))
         entry.files.append(path)
-        if study_uid:
-            entry.study_uids.add(study_uid)
         if accession:
             entry.accessions.add(accession)
     return Grouping(studies=studies, unreadable=unreadable, not_dicom=not_dicom)

@@ -32,7 +32,7 @@ import numpy as np
 from medalign.config import save_yaml, to_dict
 from medalign.errors import InputError, MedalignError, StorageError
 from medalign.io.atomic import atomic_save_npy, atomic_write, atomic_write_json, storage_error
-from medalign.io.dicom import Volume, load_dicom_study, load_dicom_volumes
+from medalign.io.dicom import Volume, load_dicom_volumes
 from medalign.io.nifti import is_nifti, load_nifti
 from medalign.io.oct_vendor import is_vendor_oct, load_heyex_vol, mirror_to_right_eye
 from medalign.io.reports import read_reports
@@ -100,16 +100,9 @@ def load_study_volumes(path: Path, config: PrepConfig, files: list[Path] | None 
     (``all``: every full-coverage DICOM series of the study, best first)."""
     if files is not None:
         loaded = load_dicom_volumes(path, config.series, files=files, root=root)
-    elif path.is_dir() and config.series.select == "all" and not _holds_other_formats(path):
-        loaded = load_dicom_volumes(path, config.series)
     else:
-        loaded = [_read_study(path, config)]
+        loaded = _read_study(path, config)
     return [_finish(volume, provenance, config) for volume, provenance in loaded]
-
-
-def _holds_other_formats(folder: Path) -> bool:
-    """A study folder holding a NIfTI or vendor OCT file rather than DICOM series."""
-    return any(p.is_file() and (is_nifti(p) or is_vendor_oct(p)) for p in folder.rglob("*"))
 
 
 def _finish(volume: Volume, provenance: str, config: PrepConfig) -> tuple[Volume, str]:
@@ -123,24 +116,26 @@ def _finish(volume: Volume, provenance: str, config: PrepConfig) -> tuple[Volume
     return volume, provenance
 
 
-def _read_study(path: Path, config: PrepConfig) -> tuple[Volume, str]:
+def _read_study(path: Path, config: PrepConfig) -> list[tuple[Volume, str]]:
+    """A study file or folder: its one NIfTI or vendor OCT volume, else its DICOM series (``series.select``)."""
     if path.is_file():
         if is_vendor_oct(path):
-            return _vendor(path, path.name)
-        return load_nifti(path), "nifti"
-    vendor = [p for p in sorted(path.rglob("*")) if is_vendor_oct(p)]
+            return [_vendor(path, path.name)]
+        return [(load_nifti(path), "nifti")]
+    files = [p for p in sorted(path.rglob("*")) if p.is_file()]  # one listing of the folder
+    vendor = [p for p in files if is_vendor_oct(p)]
     if len(vendor) == 1:
-        return _vendor(vendor[0], f"{path.name}/{vendor[0].relative_to(path)}")
+        return [_vendor(vendor[0], f"{path.name}/{vendor[0].relative_to(path)}")]
     if len(vendor) > 1:
         raise InputError(f"{path}: {len(vendor)} vendor OCT files; one study is one eye's volume scan")
-    niftis = [p for p in sorted(path.rglob("*")) if p.is_file() and is_nifti(p)]
+    niftis = [p for p in files if is_nifti(p)]
     if len(niftis) == 1:
-        return load_nifti(niftis[0]), "nifti"
+        return [(load_nifti(niftis[0]), "nifti")]
     if len(niftis) > 1:
         raise InputError(f"{path}: {len(niftis)} NIfTI files, expected one")
-    if not any(p.is_file() for p in path.rglob("*")):
+    if not files:
         raise InputError(f"{path}: empty study folder")
-    return load_dicom_study(path, config.series)
+    return load_dicom_volumes(path, config.series, files=files)
 
 
 def _vendor(path: Path, name: str) -> tuple[Volume, str]:
@@ -225,11 +220,12 @@ def pseudonym(study_id: str, key: bytes) -> str:
 
 
 def _pseudonymise(key: bytes, studies: dict, reports: dict, problems: list[str]):
-    """Study and report ids replaced by :func:`pseudonym`; messages that name an id use the pseudonym."""
+    """Study and report ids replaced by :func:`pseudonym`; messages that name an id use the pseudonym.
+    Returns studies, reports, problems and ``{id: pseudonym}``."""
     ids = set(studies) | set(reports)
     names = {sid: pseudonym(sid, key) for sid in ids}
     problems = [re.sub(r"^study (.+?):", lambda m: f"study {names.get(m.group(1), '<withheld>')}:", p) for p in problems]
-    return {names[s]: p for s, p in studies.items()}, {names[s]: e for s, e in reports.items()}, problems
+    return {names[s]: p for s, p in studies.items()}, {names[s]: e for s, e in reports.items()}, problems, names
 
 
 def _withhold_path(error: dict, study_path: Path | None) -> dict:
@@ -490,8 +486,7 @@ def _prepare_dataset(images: Path, reports: Path, out: Path, vocab: Vocabulary, 
     else:
         all_studies, study_files, report_rows, notes, early_errors = _grouped_studies(images, group_by, report_rows, report_key, pool)
     if id_key is not None:
-        names = {sid: pseudonym(sid, id_key) for sid in all_studies}
-        all_studies, report_rows, problems = _pseudonymise(id_key, all_studies, report_rows, problems)
+        all_studies, report_rows, problems, names = _pseudonymise(id_key, all_studies, report_rows, problems)
         study_files = {names[sid]: f for sid, f in study_files.items()}
         early_errors = [{**e, "study_id": names.get(e["study_id"], e["study_id"])} for e in early_errors]
         notes = [_pseudonymise_note(n, names) for n in notes]

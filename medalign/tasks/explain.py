@@ -28,7 +28,7 @@ from medalign.models.dual import DualEncoder
 
 METHODS = ("auto", "gradcam", "occlusion")
 #: Grad-CAM needs this many cells along each axis of the deepest spatial map to point at an
-#: organ-sized region: the demo encoder's 2 x 2 x 2 map and its 3 x 3 x 3 stage miss (bench/explain.py);
+#: organ-sized region: on the demo encoder's 2 x 2 x 2 map it hits no lesion (bench/explain.py);
 #: coarser maps make ``auto`` occlude instead
 MIN_GRADCAM_CELLS = 4
 #: occlusion patches span this fraction of each axis of the model's grid

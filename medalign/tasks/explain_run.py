@@ -56,10 +56,14 @@ def explain_study(checkpoint: Path, study: Path, out: Path, vocab: str | None = 
             "figure": f"{stem}.png",
         }
         plot_explanation(raw, maps[k], name, findings[name], out / f"{stem}.png")
-    result = {"study": Path(study).name, "method": used, "findings": findings, "threshold_source": stored["source"],
+    result = {"study": Path(study).name, "method": used, "series": raw.provenance[0],
+              "findings": findings, "threshold_source": stored["source"],
               "grid": {"shape": list(raw.source.array.shape), "affine": np.round(raw.source.affine, 6).tolist()},
               "note": "maps lie on the study's scanner grid (the affine medalign convert writes): overlay them on its "
                       "converted series; values in [0, 1], each map scaled by its own maximum"}
+    if len(raw.arrays) > 1:  # series.select: all: the maps need one grid, so they explain the first volume
+        result["note_volumes"] = (f"explained on the first of {len(raw.arrays)} volumes the preset takes (series above); "
+                                  "scores here are that volume's, while zeroshot --study averages all of them")
     atomic_write_json(out / "explain.json", result)
     return result
 

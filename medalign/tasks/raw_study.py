@@ -1,4 +1,4 @@
-"""A raw study (DICOM folder or NIfTI) prepared exactly as the model's training data was."""
+"""A raw study (DICOM folder or NIfTI) prepared exactly as the model's training data was, and its embedding."""
 
 from __future__ import annotations
 
@@ -6,11 +6,12 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from medalign.config import from_dict, read_yaml
 from medalign.errors import InputError
 from medalign.io.dicom import Volume
-from medalign.prep.build import load_study
+from medalign.prep.build import load_study_volumes
 from medalign.prep.config import PrepConfig
 from medalign.prep.transforms import apply_preprocessing, build_preprocessing
 
@@ -23,26 +24,38 @@ class RawStudy:
     affine: np.ndarray  # (4, 4) voxel-to-RAS-mm of ``array``
     source: Volume  # the study on its own grid (what ``medalign convert`` writes), before preprocessing
     mirrored: bool  # a left eye mirrored to right-eye orientation by the preset (``source`` is not)
-
-
-def prepare_raw_study(path: Path, model_dir: Path, modality: str | None = None) -> np.ndarray:
-    """``(X, Y, Z)`` float32 volume in [0, 1] using ``model_dir/prep_config.yaml``. A DICOM study must
-    hold a series of the model's modality; a NIfTI file says none, so ``modality`` must confirm it."""
-    return load_raw_study(path, model_dir, modality).array
+    #: the model-grid arrays of every volume the preset takes (``series.select: all``: each reconstruction,
+    #: best first; ``array`` is the first) and how each was chosen
+    arrays: list[np.ndarray] = dataclasses.field(default_factory=list)
+    provenance: list[str] = dataclasses.field(default_factory=list)
 
 
 def load_raw_study(path: Path, model_dir: Path, modality: str | None = None) -> RawStudy:
-    """:func:`prepare_raw_study` keeping the geometry: the model-grid array and affine, and the source volume."""
+    """A raw study prepared exactly as the model's training data was (``model_dir/prep_config.yaml``),
+    keeping the geometry of its first volume. A DICOM study must hold a series of the model's
+    modality; a NIfTI file says none, so ``modality`` must confirm it."""
     cfg_path = Path(model_dir) / "prep_config.yaml"
     if not cfg_path.is_file():
         raise InputError(f"{model_dir}: exported model has no prep_config.yaml to prepare a raw study with")
     config = from_dict(PrepConfig, read_yaml(cfg_path), where=str(cfg_path))
-    volume, provenance = load_study(Path(path), config)
-    if provenance == "nifti" and modality != config.modality:
+    loaded = load_study_volumes(Path(path), config)
+    if loaded[0][1] == "nifti" and modality != config.modality:
         raise InputError(f"{path}: a NIfTI file carries no modality and the model was trained on {config.modality}: "
                          f"pass --modality {config.modality} to confirm the study is one"
                          + (f" (--modality {modality} given)" if modality else ""))
-    array, affine = apply_preprocessing(volume, build_preprocessing(config.steps))
+    pipeline = build_preprocessing(config.steps)
+    prepared = [apply_preprocessing(volume, pipeline) for volume, _ in loaded]
+    volume = loaded[0][0]
     mirrored = "mirrored" in volume.info
     source = Volume(np.ascontiguousarray(volume.array[::-1]) if mirrored else volume.array, volume.affine, volume.info)
-    return RawStudy(array=array, affine=affine, source=source, mirrored=mirrored)
+    return RawStudy(array=prepared[0][0], affine=prepared[0][1], source=source, mirrored=mirrored,
+                    arrays=[a for a, _ in prepared], provenance=[p for _, p in loaded])
+
+
+@torch.no_grad()
+def embed_raw_study(model, raw: RawStudy) -> np.ndarray:
+    """``(D,)`` unit embedding of a raw study: its volumes' embeddings averaged and renormalised, as
+    evaluation does for a prepared study (:func:`~medalign.models.inference.embed_studies`)."""
+    device = model.logit_scale.device
+    emb = torch.cat([model.encode_image(torch.from_numpy(a)[None, None].to(device)).float() for a in raw.arrays])
+    return torch.nn.functional.normalize(emb.mean(0), dim=0).cpu().numpy()

@@ -15,7 +15,7 @@ from medalign.io.atomic import atomic_write_json
 from medalign.models.inference import embed_studies, embed_texts
 from medalign.tasks.model_io import load_model
 from medalign.tasks.montage import draw_montage, write_html
-from medalign.tasks.raw_study import prepare_raw_study
+from medalign.tasks.raw_study import embed_raw_study, load_raw_study
 from medalign.tasks.retrieval import StudyIndex, build_index, update_index
 
 
@@ -74,9 +74,9 @@ def retrieve(index: Path, out: Path, study: Path | None = None, text: str | None
             raise InputError("--text: empty query")
         query = embed_texts(model, [text])[0]
     else:
-        query_volume = prepare_raw_study(study, model_dir, modality)
-        image = torch.from_numpy(query_volume)[None, None].to(model.logit_scale.device)
-        query = model.encode_image(image).float().cpu().numpy()[0]
+        raw = load_raw_study(study, model_dir, modality)
+        query_volume = raw.array  # shown, and explained; the query is every volume the preset takes, averaged
+        query = embed_raw_study(model, raw)
         exclude = Path(study).name.split(".nii")[0]  # the query itself, when it is in the index
     hits = [h for h in idx.search(query, k + 1, target) if h["study_id"] != exclude][:k]
     for r, h in enumerate(hits, 1):
@@ -92,7 +92,9 @@ def retrieve(index: Path, out: Path, study: Path | None = None, text: str | None
     title = f"Query study {Path(study).name}" if study is not None else ""
     maps = None
     if explain and hits:
-        maps = _similarity_maps(model, query, query_volume, volumes, explain_method)
+        row = {sid: i for i, sid in enumerate(idx.ids)}
+        hit_emb = idx.studies[[row[h["study_id"]] for h in hits]]  # as indexed (a study's volumes averaged)
+        maps = _similarity_maps(model, query, query_volume, volumes, hit_emb, explain_method)
         for h, q_map, h_map in zip(hits, maps["query"] or [None] * len(hits), maps["hits"]):
             h["explain"] = {"method": maps["method"], "hit_peak_voxel": [int(v) for v in np.unravel_index(int(np.argmax(h_map)), h_map.shape)]}
             if q_map is not None:
@@ -104,7 +106,8 @@ def retrieve(index: Path, out: Path, study: Path | None = None, text: str | None
     return hits
 
 
-def _similarity_maps(model, query: np.ndarray, query_volume: np.ndarray | None, volumes: list[np.ndarray], method: str) -> dict:
+def _similarity_maps(model, query: np.ndarray, query_volume: np.ndarray | None, volumes: list[np.ndarray], hit_emb: np.ndarray,
+                     method: str) -> dict:
     """``{"hits": [map], "query": [map] or None, "method"}``: per hit, the relevance of the hit's voxels
     to its similarity with the query embedding and (study query) of the query's voxels to its
     similarity with the hit's embedding; maps on each volume's model grid, in [0, 1]."""
@@ -112,7 +115,7 @@ def _similarity_maps(model, query: np.ndarray, query_volume: np.ndarray | None, 
 
     device = model.logit_scale.device
     hit_images = [torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32))[None, None].to(device) for v in volumes]
-    hit_emb = torch.cat([model.encode_image(x) for x in hit_images]).float()
+    hit_emb = torch.as_tensor(np.asarray(hit_emb, dtype=np.float32), device=device)
     query_emb = torch.as_tensor(query, device=device)[None].float()
     hit_maps, used = [], method
     for x in hit_images:

@@ -13,7 +13,7 @@ from medalign.metrics import validation_thresholds
 from medalign.models.inference import embed_studies
 from medalign.prep.vocab import Vocabulary, load_vocabulary
 from medalign.tasks.model_io import load_model
-from medalign.tasks.raw_study import prepare_raw_study
+from medalign.tasks.raw_study import embed_raw_study, load_raw_study
 from medalign.tasks.zeroshot import (
     evaluate,
     finding_probabilities,
@@ -84,9 +84,8 @@ def zeroshot_study(checkpoint: Path, study: Path, vocab: str | None = None, devi
     at the end of training, ``thresholds.json``); a finding without one gets no call."""
     model, model_dir = load_model(checkpoint, device)
     voc = resolve_vocabulary(vocab, model_dir, None)
-    volume = prepare_raw_study(study, model_dir, modality)
-    image = torch.from_numpy(volume)[None, None].to(model.logit_scale.device)
-    emb = model.encode_image(image).float().cpu().numpy()
+    raw = load_raw_study(study, model_dir, modality)
+    emb = embed_raw_study(model, raw)[None]
     probs = finding_probabilities(model, emb, voc)[0]
     stored = read_thresholds(model_dir)
     findings = {}
@@ -95,7 +94,7 @@ def zeroshot_study(checkpoint: Path, study: Path, vocab: str | None = None, devi
         findings[name] = {"score": round(float(p), 4), "threshold": None if thr is None else round(float(thr), 4),
                           "call": None if thr is None else ("positive" if p >= thr else "negative")}
     return {"study": Path(study).name, "probabilities": {n: f["score"] for n, f in findings.items()}, "findings": findings,
-            "threshold_source": stored["source"]}
+            "threshold_source": stored["source"], "volumes": raw.provenance}
 
 
 def read_thresholds(model_dir: Path) -> dict:
