@@ -67,6 +67,14 @@ def _mentioned(labeler: ReportLabeler, text: str) -> dict[str, int]:
     ("History of pleural effusion. Evaluate for pneumonia or consolidation.", {}),
     # pseudo-negations
     ("No change in the small left pleural effusion.", {"pleural effusion": 1}),
+    ("No significant interval change of the right pleural effusion.", {"pleural effusion": 1}),
+    ("Without appreciable change, emphysema in both upper lobes.", {"emphysema": 1}),
+    # ... but "no" before a descriptive word and "changes of" is a negation
+    ("No acute changes of bronchiectasis, no consolidation.", {"bronchiectasis": 0, "consolidation": 0}),
+    # "maybe" hedges; a clinical condition hedges the whole statement, across the clause after its comma
+    ("Maybe early consolidation in the lingula.", {"consolidation": -1}),
+    ("In the appropriate clinical setting, this is compatible with consolidation.", {"consolidation": -1}),
+    ("In the appropriate clinical setting, consolidation is possible; the heart is enlarged.", {"consolidation": -1, "cardiomegaly": 1}),
 ])
 def test_cue_scopes(text, expected):
     assert _mentioned(CT, text) == expected

@@ -54,7 +54,14 @@ PRE_UNCERTAIN = [
     "cannot be excluded", "not excluded", "not be excluded", "cannot entirely exclude", "not entirely excluded",
     "uncertain", "unclear", "doubtful", "appears to represent", "query", "may include", "could include",
     "considerations include", "worrisome for", "could indicate", "might represent", "raises the possibility of",
-    "cannot be * excluded", "difficult to * exclude", "question", "would include", "is a possibility",
+    "cannot be * excluded", "difficult to * exclude", "question", "would include", "is a possibility", "maybe", "perhaps",
+]
+#: a condition on the whole statement ("In the appropriate clinical setting, this is compatible with pneumonia"):
+#: uncertain up to a terminator, across the new clause that follows its comma
+CONDITIONAL = [
+    "in the appropriate clinical setting", "in the proper clinical setting", "in the right clinical setting",
+    "in the correct clinical setting", "in the appropriate clinical context", "in the right clinical context",
+    "in the appropriate setting", "if clinically appropriate",
 ]
 POST_UNCERTAIN = [
     "cannot be excluded", "can not be excluded", "not excluded", "not be excluded", "cannot be ruled out",
@@ -74,8 +81,17 @@ PRE_IGNORE = [
     "in detecting", "detecting",
 ]
 #: phrases that look like cues and are not ("no change in the effusion" means the effusion is still there)
+#: words between "no"/"without" and "change" that make it a statement about time, not a negation:
+#: "no significant interval change in the effusion", but "no interstitial changes of edema" negates
+_CHANGE_DEGREE = ("significant", "appreciable", "definite", "substantial", "gross", "major", "apparent", "notable",
+                  "visible", "measurable", "obvious", "real", "important", "relevant", "material", "meaningful",
+                  "marked", "detectable", "radiographic", "further", "other", "considerable", "discernible",
+                  "overall", "clinically significant", "dramatic")
+_CHANGE_TIME = ("interval", "recent", "short term")
 PSEUDO = [
-    "no change", "no * change", "no * * change", "without * change", "without * * change",
+    "no change",
+    *(f"{neg} {w} change" for neg in ("no", "without") for w in _CHANGE_DEGREE + _CHANGE_TIME),
+    *(f"{neg} {d} {t} change" for neg in ("no", "without") for d in _CHANGE_DEGREE + ("acute",) for t in _CHANGE_TIME + ("radiographic",)),
     "not only", "no increase", "no decrease", "no significant increase", "no significant decrease", "without change",
     "without significant change", "without interval change", "not changed", "no further", "gram negative",
     "not significantly changed", "not necessarily", "no definite change", "no appreciable change", "not well defined",
@@ -123,6 +139,7 @@ class ContextRules:
     pre_uncertain: tuple[str, ...] = tuple(PRE_UNCERTAIN)
     post_uncertain: tuple[str, ...] = tuple(POST_UNCERTAIN)
     pre_ignore: tuple[str, ...] = tuple(PRE_IGNORE)
+    conditional: tuple[str, ...] = tuple(CONDITIONAL)
     pseudo: tuple[str, ...] = tuple(PSEUDO)
     terminators: tuple[str, ...] = tuple(TERMINATORS)
 
@@ -138,6 +155,7 @@ class ContextEngine:
         self._cues.add(rules.pre_uncertain, (UNCERTAIN, "pre"))
         self._cues.add(rules.post_uncertain, (UNCERTAIN, "post"))
         self._cues.add(rules.pre_ignore, (IGNORED, "pre"))
+        self._cues.add(rules.conditional, (UNCERTAIN, "condition"))
         self._cues.add(rules.pseudo, ("pseudo", ""))
         self._cues.add(rules.terminators, ("terminate", ""))
 
@@ -162,6 +180,7 @@ class ContextEngine:
             if kind == "terminate":
                 for i in range(start, end):
                     stops[i] = True
+        terminated = list(stops)  # before clause starts are added: where a condition's scope ends
         for i in range(n - 1):
             if lemmas[i] in _COORDINATORS and lemmas[i + 1] in _CLAUSE_START:
                 stops[i] = True
@@ -172,7 +191,12 @@ class ContextEngine:
         for start, end, (kind, direction) in kept:
             if kind in ("pseudo", "terminate"):
                 continue
-            if direction == "pre":
+            if direction == "condition":
+                stop = end
+                while not terminated[stop]:
+                    stop += 1
+                out.append(Cue(kind, "pre", start, end, (end, stop)))
+            elif direction == "pre":
                 stop = end
                 while not stops[stop] and not any(s == stop and k != kind for s, k in pre_starts):
                     stop += 1

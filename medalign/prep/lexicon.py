@@ -112,11 +112,12 @@ def compile_phrase(phrase: str) -> tuple[_Word, ...]:
 class PhraseMatcher(Generic[P]):
     """All occurrences of many phrases in a token sequence, each with the payload it was added with.
 
-    Lookup is by the phrase's first lemma (a dict), so the cost grows with the sentence, not with
-    the number of phrases."""
+    Lookup is by the phrase's first two lemmas (or its first, when the second is a wildcard), so the
+    cost grows with the sentence, not with the number of phrases."""
 
     def __init__(self) -> None:
         self._by_first: dict[str, list[tuple[tuple[_Word, ...], P]]] = {}
+        self._by_pair: dict[tuple[str, str], list[tuple[tuple[_Word, ...], P]]] = {}
         self._by_prefix: list[tuple[str, tuple[_Word, ...], P]] = []
 
     def add(self, phrases: Iterable[str], payload: P) -> None:
@@ -124,13 +125,15 @@ class PhraseMatcher(Generic[P]):
         for phrase in phrases:
             words = compile_phrase(phrase)
             kind, first = words[0]
-            if kind == "=":
+            if kind == "=" and len(words) > 1 and words[1][0] == "=":
+                self._by_pair.setdefault((first, words[1][1]), []).append((words, payload))
+            elif kind == "=":
                 self._by_first.setdefault(first, []).append((words, payload))
             else:
                 self._by_prefix.append((first, words, payload))
 
     def __bool__(self) -> bool:
-        return bool(self._by_first or self._by_prefix)
+        return bool(self._by_first or self._by_pair or self._by_prefix)
 
     @property
     def has_prefixes(self) -> bool:
@@ -139,21 +142,21 @@ class PhraseMatcher(Generic[P]):
 
     def first_words(self) -> set[str]:
         """Exact first lemmas of the phrases (for a quick pre-filter)."""
-        return set(self._by_first)
+        return set(self._by_first) | {first for first, _ in self._by_pair}
 
     def matches(self, lemmas: Sequence[str]) -> list[tuple[int, int, P]]:
         """``[(start, end, payload)]`` token spans of every match (overlaps included)."""
         out: list[tuple[int, int, P]] = []
         n = len(lemmas)
-        by_first, by_prefix = self._by_first, self._by_prefix
+        by_first, by_pair, by_prefix = self._by_first, self._by_pair, self._by_prefix
         for i in range(n):
             w = lemmas[i]
-            cands = by_first.get(w)
-            if cands:
-                for words, payload in cands:
-                    end = _match_at(words, lemmas, i, n)
-                    if end:
-                        out.append((i, end, payload))
+            for cands in (by_first.get(w), by_pair.get((w, lemmas[i + 1])) if by_pair and i + 1 < n else None):
+                if cands:
+                    for words, payload in cands:
+                        end = _match_at(words, lemmas, i, n)
+                        if end:
+                            out.append((i, end, payload))
             for prefix, words, payload in by_prefix:
                 if w.startswith(prefix):
                     end = _match_at(words, lemmas, i, n)
