@@ -104,6 +104,20 @@ def test_cue_scopes(text, expected):
     ("Enlarged lymph node adjacent to the heart.", {"lymphadenopathy": 1}),
     ("A 9 mm thyroid nodule.", {}),
     ("Pericardial effusion is present.", {"pericardial effusion": 1}),
+    ("Calcified atheroma plaques were observed in the walls of the aorta and the coronary arteries.",
+     {"arterial wall calcification": 1, "coronary artery wall calcification": 1}),
+    # a lymph node is decided by its short axis against 10 mm, whatever the adjective
+    ("Several mediastinal lymph nodes, the largest measuring 16x11 mm.", {"lymphadenopathy": 1}),
+    ("Right hilar lymph nodes measuring 1.5 x 1.2 cm.", {"lymphadenopathy": 1}),
+    ("Mediastinal lymph nodes with a short axis below 1 cm.", {"lymphadenopathy": 0}),
+    ("A few paratracheal lymph nodes up to 8 mm.", {"lymphadenopathy": 0}),
+    ("Lymph nodes are seen in the prevascular area, the largest 15x6 mm.", {"lymphadenopathy": 0}),
+    ("Subcarinal lymph node measuring 22 mm in long axis and 8 mm in short axis.", {"lymphadenopathy": 0}),
+    ("Subcarinal lymph node measuring 22 mm in long axis and 12 mm in short axis.", {"lymphadenopathy": 1}),
+    ("No lymph node larger than 10 mm in short axis.", {"lymphadenopathy": 0}),
+    # a size nearer to another finding is that finding's; a size across a clause break is not the node's
+    ("A 12 mm nodule in the right lower lobe beside a hilar lymph node.", {"lung nodule": 1}),
+    ("Hilar lymph node; a 14 mm nodule in the lingula.", {"lung nodule": 1}),
 ])
 def test_concept_patterns(text, expected):
     assert _mentioned(CT, text) == expected
@@ -119,6 +133,31 @@ def test_concept_patterns(text, expected):
 ])
 def test_oct_vocabulary(text, expected):
     assert _mentioned(OCT, text) == expected
+
+
+@pytest.mark.parametrize("text, dims, bound, axis", [
+    ("the largest measuring 16x11 mm", (16.0, 11.0), "=", ""),
+    ("16 x 11 x 9 mm", (16.0, 11.0, 9.0), "=", ""),
+    ("1.5x1.2 cm", (15.0, 12.0), "=", ""),
+    ("a 12mm node", (12.0,), "=", ""),
+    ("short axis of 13 millimeters", (13.0,), "=", "short"),
+    ("less than 1 cm", (10.0,), "<", ""),
+    ("larger than 10 mm in short axis", (10.0,), ">", "short"),
+    ("22 mm in long axis", (22.0,), "=", "long"),
+])
+def test_measurements(text, dims, bound, axis):
+    from medalign.prep.lexicon import tokenize
+    from medalign.prep.measure import find_measurements
+
+    (m,) = find_measurements(tokenize(text))
+    assert m.dims_mm == pytest.approx(dims) and m.bound == bound and m.axis == axis
+
+
+def test_numbers_without_a_unit_are_no_size():
+    from medalign.prep.lexicon import tokenize
+    from medalign.prep.measure import find_measurements
+
+    assert find_measurements(tokenize("T12 vertebra, 3 levels, segment 6, 2 nodes")) == []
 
 
 def test_lemmas():
@@ -137,6 +176,7 @@ def test_mentions_say_what_decided():
     ({"site": ["coronary"]}, "observation"),
     ({"observation": ["plaque"], "sites": ["coronary"]}, "unknown key 'sites'"),
     ({"observation": ["plaque"], "within": 0}, "within"),
+    ({"observation": ["node"], "min_size_mm": 0}, "min_size_mm"),
 ])
 def test_vocabulary_patterns_are_checked(tmp_path, pattern, message):
     import yaml

@@ -14,6 +14,7 @@ import re
 
 from medalign.prep.context import IGNORED, NEGATED, UNCERTAIN, ContextEngine, Cue
 from medalign.prep.lexicon import PhraseMatcher, Tokens, tokenize
+from medalign.prep.measure import Measurement, find_measurements
 from medalign.prep.report_text import reported_text
 from medalign.prep.vocab import Vocabulary
 
@@ -33,7 +34,7 @@ class Mention:
     sentence: str
     trigger: tuple[int, int]  # character span of the mention in ``sentence``
     cue: tuple[int, int] | None  # character span of the deciding cue, if any
-    cue_kind: str | None  # negated | uncertain | "negative phrase"
+    cue_kind: str | None  # negated | uncertain | "negative phrase" | "below size threshold"
 
 
 def labeler_sentences(text: str) -> list[str]:
@@ -103,13 +104,28 @@ class ReportLabeler:
                 groups.setdefault((k, j), {}).setdefault(g, []).append((start, end))
             else:
                 unless.setdefault((k, j), []).append((start, end))
+        sized: list[tuple[int, int, int, float, int]] = []  # observations a size decides: (start, end, finding, threshold, reach)
         for (k, j), by_group in groups.items():
-            spans.extend((a, b, k, False) for a, b in self._pattern_spans(tokens, k, j, by_group, unless.get((k, j), [])))
+            pattern = self.vocab.findings[k].patterns[j]
+            for a, b in self._pattern_spans(tokens, k, j, by_group, unless.get((k, j), [])):
+                if pattern.min_size_mm is None:
+                    spans.append((a, b, k, False))
+                else:
+                    sized.append((a, b, k, pattern.min_size_mm, pattern.within))
+        below: list[tuple[int, int, int]] = []
+        if sized:
+            for a, b, k, is_size in _sized_mentions(tokens, sized, spans):
+                if is_size:
+                    spans.append((a, b, k, False))
+                else:
+                    below.append((a, b, k))
         mentions = _drop_nested(spans, excluded)
         cues = self.context.cues(tokens) if mentions else []
         out: list[Mention] = []
         for start, end, k in negatives:
             out.append(self._mention(names[k], 0, tokens, start, end, None, "negative phrase"))
+        for start, end, k in below:
+            out.append(self._mention(names[k], 0, tokens, start, end, None, "below size threshold"))
         for start, end, k in mentions:
             cue = self.context.decide(cues, start, end)
             if cue is not None and cue.kind == IGNORED:
@@ -153,6 +169,40 @@ class ReportLabeler:
         trigger = (tokens.starts[start], tokens.ends[end - 1])
         cue_span = (tokens.starts[cue.start], tokens.ends[cue.end - 1]) if cue is not None else None
         return Mention(name, label, tokens.text, trigger, cue_span, kind)
+
+
+def _sized_mentions(tokens: Tokens, sized: list[tuple[int, int, int, float, int]],
+                    others: list[tuple[int, int, int, bool]]) -> list[tuple[int, int, int, bool]]:
+    """Observations of size patterns decided by the nearest size within reach: ``(start, end,
+    finding, True)`` at or above the threshold (a mention cues then decide), ``False`` below it.
+    A size nearer to another finding's mention ("a 12 mm nodule beside a lymph node") is that one's."""
+    measurements = find_measurements(tokens)
+    if not measurements:
+        return []
+    lemmas = tokens.lemmas
+    heads = [(a, b) for a, b, _, _ in others] + [(a, b) for a, b, _, _, _ in sized]
+
+    def gap(a: int, b: int, m: Measurement) -> int:
+        return m.start - b if m.start >= b else a - m.end if m.end <= a else 0
+
+    out = []
+    for a, b, k, threshold, within in sized:
+        candidates: list[tuple[int, Measurement]] = []
+        for m in measurements:
+            g = gap(a, b, m)
+            lo, hi = (b, m.start) if m.start >= b else (m.end, a)
+            if g > within or any(w in _PATTERN_BREAK for w in lemmas[lo:hi]):
+                continue
+            if any(gap(x, y, m) < g for x, y in heads if (x, y) != (a, b)):
+                continue
+            candidates.append((g, m))
+        # the nearest size that says something: "22 mm in long axis and 8 mm in short axis" is decided by the 8 mm
+        for _, m in sorted(candidates, key=lambda c: c[0]):
+            verdict = m.compare(threshold)
+            if verdict is not None:
+                out.append((min(a, m.start), max(b, m.end), k, bool(verdict)))
+                break
+    return out
 
 
 def _drop_nested(spans: list[tuple[int, int, int, bool]], excluded: dict[int, list[tuple[int, int]]]) -> list[tuple[int, int, int]]:

@@ -42,19 +42,27 @@ class ConceptPattern:
     of the observation, in any order ("calcified plaques in the coronary arteries", "coronary
     artery calcifications"). Phrases are matched on lemmas: plurals and hyphens do not matter;
     ``calcif*`` matches any word starting so. A phrase of ``unless`` between them breaks the match
-    ("enlarged lymph node next to the heart" is no enlarged heart)."""
+    ("enlarged lymph node next to the heart" is no enlarged heart).
+
+    With ``min_size_mm`` the pattern also needs a size written within ``within`` words ("lymph
+    nodes, the largest measuring 16 x 11 mm", "short axis of 13 mm"), the nearest to the
+    observation: a short axis (the smaller of "A x B") at or above the threshold mentions the
+    finding, one below it ("up to 8 mm", "less than 1 cm") states its absence."""
 
     observation: list[str]
     site: list[str] = dataclasses.field(default_factory=list)
     qualifier: list[str] = dataclasses.field(default_factory=list)
     within: int = 8
     unless: list[str] = dataclasses.field(default_factory=list)
+    min_size_mm: float | None = None
 
     def validate(self, where: str) -> None:
         if not self.observation:
             raise ConfigError(f"{where}.observation: needs at least one phrase")
         if self.within < 1:
             raise ConfigError(f"{where}.within: must be at least 1")
+        if self.min_size_mm is not None and not self.min_size_mm > 0:
+            raise ConfigError(f"{where}.min_size_mm: must be a size in mm above 0")
         for group in ("observation", "site", "qualifier", "unless"):
             _check_phrases(getattr(self, group), f"{where}.{group}")
 
