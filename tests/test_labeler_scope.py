@@ -106,6 +106,9 @@ def test_cue_scopes(text, expected):
     ("Pericardial effusion is present.", {"pericardial effusion": 1}),
     ("Calcified atheroma plaques were observed in the walls of the aorta and the coronary arteries.",
      {"arterial wall calcification": 1, "coronary artery wall calcification": 1}),
+    ("Cardiothoracic ratio increased.", {"cardiomegaly": 1}),
+    ("Changes secondary to sternotomy.", {"medical material": 1}),
+    ("Subpleural reticular densities and honeycomb appearance in the lower lobes.", {"pulmonary fibrotic sequela": 1}),
     # a lymph node is decided by its short axis against 10 mm, whatever the adjective
     ("Several mediastinal lymph nodes, the largest measuring 16x11 mm.", {"lymphadenopathy": 1}),
     ("Right hilar lymph nodes measuring 1.5 x 1.2 cm.", {"lymphadenopathy": 1}),
