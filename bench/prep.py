@@ -8,7 +8,8 @@
    same studies and the same number of processes: dcm2niix to ``.nii.gz``, then MONAI LoadImaged,
    EnsureChannelFirstd, Orientationd, Spacingd, ScaleIntensityRanged, ResizeWithPadOrCropd, and a
    float32 ``.npy`` save. The same studies once more with ``--group-by accession`` and a RIS report
-   export keyed by accession number: what grouping by DICOM identity costs over folder mode.
+   export keyed by accession number: what grouping by DICOM identity costs over folder mode, and its
+   per-file identity read against pydicom's ``read_partial``.
 
     .venv/bin/python bench/prep.py [--studies 30] [--e2e-studies 24 --e2e-shape 160 256 256 --workers 2]
 """
@@ -181,6 +182,30 @@ def _peer_pool(images: Path, out: Path, workers: int) -> None:
         list(pool.map(_peer_one, [(str(f), str(out / f.name), str(dcm2niix)) for f in sorted(images.iterdir())]))
 
 
+def identity_read_times(files: list[Path]) -> tuple[float, float]:
+    """Seconds a file to read (StudyInstanceUID, AccessionNumber): medalign's raw-element read and
+    pydicom's ``read_partial`` stopping after SeriesInstanceUID (what the first version used)."""
+    from pydicom.filereader import read_partial
+    from pydicom.tag import Tag
+
+    from medalign.io.dicom_groups import read_identity
+
+    wanted, series_uid = [Tag(0x0008, 0x0050), Tag(0x0020, 0x000D)], Tag(0x0020, 0x000E)
+
+    def baseline(path: Path) -> tuple[str, str]:
+        with open(path, "rb") as f:
+            ds = read_partial(f, stop_when=lambda tag, vr, length: tag > series_uid, specific_tags=wanted)
+        return str(ds.get(wanted[1]).value), str(ds.get(wanted[0]).value)
+
+    times = []
+    for read in (read_identity, baseline):
+        t = time.perf_counter()
+        found = [read(f) for f in files]
+        times.append((time.perf_counter() - t) / len(files))
+        assert len(set(found)) > 1
+    return times[0], times[1]
+
+
 def end_to_end(n: int, shape: tuple[int, int, int], workers: int) -> None:
     """Whole runs in fresh processes (what a user waits for), then the per-study cost of each pipeline
     in one warm process (what dominates a large export once start-up is paid)."""
@@ -210,6 +235,10 @@ def end_to_end(n: int, shape: tuple[int, int, int], workers: int) -> None:
         print(f"    ratio medalign/peer throughput: {peer / ours:.2f}x")
         print(f"    medalign prep --group-by accession, RIS reports keyed by accession number: {grouped:7.2f} s "
               f"(ratio to the peer {peer / grouped:.2f}x; grouping costs {100 * (grouped / ours - 1):+.1f}% of folder mode)")
+        files = sorted(p for p in (raw / "images").rglob("*") if p.is_file())
+        ours_id, partial_id = identity_read_times(files)
+        print(f"    the grouping pass's identity read, one process, {len(files)} files: medalign {ours_id * 1e3:.3f} ms a file, "
+              f"pydicom read_partial (baseline) {partial_id * 1e3:.3f} ms a file: {partial_id / ours_id:.2f}x faster")
 
         import torch
 
