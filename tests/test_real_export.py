@@ -163,6 +163,22 @@ def test_series_select_all_keeps_each_reconstruction_and_evaluation_averages_the
     expected = torch.nn.functional.normalize(per_volume[[1, 2]].mean(0), dim=0).numpy()
     assert per_study.shape[0] == 2 and np.allclose(per_study[1], expected, atol=1e-5)
     assert np.allclose(per_study[0], per_volume[0].numpy(), atol=1e-6)
+    # finetune scores a study once too: the sigmoid of its volumes' mean logit (float64 reference)
+    from medalign.data.dataset import StudyDataset
+    from medalign.models.image import ImageEncoder
+    from medalign.tasks.finetune import FindingClassifier, predict_studies
+
+    cfg = model.config.image
+    encoder = ImageEncoder(cfg.name, model.config.embed_dim, cfg.options, cfg.activation_checkpointing)
+    encoder.load_state_dict(model.image.state_dict())
+    classifier = FindingClassifier(encoder, 3).eval()
+    probs = predict_studies(classifier, manifest, torch.device("cpu"))
+    volumes = StudyDataset(manifest)
+    with torch.no_grad():
+        logits = np.stack([classifier(volumes[i]["image"][None])[0].double().numpy() for i in range(3)])
+    expected = 1 / (1 + np.exp(-np.stack([logits[0], logits[[1, 2]].mean(0)])))
+    assert probs.shape == (2, 3) and np.allclose(probs, expected, atol=1e-5)
+    assert not np.allclose(logits[1], logits[2], atol=1e-4)  # two kernels, two different answers averaged
 
 
 def test_a_raw_study_is_scored_on_every_volume_the_preset_takes(trained_run, phantom_ct, tmp_path):

@@ -5,7 +5,9 @@ and nodes), bf16-mixed precision on GPU, gradient clipping, atomic checkpoints a
 ``--resume``. Multi-label BCE with class-balanced positive weights (uncertain and unknown labels
 masked), AdamW with warm-up and cosine decay, validation macro AUROC after every epoch with the
 best epoch kept. ``from_scratch`` starts the same encoder from random weights: the supervised
-baseline a pretrained encoder has to beat.
+baseline a pretrained encoder has to beat. Training samples volumes; validation and test score
+studies: a study with several volumes (``series.select: all``) gets the mean of their logits, which
+for a linear head is the head applied to the mean of their features (as embeddings are averaged).
 
 OUT/
     metrics.json              test AUROC per finding and macro, the epoch chosen, the settings
@@ -75,15 +77,32 @@ def masked_bce(logits: torch.Tensor, target: torch.Tensor, pos_weight: torch.Ten
     return (loss * mask).sum() / mask.sum().clamp(min=1)
 
 
+def study_groups(manifest) -> np.ndarray:
+    """``(N,)`` the study number of each manifest row (volumes of one study share it), in order of first appearance."""
+    numbers: dict[str, int] = {}
+    return np.array([numbers.setdefault(sid, len(numbers)) for sid in manifest.columns["study_id"]], dtype=np.int64)
+
+
+def study_means(values: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """``(N, K)`` per-volume rows -> ``(S, K)`` per-study means, studies numbered ``0 .. S - 1`` by ``groups`` ``(N,)``."""
+    n_studies = int(groups.max()) + 1 if len(groups) else 0
+    sums = torch.zeros(n_studies, values.shape[1], dtype=values.dtype).index_add_(0, groups, values)
+    counts = torch.bincount(groups, minlength=n_studies).clamp(min=1).to(values.dtype)
+    return sums / counts[:, None]
+
+
 class FinetuneModule(L.LightningModule):
     """Encoder + head under Lightning; logs ``train/loss`` per step and ``val/macro_auroc`` per epoch
-    (computed on the whole val split gathered from every rank)."""
+    (computed on the whole val split gathered from every rank, one score per study)."""
 
-    def __init__(self, classifier: FindingClassifier, pos_weight: torch.Tensor, lr: float, total_steps: int, weight_decay: float = 0.01) -> None:
+    def __init__(self, classifier: FindingClassifier, pos_weight: torch.Tensor, lr: float, total_steps: int, weight_decay: float = 0.01,
+                 val_groups: np.ndarray | None = None) -> None:
         super().__init__()
         self.classifier = classifier
         self.register_buffer("pos_weight", pos_weight)
         self.lr, self.total_steps, self.weight_decay = lr, total_steps, weight_decay
+        #: study number of each val row; a study's volumes are averaged before scoring
+        self.val_groups = None if val_groups is None else torch.from_numpy(val_groups)
         self._val: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -92,14 +111,17 @@ class FinetuneModule(L.LightningModule):
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        probs = torch.sigmoid(self.classifier(batch["image"]).float())
-        self._val.append((batch["index"], probs, batch["target"]))
+        logits = self.classifier(batch["image"]).float()
+        self._val.append((batch["index"], logits, batch["target"]))
 
     def on_validation_epoch_end(self) -> None:
-        index, probs, target = (torch.cat(parts) for parts in zip(*self._val)) if self._val else (None, None, None)
+        index, logits, target = (torch.cat(parts) for parts in zip(*self._val)) if self._val else (None, None, None)
         self._val.clear()
-        index, probs, target = _gather_rows(self, index, probs, target)
-        score = macro_auroc(probs.numpy(), target.numpy())
+        index, logits, target = _gather_rows(self, index, logits, target)
+        if self.val_groups is not None:
+            groups = self.val_groups[index]
+            logits, target = study_means(logits, groups), study_means(target, groups)  # a study's rows share its target
+        score = macro_auroc(torch.sigmoid(logits).numpy(), target.numpy())
         # every rank computed the same number from the same gathered rows: no further reduction
         self.log("val/macro_auroc", float(score) if np.isfinite(score) else -1.0, prog_bar=True, sync_dist=False)
 
@@ -137,13 +159,17 @@ def _targets(manifest, names: list[str], labels: Path | None) -> np.ndarray:
 
 
 @torch.no_grad()
-def _predict(model: FindingClassifier, dataset: StudyDataset, device: torch.device, batch: int = 16) -> np.ndarray:
+def predict_studies(model: FindingClassifier, manifest, device: torch.device, batch: int = 16) -> np.ndarray:
+    """``(S, K)`` probabilities, one row per study of ``manifest`` (order of first appearance): the
+    sigmoid of the mean logit over the study's volumes."""
     model.eval()
+    dataset = StudyDataset(manifest)
     out = []
     for i in range(0, len(dataset), batch):
         images = torch.stack([dataset[j]["image"] for j in range(i, min(i + batch, len(dataset)))]).to(device)
-        out.append(torch.sigmoid(model(images)).float().cpu())
-    return torch.cat(out).numpy()
+        out.append(model(images).float().cpu())
+    logits = study_means(torch.cat(out), torch.from_numpy(study_groups(manifest)))
+    return torch.sigmoid(logits).numpy()
 
 
 def _accelerator(device: str) -> str:
@@ -181,9 +207,10 @@ def finetune(checkpoint: Path, dataset: Path, out: Path, labels: Path | None = N
     splits = {s: manifest.subset(s) for s in ("train", "val", "test")}
     if train_rows is not None:
         splits["train"] = splits["train"].subset_rows(train_rows)
-    if len(splits["train"]) < 2 or len(splits["test"]) < 2:
+    if len(splits["train"]) < 2 or len(splits["test"].studies()) < 2:
         raise InputError(f"{dataset}: fine-tuning needs train and test splits (have {len(splits['train'])} and {len(splits['test'])})")
-    y = {s: _targets(m, names, labels) for s, m in splits.items()}
+    # targets per volume row for training, per study for validation and test
+    y = {s: _targets(m if s == "train" else m.studies(), names, labels) for s, m in splits.items()}
     # findings that both classes represent in train and test; uncertain (-1) and unknown (NaN) are masked
     usable = [k for k in range(len(names)) if has_both_classes(y["train"][:, k]) and has_both_classes(y["test"][:, k])]
     if not usable:
@@ -210,10 +237,11 @@ def finetune(checkpoint: Path, dataset: Path, out: Path, labels: Path | None = N
     sampler = ResumableSampler(len(train_ds), per_device, seed=seed)
     train_loader = ResumableLoader(train_ds, sampler, num_workers=num_workers, persistent_workers=num_workers > 0)
     # validation only scores findings both classes represent in val; without any, the last epoch is kept
-    has_val = len(splits["val"]) >= 2 and any(has_both_classes(y["val"][:, k]) for k in range(len(names)))
+    has_val = len(y["val"]) >= 2 and any(has_both_classes(y["val"][:, k]) for k in range(len(names)))
     val_loader = None
+    val_groups = study_groups(splits["val"])
     if has_val:
-        val_ds = LabelledStudies(StudyDataset(splits["val"]), y["val"])
+        val_ds = LabelledStudies(StudyDataset(splits["val"]), y["val"][val_groups])
         val_loader = DataLoader(val_ds, batch_size=per_device, sampler=ShardSampler(len(val_ds)), num_workers=num_workers)
 
     from lightning.pytorch.callbacks import ModelCheckpoint
@@ -222,7 +250,7 @@ def finetune(checkpoint: Path, dataset: Path, out: Path, labels: Path | None = N
     from medalign.train.state import TrainingStateCallback
 
     steps_per_epoch = len(train_ds) // (per_device * world)
-    module = FinetuneModule(classifier, pos_weight, lr, total_steps=max(1, epochs * steps_per_epoch))
+    module = FinetuneModule(classifier, pos_weight, lr, total_steps=max(1, epochs * steps_per_epoch), val_groups=val_groups)
     callbacks = [TrainingStateCallback(sampler)]
     if has_val:
         callbacks.append(ModelCheckpoint(dirpath=str(out / "checkpoints"), filename="best", monitor="val/macro_auroc", mode="max",
@@ -253,10 +281,12 @@ def finetune(checkpoint: Path, dataset: Path, out: Path, labels: Path | None = N
     module.load_state_dict(ckpt["state_dict"])
     model = module.classifier.float()
     dev = resolve_device("cuda" if accelerator == "gpu" else "cpu")
-    probs = _predict(model.to(dev), StudyDataset(splits["test"]), dev)
+    probs = predict_studies(model.to(dev), splits["test"], dev)
     per = dict(zip(names, finding_aurocs(probs, y["test"])))
     result = {"macro_auroc": float(np.mean(list(per.values()))), "per_finding": per, "epoch_chosen": int(ckpt["epoch"]), "epochs": epochs,
-              "from_scratch": from_scratch, "encoder": cfg.name, "n_train": len(splits["train"]), "n_test": len(splits["test"]),
+              "from_scratch": from_scratch, "encoder": cfg.name,
+              "n_train": len(splits["train"].studies()), "n_train_volumes": len(splits["train"]), "n_test": len(y["test"]),
+              "n_test_volumes": len(splits["test"]),
               "precision": precision, "devices": world, "batch_size_per_device": per_device,
               "train_rows": None if train_rows is None else [int(r) for r in train_rows],
               "ground_truth": str(labels) if labels else "labels parsed from reports"}
