@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
+from conftest import run_gloo_ranks
 from torch import nn
 
 from medalign.losses import ContrastiveObjective
@@ -53,37 +51,26 @@ def _loss_and_grads(model: nn.Module, objective: ContrastiveObjective, batch: di
     return loss.detach(), {n: p.grad.detach().clone() for n, p in inner.named_parameters()}
 
 
-def _worker(rank: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-    try:
-        batch, local = _batch(), GLOBAL_BATCH // WORLD
-        results = {}
-        for local_loss, with_grad in [(m, True) for m in MODES] + [(False, False)]:
-            for name, with_frozen in CASES:
-                torch.manual_seed(0)
-                model = nn.parallel.DistributedDataParallel(TinyDualEncoder(name == "siglip").double())
-                key = f"{name}:{with_frozen}:{local_loss}" + ("" if with_grad else ":nograd")
-                results[key] = _loss_and_grads(
-                    model, ContrastiveObjective(name, mix=0.6, local_loss=local_loss, gather_with_grad=with_grad), batch,
-                    slice(rank * local, (rank + 1) * local), with_frozen
-                )
-        torch.save(results, os.path.join(out, f"rank{rank}.pt"))
-        dist.barrier()  # neither rank tears gloo down while the other still has work on it
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _worker(rank: int, out: str) -> None:
+    batch, local = _batch(), GLOBAL_BATCH // WORLD
+    results = {}
+    for local_loss, with_grad in [(m, True) for m in MODES] + [(False, False)]:
+        for name, with_frozen in CASES:
+            torch.manual_seed(0)
+            model = nn.parallel.DistributedDataParallel(TinyDualEncoder(name == "siglip").double())
+            key = f"{name}:{with_frozen}:{local_loss}" + ("" if with_grad else ":nograd")
+            results[key] = _loss_and_grads(
+                model, ContrastiveObjective(name, mix=0.6, local_loss=local_loss, gather_with_grad=with_grad), batch,
+                slice(rank * local, (rank + 1) * local), with_frozen
+            )
+            del model  # no DDP reducer outlives the process group
+    torch.save(results, os.path.join(out, f"rank{rank}.pt"))
 
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
-    mp.start_processes(_worker, args=(_free_port(), str(out)), nprocs=WORLD, start_method="spawn", join=True)
+    run_gloo_ranks(_worker, out, WORLD)
     return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
 

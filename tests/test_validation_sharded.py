@@ -4,35 +4,24 @@ rank scores the gathered whole."""
 from __future__ import annotations
 
 import os
-import socket
 
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+from conftest import run_gloo_ranks
 
 from medalign.losses.distributed import gather_sharded_rows, shard_rows
 
 N, WORLD = 7, 2  # an odd count: the ranks hold 4 and 3 rows
 
 
-def _worker(rank: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-    try:
-        full = torch.arange(N * 3, dtype=torch.float32).view(N, 3)
-        rows = shard_rows(N)
-        gathered = gather_sharded_rows(full[list(rows)], N)
-        torch.save({"rows": list(rows), "gathered": gathered}, os.path.join(out, f"rank{rank}.pt"))
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
+def _worker(rank: int, out: str) -> None:
+    full = torch.arange(N * 3, dtype=torch.float32).view(N, 3)
+    rows = shard_rows(N)
+    gathered = gather_sharded_rows(full[list(rows)], N)
+    torch.save({"rows": list(rows), "gathered": gathered}, os.path.join(out, f"rank{rank}.pt"))
 
 
 def test_shards_are_gathered_back_in_row_order(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.start_processes(_worker, args=(port, str(tmp_path)), nprocs=WORLD, start_method="spawn", join=True)
+    run_gloo_ranks(_worker, tmp_path, WORLD)
     results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
     assert results[0]["rows"] == [0, 2, 4, 6] and results[1]["rows"] == [1, 3, 5]
     full = torch.arange(N * 3, dtype=torch.float32).view(N, 3)
