@@ -63,6 +63,12 @@ def _mentioned(labeler: ReportLabeler, text: str) -> dict[str, int]:
     ("No pleural effusion and the heart is enlarged.", {"pleural effusion": 0, "cardiomegaly": 1}),
     ("No mediastinal lymphadenopathy, although the heart is mildly enlarged.", {"lymphadenopathy": 0, "cardiomegaly": 1}),
     ("Possible small nodule, no pleural effusion.", {"lung nodule": -1, "pleural effusion": 0}),
+    # a list closed by "or" is over: ", and" after it starts a clause of its own
+    ("There is no pleural effusion or nodule, and minimal atelectasis is observed in the left lower lobe.",
+     {"pleural effusion": 0, "lung nodule": 0, "atelectasis": 1}),
+    # a negated hedge is a negation
+    ("There are no findings in favor of pericardial effusion.", {"pericardial effusion": 0}),
+    ("No findings suggestive of bronchiectasis.", {"bronchiectasis": 0}),
     # history and requests say nothing about this study
     ("History of pleural effusion. Evaluate for pneumonia or consolidation.", {}),
     # pseudo-negations
@@ -107,6 +113,7 @@ def test_cue_scopes(text, expected):
     ("Calcified atheroma plaques were observed in the walls of the aorta and the coronary arteries.",
      {"arterial wall calcification": 1, "coronary artery wall calcification": 1}),
     ("Cardiothoracic ratio increased.", {"cardiomegaly": 1}),
+    ("Minimal pericardial thickening-effusion is observed.", {"pericardial effusion": 1}),
     ("Changes secondary to sternotomy.", {"medical material": 1}),
     ("Subpleural reticular densities and honeycomb appearance in the lower lobes.", {"pulmonary fibrotic sequela": 1}),
     # a lymph node is decided by its short axis against 10 mm, whatever the adjective

@@ -33,6 +33,11 @@ PRE_NEGATION = [
     "resolution of", "resolved", "resolving", "interval resolution of", "no longer", "never", "lack of",
     "removal of", "fails to reveal", "no radiographic evidence of", "no ct evidence of",
     "no residual",
+    # a negated hedge: the hedge cue inside would otherwise be nearer
+    "no findings in favor of", "no finding in favor of", "no findings in favour of", "no findings suggestive of",
+    "no finding suggestive of", "no findings suggesting", "no findings to suggest", "no finding to suggest",
+    "no evidence to suggest", "no evidence suggesting", "no evidence suggestive of", "nothing to suggest",
+    "no findings consistent with", "no findings compatible with", "no sign suggestive of", "no signs suggestive of",
 ]
 POST_NEGATION = [
     "absent", "is absent", "are absent", "not seen", "not identified", "not present", "not demonstrated",
@@ -181,8 +186,12 @@ class ContextEngine:
                 for i in range(start, end):
                     stops[i] = True
         terminated = list(stops)  # before clause starts are added: where a condition's scope ends
+        disjunction = False  # an "or"/"nor" seen: the list it closes is over, so ", and" starts a new clause
         for i in range(n - 1):
+            disjunction = disjunction or lemmas[i] in ("or", "nor")
             if lemmas[i] in _COORDINATORS and lemmas[i + 1] in _CLAUSE_START:
+                stops[i] = True
+            elif disjunction and lemmas[i] == "," and lemmas[i + 1] == "and":
                 stops[i] = True
             elif lemmas[i] in _CLOSERS and lemmas[i + 1] in _COORDINATORS:
                 stops[i + 1] = True
