@@ -66,6 +66,14 @@ def _mentioned(labeler: ReportLabeler, text: str) -> dict[str, int]:
     # a list closed by "or" is over: ", and" after it starts a clause of its own
     ("There is no pleural effusion or nodule, and minimal atelectasis is observed in the left lower lobe.",
      {"pleural effusion": 0, "lung nodule": 0, "atelectasis": 1}),
+    # a hedge reaches over a list that ends in "and"/"or", or that a differential introduces; an
+    # impression's comma list without one names diagnoses of their own
+    ("Findings suggestive of consolidation, atelectasis or pleural effusion.",
+     {"consolidation": -1, "atelectasis": -1, "pleural effusion": -1}),
+    ("Differential diagnosis includes consolidation, atelectasis, bronchiectasis.",
+     {"consolidation": -1, "atelectasis": -1, "bronchiectasis": -1}),
+    ("Findings in favor of consolidation, mediastinal lymphadenopathy.", {"consolidation": -1, "lymphadenopathy": 1}),
+    ("Probable atelectasis, less likely consolidation.", {"atelectasis": -1, "consolidation": -1}),
     # a negated hedge is a negation
     ("There are no findings in favor of pericardial effusion.", {"pericardial effusion": 0}),
     ("No findings suggestive of bronchiectasis.", {"bronchiectasis": 0}),
@@ -118,6 +126,7 @@ def test_cue_scopes(text, expected):
     ("Subpleural reticular densities and honeycomb appearance in the lower lobes.", {"pulmonary fibrotic sequela": 1}),
     # a lymph node is decided by its short axis against 10 mm, whatever the adjective
     ("Several mediastinal lymph nodes, the largest measuring 16x11 mm.", {"lymphadenopathy": 1}),
+    ("Lymph nodes, the largest of which was 14x11 mm, in the subcarinal area.", {"lymphadenopathy": 1}),
     ("Right hilar lymph nodes measuring 1.5 x 1.2 cm.", {"lymphadenopathy": 1}),
     ("Mediastinal lymph nodes with a short axis below 1 cm.", {"lymphadenopathy": 0}),
     ("A few paratracheal lymph nodes up to 8 mm.", {"lymphadenopathy": 0}),

@@ -60,6 +60,7 @@ PRE_UNCERTAIN = [
     "uncertain", "unclear", "doubtful", "appears to represent", "query", "may include", "could include",
     "considerations include", "worrisome for", "could indicate", "might represent", "raises the possibility of",
     "cannot be * excluded", "difficult to * exclude", "question", "would include", "is a possibility", "maybe", "perhaps",
+    "less likely", "less probable",
 ]
 #: a condition on the whole statement ("In the appropriate clinical setting, this is compatible with pneumonia"):
 #: uncertain up to a terminator, across the new clause that follows its comma
@@ -108,6 +109,9 @@ TERMINATORS = [
     "while", "yet", "with the exception of", "other than", "besides", "nevertheless", "although there", "though there",
     ";", ":", "(", ")",
 ]
+#: words of hedges that introduce a list of alternatives ("differential diagnosis includes A, B, C"):
+#: their scope runs over the whole list, conjunction or not
+_LIST_INTRODUCERS = frozenset({"differential", "include", "includes", "including", "consideration", "considerations"})
 #: a coordinator followed by one of these starts a new clause with its own subject
 _CLAUSE_START = frozenset({"the", "there", "this", "these", "it", "its", "which", "otherwise"})
 _COORDINATORS = frozenset({",", "and", "with"})
@@ -211,6 +215,8 @@ class ContextEngine:
                     stop += 1
                 if kind == UNCERTAIN and lemmas[start] in ("?", "versus", "vs"):
                     stop = min(stop, end + 4)  # "? pneumonia", "atelectasis versus pneumonia": a short reach
+                elif kind == UNCERTAIN and not _LIST_INTRODUCERS.intersection(lemmas[start:end]):
+                    stop = _list_end(lemmas, end, stop)
                 out.append(Cue(kind, direction, start, end, (end, stop)))
             else:
                 begin = start
@@ -241,6 +247,16 @@ class ContextEngine:
             if best is None or key < best[:2]:
                 best = (*key, cue)
         return best[2] if best else None
+
+
+def _list_end(lemmas: tuple[str, ...], end: int, stop: int) -> int:
+    """Where a hedge's forward scope ends: a comma ends it unless an "and"/"or" follows before
+    ``stop`` ("suggestive of edema, effusion or pneumonia" hedges all three; "in favor of edema,
+    lymphadenopathy" hedges the edema, and the lymphadenopathy is a diagnosis of its own)."""
+    for i in range(end, stop):
+        if lemmas[i] == "," and not any(w in ("and", "or", "nor") for w in lemmas[i + 1:stop]):
+            return i
+    return stop
 
 
 def _scope_back(lemmas: tuple[str, ...], begin: int, stops: list[bool]) -> int:

@@ -23,6 +23,8 @@ _LABEL = {NEGATED: 0, UNCERTAIN: -1}
 _SENTENCE = re.compile(r"(?<=\?)\s+(?=[A-Z])|(?<!\d)[.!](?!\d)|\n")
 #: words no concept pattern reaches across (a new sentence-like unit inside one sentence)
 _PATTERN_BREAK = frozenset({";", ":", "but", "however", "although", "whereas", "while", "which"})
+#: a size reaches its observation across "which" ("lymph nodes, the largest of which measures 14 mm")
+_SIZE_BREAK = _PATTERN_BREAK - {"which"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,7 +193,7 @@ def _sized_mentions(tokens: Tokens, sized: list[tuple[int, int, int, float, int]
         for m in measurements:
             g = gap(a, b, m)
             lo, hi = (b, m.start) if m.start >= b else (m.end, a)
-            if g > within or any(w in _PATTERN_BREAK for w in lemmas[lo:hi]):
+            if g > within or any(w in _SIZE_BREAK for w in lemmas[lo:hi]):
                 continue
             if any(gap(x, y, m) < g for x, y in heads if (x, y) != (a, b)):
                 continue
