@@ -89,11 +89,11 @@ def cmd_convert(a: argparse.Namespace) -> int:
                              min_slices=1, on_missing_frame_positions="frame_order")
     import numpy as np
 
-    from medalign.io.oct_vendor import is_vendor_oct, load_heyex_vol
+    from medalign.io.oct_vendor import best_vendor_scan, describe_vendor_scan, is_vendor_oct, load_vendor_oct
 
     if is_vendor_oct(a.series_dir):  # a vendor OCT file; its SLO fundus image is written beside the volume
-        volume = load_heyex_vol(a.series_dir)
-        reason = f"Heidelberg .vol, {volume.info['scan_pattern']} scan, eye {volume.info['laterality'] or 'unknown'}"
+        volume, why = best_vendor_scan(load_vendor_oct(a.series_dir))
+        reason = f"{describe_vendor_scan(volume)}, eye {volume.info['laterality'] or 'unknown'}" + (f"; {why}" if why else "")
         localizer = volume.info.pop("localizer", None)
         if localizer is not None:
             from medalign.io.dicom import Volume
@@ -106,7 +106,7 @@ def cmd_convert(a: argparse.Namespace) -> int:
     elif a.series_dir.is_dir():
         volume, reason = load_dicom_study(a.series_dir, policy)
     else:
-        raise MedalignError(f"{a.series_dir}: neither a DICOM series folder nor a vendor OCT file (.vol)")
+        raise MedalignError(f"{a.series_dir}: neither a DICOM series folder nor a vendor OCT file (.vol, .e2e)")
     save_nifti(volume, a.output)
     print(f"{a.output}: {volume.array.shape} voxels of {', '.join(f'{s:.3g}' for s in volume.spacing)} mm ({reason})")
     return 0
@@ -117,11 +117,14 @@ def default_prep_preset(images: Path) -> tuple[str, str]:
     otherwise; the 2-core demo presets (8 mm voxels) only for medalign's own phantom, never for
     hospital data."""
     from medalign.io.dicom import read_header
+    from medalign.io.oct_vendor import is_vendor_oct
     from medalign.synth.dicom_writer import PHANTOM_MANUFACTURER
 
     for n, p in enumerate(sorted(images.rglob("*"))):
         if n > 2000:
             break
+        if is_vendor_oct(p):
+            return "oct", f"vendor OCT files found ({p.suffix})"
         if p.is_file():
             ds = read_header(p)
             if ds is not None and "Rows" in ds:
@@ -405,8 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_synth)
 
-    s = sub.add_parser("convert", help="one DICOM series folder or vendor OCT file (.vol) -> NIfTI (world geometry as dcm2niix)")
-    s.add_argument("series_dir", type=_existing_path, metavar="SERIES_DIR|FILE.vol")
+    s = sub.add_parser("convert", help="one DICOM series folder or vendor OCT file (.vol, .e2e) -> NIfTI (world geometry as dcm2niix)")
+    s.add_argument("series_dir", type=_existing_path, metavar="SERIES_DIR|FILE.vol|FILE.e2e")
     s.add_argument("output", type=Path, metavar="OUT.nii.gz")
     s.set_defaults(func=cmd_convert)
 

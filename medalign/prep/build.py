@@ -34,7 +34,7 @@ from medalign.errors import InputError, MedalignError, StorageError
 from medalign.io.atomic import atomic_save_npy, atomic_write, atomic_write_json, storage_error
 from medalign.io.dicom import Volume, load_dicom_volumes
 from medalign.io.nifti import is_nifti, load_nifti
-from medalign.io.oct_vendor import is_vendor_oct, load_heyex_vol, mirror_to_right_eye
+from medalign.io.oct_vendor import best_vendor_scan, describe_vendor_scan, is_vendor_oct, load_vendor_oct, mirror_to_right_eye
 from medalign.io.reports import read_reports
 from medalign.prep.config import PrepConfig
 from medalign.prep.given_labels import GivenLabels, agreement_table, merge_labels
@@ -120,12 +120,12 @@ def _read_study(path: Path, config: PrepConfig) -> list[tuple[Volume, str]]:
     """A study file or folder: its one NIfTI or vendor OCT volume, else its DICOM series (``series.select``)."""
     if path.is_file():
         if is_vendor_oct(path):
-            return [_vendor(path, path.name)]
+            return _vendor(path, path.name, config)
         return [(load_nifti(path), "nifti")]
     files = [p for p in sorted(path.rglob("*")) if p.is_file()]  # one listing of the folder
     vendor = [p for p in files if is_vendor_oct(p)]
     if len(vendor) == 1:
-        return [_vendor(vendor[0], f"{path.name}/{vendor[0].relative_to(path)}")]
+        return _vendor(vendor[0], f"{path.name}/{vendor[0].relative_to(path)}", config)
     if len(vendor) > 1:
         raise InputError(f"{path}: {len(vendor)} vendor OCT files; one study is one eye's volume scan")
     niftis = [p for p in files if is_nifti(p)]
@@ -138,12 +138,15 @@ def _read_study(path: Path, config: PrepConfig) -> list[tuple[Volume, str]]:
     return load_dicom_volumes(path, config.series, files=files)
 
 
-def _vendor(path: Path, name: str) -> tuple[Volume, str]:
-    """A vendor OCT file (``name``: as errors call it, relative to the images folder)."""
-    volume = load_heyex_vol(path, name=name)
-    note = f"; {volume.info['geometry_note']}" if volume.info.get("geometry_note") else ""
-    x, y, z = volume.array.shape
-    return volume, f"Heidelberg .vol, {volume.info['scan_pattern']} scan, {z} B-scans of {x} A-scans x {y}{note}"
+def _vendor(path: Path, name: str, config: PrepConfig) -> list[tuple[Volume, str]]:
+    """A vendor OCT file's scans under ``series.select`` (``name``: as errors call it, relative to
+    the images folder): ``all`` keeps every OCT scan of the file, ``best`` the one with the most B-scans."""
+    volumes = load_vendor_oct(path, name=name)
+    if config.series.select == "all":
+        return [(v, describe_vendor_scan(v) + (f"; scan {k + 1} of {len(volumes)} in the file" if len(volumes) > 1 else ""))
+                for k, v in enumerate(volumes)]
+    volume, why = best_vendor_scan(volumes)
+    return [(volume, describe_vendor_scan(volume) + (f"; {why}" if why else ""))]
 
 
 def _grouped_studies(images: Path, group_by: str, report_rows: dict, report_key: str, pool: "_WorkerPool"):
