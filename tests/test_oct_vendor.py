@@ -63,6 +63,17 @@ def test_prep_mirrors_left_eyes_and_writes_no_header_phi(tmp_path):
     assert "mirrored" in rows["left"]["provenance"] and "OD" in rows["right"]["provenance"]
     right, left = np.load(out / rows["right"]["volume"]), np.load(out / rows["left"]["volume"])
     np.testing.assert_allclose(left, right[::-1], atol=1e-6)  # the same scan, mirrored along the lateral axis
+    # the SLO fundus image is kept beside the volume as an optional second input, mirrored with its eye
+    from medalign.data.manifest import read_manifest
+
+    manifest = read_manifest(out)
+    paths = {sid: manifest.fundus_path(i) for i, sid in enumerate(manifest.columns["study_id"])}
+    assert paths["right"] == out / "volumes" / "right.fundus.npy"
+    fundus_right, fundus_left = np.load(paths["right"]), np.load(paths["left"])
+    slo = load_heyex_vol(VOL).info["localizer"]
+    assert fundus_right.shape == slo.shape == (768, 768) and fundus_right.dtype == np.float16
+    np.testing.assert_allclose(fundus_right, slo / 255.0, atol=1e-3)
+    np.testing.assert_array_equal(fundus_left, fundus_right[:, ::-1])
     errors = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
     assert len(errors) == 1 and errors[0]["study_id"] == "cut"
     assert errors[0]["reason"].startswith("cut.vol: unreadable Heidelberg .vol, cut short or damaged")

@@ -84,6 +84,12 @@ class Manifest:
         """Absolute path of row ``i``'s cached volume."""
         return self.root / self.columns["volume"][i]
 
+    def fundus_path(self, i: int) -> Path | None:
+        """Absolute path of row ``i``'s fundus image (``(H, W)`` float16 in [0, 1], the SLO/IR image a
+        vendor OCT file holds beside the volume), or ``None`` when it has none."""
+        rel = (self.columns.get("fundus") or [""] * len(self))[i]
+        return self.root / rel if rel else None
+
 
 def read_manifest(dataset: Path) -> Manifest:
     """Open ``DATASET/manifest.parquet`` and the vocabulary saved beside it."""

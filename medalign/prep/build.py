@@ -106,10 +106,13 @@ def load_study_volumes(path: Path, config: PrepConfig, files: list[Path] | None 
 
 
 def _finish(volume: Volume, provenance: str, config: PrepConfig) -> tuple[Volume, str]:
-    """A loaded volume as preparation keeps it: no localizer, left eyes mirrored when the preset says."""
-    volume.info.pop("localizer", None)  # the SLO fundus image is not part of the training volume
+    """A loaded volume as preparation keeps it: left eyes mirrored when the preset says (their fundus
+    image too). A vendor OCT file's fundus image (SLO/IR) stays in ``info["localizer"]``: it is
+    written beside the volume, never into it."""
     if config.mirror_left_eyes and volume.info.get("laterality") == "OS":
         volume = mirror_to_right_eye(volume)
+        if volume.info.get("localizer") is not None:  # the fundus image's columns run along the same lateral axis
+            volume.info["localizer"] = np.ascontiguousarray(volume.info["localizer"][:, ::-1])
         provenance += "; left eye (OS) mirrored to right-eye orientation"
     elif volume.info.get("laterality"):
         provenance += f"; {volume.info['laterality']}"
@@ -309,8 +312,14 @@ def _write_study(out: Path, name: str, prepared: list, study_id: str, config: Pr
     for k, (cached, affine, volume, provenance) in enumerate(prepared):
         rel = f"volumes/{name}.npy" if k == 0 else f"volumes/{name}.{k}.npy"
         atomic_save_npy(out / rel, cached)
+        fundus = volume.info.pop("localizer", None)
+        fundus_rel = ""
+        if fundus is not None:  # a vendor OCT file's SLO/IR image: an optional second input beside the volume
+            fundus_rel = rel[: -len(".npy")] + ".fundus.npy"
+            atomic_save_npy(out / fundus_rel, _unit_image(fundus))
         entries.append({
             "volume": rel,
+            "fundus": fundus_rel,
             "series": volume.info.get("series_key", ""),
             "shape": list(cached.shape),
             "spacing": [round(float(v), 4) for v in np.linalg.norm(affine[:3, :3], axis=0)],
@@ -326,6 +335,13 @@ def _write_study(out: Path, name: str, prepared: list, study_id: str, config: Pr
         record["patient_split"] = assign_split("patient:" + patient, config.val_fraction, config.test_fraction)
     atomic_write_json(out / "records" / f"{name}.json", record)
     return record
+
+
+def _unit_image(image: np.ndarray) -> np.ndarray:
+    """A fundus image ``(H, W)`` as float16 in [0, 1] (8-bit images divided by 255, others by their maximum)."""
+    image = np.nan_to_num(np.asarray(image, dtype=np.float32))
+    scale = 255.0 if image.max(initial=0.0) <= 255.0 else float(image.max())
+    return np.clip(image / max(scale, 1e-12), 0.0, 1.0).astype(np.float16)
 
 
 def _stop_on_refused_write(result: dict, bar) -> None:
@@ -359,6 +375,7 @@ def _labels_table(rows: list[dict], vocab: Vocabulary):
     for key in ("study_id", "split", "volume", "report", "findings", "impression", "provenance"):
         columns[key] = pa.array([r[key] for r in rows], pa.string())
     columns["series"] = pa.array([r.get("series", "") for r in rows], pa.string())
+    columns["fundus"] = pa.array([r.get("fundus", "") for r in rows], pa.string())
     columns["shape"] = pa.array([r["shape"] for r in rows], pa.list_(pa.int32()))
     columns["spacing"] = pa.array([r["spacing"] for r in rows], pa.list_(pa.float32()))
     columns["source_spacing"] = pa.array([r["source_spacing"] for r in rows], pa.list_(pa.float32()))
