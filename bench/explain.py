@@ -10,7 +10,7 @@
    a gradient per finding through the head) against MONAI's ``GradCAM`` (a forward and a backward
    per finding) on the same model and study, with the largest difference between their maps.
 
-    .venv/bin/python bench/explain.py --run demo_out/run --raw demo_out/raw [--split test] [--methods gradcam occlusion]
+    .venv/bin/python bench/explain.py --run demo_out/run --raw demo_out/raw [--split test|all] [--methods gradcam occlusion]
 
 ``--raw`` must hold ``lesions/`` (``medalign synth`` writes it; the demo's own folder does).
 """
@@ -36,7 +36,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--run", type=Path, required=True)
     ap.add_argument("--raw", type=Path, required=True, help="synth output: images/, reports.csv, labels.csv, lesions/")
-    ap.add_argument("--split", default="test")
+    ap.add_argument("--split", default="test", help="train, val, test, or all (a phantom the model never saw: every study)")
     ap.add_argument("--methods", nargs="+", default=["gradcam", "occlusion"])
     ap.add_argument("--findings", nargs="+", default=["pleural effusion", "cardiomegaly", "consolidation", "lung nodule"])
     ap.add_argument("--max-studies", type=int, default=0, help="per finding (0: all positives of the split)")
@@ -60,7 +60,7 @@ def main() -> None:
     print(f"{'finding':<18} {'method':<10} {'hits':>7} {'rate':>6}   random-map baseline")
     timings: dict[str, list[float]] = {m: [] for m in args.methods}
     for finding in [] if args.speed_only else args.findings:
-        positives = [r["study_id"] for r in labels if r.get(finding) == "1" and split.get(r["study_id"]) == args.split]
+        positives = [r["study_id"] for r in labels if r.get(finding) == "1" and args.split in ("all", split.get(r["study_id"]))]
         if args.max_studies:
             positives = positives[: args.max_studies]
         if not positives:
@@ -85,7 +85,7 @@ def main() -> None:
                   f"   {np.mean(chance):.2f}")
 
     # speed: a plain --study call against an explained one, same study, whole calls
-    sid = next(r["study_id"] for r in labels if split.get(r["study_id"]) == args.split)
+    sid = next(r["study_id"] for r in labels if args.split in ("all", split.get(r["study_id"])))
     study = args.raw / "images" / sid
     zeroshot_study(args.run, study, device="cpu")  # imports and first-call costs out of the timing
     plain, explained = [], []
