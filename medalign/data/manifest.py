@@ -62,14 +62,21 @@ class Manifest:
         """One row per study: the first row of each ``study_id`` (in order), with a ``volumes`` column
         listing all of that study's volumes (several under ``series.select: all``), which
         :func:`~medalign.models.inference.embed_studies` averages."""
-        first: dict[str, int] = {}
-        volumes: dict[str, list[str]] = {}
-        for i, (sid, vol) in enumerate(zip(self.columns["study_id"], self.columns["volume"])):
-            first.setdefault(sid, i)
-            volumes.setdefault(sid, []).append(vol)
+        index = self.study_index()
+        first = {}
+        volumes: list[list[str]] = [[] for _ in range(int(index.max()) + 1 if len(index) else 0)]
+        for i, (number, vol) in enumerate(zip(index, self.columns["volume"])):
+            first.setdefault(int(number), i)
+            volumes[number].append(vol)
         out = self.subset_rows(first.values())
-        out.columns["volumes"] = [volumes[sid] for sid in first]
+        out.columns["volumes"] = volumes
         return out
+
+    def study_index(self) -> np.ndarray:
+        """``(N,)`` int64: the number of each row's study (0, 1, ... in order of first appearance);
+        a study's volumes share it, and row ``k`` of :meth:`studies` is study ``k``."""
+        numbers: dict[str, int] = {}
+        return np.array([numbers.setdefault(sid, len(numbers)) for sid in self.columns["study_id"]], dtype=np.int64)
 
     def volumes(self) -> "Manifest":
         """One row per volume: a :meth:`studies` manifest expanded back (any other manifest as it is)."""

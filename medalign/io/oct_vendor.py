@@ -192,6 +192,7 @@ def load_heyex_e2e(path: Path, name: str | None = None) -> list[Volume]:
         if localizer is not None and localizer.size:
             info["localizer"] = localizer
             # eyepy's E2E reader takes the fundus image as a 30-degree field (the file does not say)
+            info["geometry_note"] += "; the fundus image taken as a 30-degree field"
             info["localizer_spacing"] = (30.0 / localizer.shape[1] * mm_per_degree, 30.0 / localizer.shape[0] * mm_per_degree)
         volumes.append(Volume(array=array, affine=np.diag([dx, dz, dy, 1.0]), info=info))
     return volumes
@@ -199,8 +200,11 @@ def load_heyex_e2e(path: Path, name: str | None = None) -> list[Volume]:
 
 def mirror_to_right_eye(volume: Volume) -> Volume:
     """A left eye's (OS) volume mirrored along its lateral axis so the nasal side lies where a right
-    eye's does; other volumes as they are."""
+    eye's does, its fundus image (``info["localizer"]``, columns along the same axis) with it; other
+    volumes as they are."""
     if volume.info.get("laterality") != "OS":
         return volume
     info = {**volume.info, "mirrored": "left eye mirrored to right-eye orientation"}
+    if info.get("localizer") is not None:
+        info["localizer"] = np.ascontiguousarray(info["localizer"][:, ::-1])
     return Volume(array=np.ascontiguousarray(volume.array[::-1]), affine=volume.affine.copy(), info=info)

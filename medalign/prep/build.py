@@ -107,12 +107,10 @@ def load_study_volumes(path: Path, config: PrepConfig, files: list[Path] | None 
 
 def _finish(volume: Volume, provenance: str, config: PrepConfig) -> tuple[Volume, str]:
     """A loaded volume as preparation keeps it: left eyes mirrored when the preset says (their fundus
-    image too). A vendor OCT file's fundus image (SLO/IR) stays in ``info["localizer"]``: it is
+    image with them). A vendor OCT file's fundus image (SLO/IR) stays in ``info["localizer"]``: it is
     written beside the volume, never into it."""
     if config.mirror_left_eyes and volume.info.get("laterality") == "OS":
         volume = mirror_to_right_eye(volume)
-        if volume.info.get("localizer") is not None:  # the fundus image's columns run along the same lateral axis
-            volume.info["localizer"] = np.ascontiguousarray(volume.info["localizer"][:, ::-1])
         provenance += "; left eye (OS) mirrored to right-eye orientation"
     elif volume.info.get("laterality"):
         provenance += f"; {volume.info['laterality']}"
@@ -602,7 +600,7 @@ def _prepare_dataset(images: Path, reports: Path, out: Path, vocab: Vocabulary, 
             })
     if given_labels is not None:
         unused = len(set(given_labels) - set(all_studies))
-        log_lines.append(f"given labels: {len(compared)} of {len(rows)} studies labelled by the labels file"
+        log_lines.append(f"given labels: {len(compared)} of {len({r['study_id'] for r in rows})} studies labelled by the labels file"
                          + (f"; {unused} rows of it name no study" if unused else "") + "; they win over the labeler")
         log_lines.append("agreement of the given labels with the report labeler (present vs anything else):")
         log_lines += agreement_table(compared, vocab.names)

@@ -86,7 +86,6 @@ PRE_IGNORE = [
     "correlate clinically for", "clinical correlation for", "to ensure", "could obscure", "may obscure", "obscure",
     "in detecting", "detecting",
 ]
-#: phrases that look like cues and are not ("no change in the effusion" means the effusion is still there)
 #: words between "no"/"without" and "change" that make it a statement about time, not a negation:
 #: "no significant interval change in the effusion", but "no interstitial changes of edema" negates
 _CHANGE_DEGREE = ("significant", "appreciable", "definite", "substantial", "gross", "major", "apparent", "notable",
@@ -94,13 +93,13 @@ _CHANGE_DEGREE = ("significant", "appreciable", "definite", "substantial", "gros
                   "marked", "detectable", "radiographic", "further", "other", "considerable", "discernible",
                   "overall", "clinically significant", "dramatic")
 _CHANGE_TIME = ("interval", "recent", "short term")
+#: phrases that look like cues and are not ("no change in the effusion" means the effusion is still there)
 PSEUDO = [
     "no change",
     *(f"{neg} {w} change" for neg in ("no", "without") for w in _CHANGE_DEGREE + _CHANGE_TIME),
     *(f"{neg} {d} {t} change" for neg in ("no", "without") for d in _CHANGE_DEGREE + ("acute",) for t in _CHANGE_TIME + ("radiographic",)),
     "not only", "no increase", "no decrease", "no significant increase", "no significant decrease", "without change",
-    "without significant change", "without interval change", "not changed", "no further", "gram negative",
-    "not significantly changed", "not necessarily", "no definite change", "no appreciable change", "not well defined",
+    "not changed", "no further", "gram negative", "not significantly changed", "not necessarily", "not well defined",
     "not well circumscribed", "not well marginated",
     "not certain whether", "not clear whether", "possible further", "as well as", "to suggest", "to indicate",
 ]

@@ -77,12 +77,6 @@ def masked_bce(logits: torch.Tensor, target: torch.Tensor, pos_weight: torch.Ten
     return (loss * mask).sum() / mask.sum().clamp(min=1)
 
 
-def study_groups(manifest) -> np.ndarray:
-    """``(N,)`` the study number of each manifest row (volumes of one study share it), in order of first appearance."""
-    numbers: dict[str, int] = {}
-    return np.array([numbers.setdefault(sid, len(numbers)) for sid in manifest.columns["study_id"]], dtype=np.int64)
-
-
 def study_means(values: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
     """``(N, K)`` per-volume rows -> ``(S, K)`` per-study means, studies numbered ``0 .. S - 1`` by ``groups`` ``(N,)``."""
     n_studies = int(groups.max()) + 1 if len(groups) else 0
@@ -168,7 +162,7 @@ def predict_studies(model: FindingClassifier, manifest, device: torch.device, ba
     for i in range(0, len(dataset), batch):
         images = torch.stack([dataset[j]["image"] for j in range(i, min(i + batch, len(dataset)))]).to(device)
         out.append(model(images).float().cpu())
-    logits = study_means(torch.cat(out), torch.from_numpy(study_groups(manifest)))
+    logits = study_means(torch.cat(out), torch.from_numpy(manifest.study_index()))
     return torch.sigmoid(logits).numpy()
 
 
@@ -239,7 +233,7 @@ def finetune(checkpoint: Path, dataset: Path, out: Path, labels: Path | None = N
     # validation only scores findings both classes represent in val; without any, the last epoch is kept
     has_val = len(y["val"]) >= 2 and any(has_both_classes(y["val"][:, k]) for k in range(len(names)))
     val_loader = None
-    val_groups = study_groups(splits["val"])
+    val_groups = splits["val"].study_index()
     if has_val:
         val_ds = LabelledStudies(StudyDataset(splits["val"]), y["val"][val_groups])
         val_loader = DataLoader(val_ds, batch_size=per_device, sampler=ShardSampler(len(val_ds)), num_workers=num_workers)
