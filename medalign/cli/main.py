@@ -98,15 +98,16 @@ def cmd_convert(a: argparse.Namespace) -> int:
         if localizer is not None:
             from medalign.io.dicom import Volume
 
-            sx, sy = volume.info.get("localizer_spacing", (1.0, 1.0))
+            spacing = volume.info.get("localizer_spacing")
+            sx, sy = spacing or (1.0, 1.0)  # the pixel-size-unknown case is said below, not hidden
             slo = Volume(array=np.ascontiguousarray(localizer.T[:, :, None]), affine=np.diag([sx, sy, 1.0, 1.0]), info={})
             slo_path = Path(str(a.output).replace(".nii", "_localizer.nii", 1))
             save_nifti(slo, slo_path)
-            reason += f"; SLO fundus image -> {slo_path}"
+            reason += f"; fundus image -> {slo_path}" + ("" if spacing else " (pixel size unknown: written as 1 mm)")
     elif a.series_dir.is_dir():
         volume, reason = load_dicom_study(a.series_dir, policy)
     else:
-        raise MedalignError(f"{a.series_dir}: neither a DICOM series folder nor a vendor OCT file (.vol, .e2e)")
+        raise MedalignError(f"{a.series_dir}: neither a DICOM series folder nor a vendor OCT file (.vol, .e2e, .fda, .fds, Zeiss .img)")
     save_nifti(volume, a.output)
     print(f"{a.output}: {volume.array.shape} voxels of {', '.join(f'{s:.3g}' for s in volume.spacing)} mm ({reason})")
     return 0
@@ -408,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_synth)
 
-    s = sub.add_parser("convert", help="one DICOM series folder or vendor OCT file (.vol, .e2e) -> NIfTI (world geometry as dcm2niix)")
+    s = sub.add_parser("convert", help="one DICOM series folder or vendor OCT file (.vol, .e2e, .fda, .fds, .img) -> NIfTI (world geometry as dcm2niix)")
     s.add_argument("series_dir", type=_existing_path, metavar="SERIES_DIR|FILE.vol|FILE.e2e")
     s.add_argument("output", type=Path, metavar="OUT.nii.gz")
     s.set_defaults(func=cmd_convert)

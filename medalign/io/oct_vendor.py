@@ -1,9 +1,10 @@
 """Retinal OCT in the device makers' formats: Heidelberg Spectralis ``.vol`` (HSF-OCT-103) and
-Heidelberg Eye Explorer ``.e2e``.
+Heidelberg Eye Explorer ``.e2e`` here; Topcon ``.fda``/``.fds`` (:mod:`medalign.io.oct_topcon`) and
+Zeiss Cirrus ``.img`` (:mod:`medalign.io.oct_zeiss`) dispatched from :func:`load_vendor_oct`.
 
-Read with eyepy's parsers (``eyepy.io.he``), the readers the field uses; oct-converter has no
-``.vol`` reader. Only geometry, laterality and the pixel data are taken from a file: its patient
-fields (names, PatientID, birth date, visit id and date) are never copied anywhere.
+Heidelberg files are read with eyepy's parsers (``eyepy.io.he``), the readers the field uses;
+oct-converter has no ``.vol`` reader. Only geometry, laterality and the pixel data are taken from a
+file: its patient fields (names, PatientID, birth date, visit id and date) are never copied anywhere.
 
 The volume is laid out as the DICOM OPT path lays it out: ``(lateral A-scan position, depth,
 B-scan)``, with the spacings the file states (``ScaleX`` between A-scans, ``ScaleZ`` axial,
@@ -19,7 +20,7 @@ import numpy as np
 from medalign.errors import InputError
 from medalign.io.dicom import Volume
 
-VENDOR_OCT_SUFFIXES = (".vol", ".e2e")
+VENDOR_OCT_SUFFIXES = (".vol", ".e2e", ".fda", ".fds", ".img")
 #: HSF-OCT scan patterns (Heidelberg's numbering)
 SCAN_PATTERNS = {1: "line", 2: "circle", 3: "volume", 4: "fast volume", 5: "star", 6: "radial"}
 #: values above this mark invalid pixels in a .vol B-scan (the format writes 3.4e38)
@@ -27,15 +28,28 @@ _INVALID = 1e30
 
 
 def is_vendor_oct(path: Path) -> bool:
-    """A file in a vendor OCT format medalign reads."""
-    return Path(path).is_file() and Path(path).suffix.lower() in VENDOR_OCT_SUFFIXES
+    """A file in a vendor OCT format medalign reads (an ``.img`` beside an Analyze ``.hdr`` is not one)."""
+    from medalign.io.oct_zeiss import is_zeiss_img
+
+    path = Path(path)
+    suffix = path.suffix.lower()
+    return path.is_file() and suffix in VENDOR_OCT_SUFFIXES and (suffix != ".img" or is_zeiss_img(path))
 
 
 def load_vendor_oct(path: Path, name: str | None = None) -> list[Volume]:
-    """Every OCT volume scan of a vendor file (``.vol``: one; ``.e2e``: one per series that holds
-    B-scans), each as :func:`load_heyex_vol` describes it."""
-    if Path(path).suffix.lower() == ".e2e":
+    """Every OCT volume scan of a vendor file (``.e2e``: one per series that holds B-scans; the other
+    formats: one), each as :func:`load_heyex_vol` describes it."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".e2e":
         return load_heyex_e2e(path, name)
+    if suffix in (".fda", ".fds"):
+        from medalign.io.oct_topcon import load_topcon
+
+        return [load_topcon(path, name)]
+    if suffix == ".img":
+        from medalign.io.oct_zeiss import load_zeiss_img
+
+        return [load_zeiss_img(path, name)]
     return [load_heyex_vol(path, name)]
 
 
@@ -51,7 +65,8 @@ def best_vendor_scan(volumes: list[Volume]) -> tuple[Volume, str]:
 
 def describe_vendor_scan(volume: Volume) -> str:
     """One line for a vendor OCT volume's provenance: format, pattern, size and any geometry note."""
-    kind = {"heidelberg-vol": "Heidelberg .vol", "heidelberg-e2e": "Heidelberg .e2e"}.get(volume.info.get("source"), "vendor OCT")
+    kind = {"heidelberg-vol": "Heidelberg .vol", "heidelberg-e2e": "Heidelberg .e2e", "topcon-fda": "Topcon .fda",
+            "topcon-fds": "Topcon .fds", "zeiss-img": "Zeiss .img"}.get(volume.info.get("source"), "vendor OCT")
     x, y, z = volume.array.shape
     note = f"; {volume.info['geometry_note']}" if volume.info.get("geometry_note") else ""
     return f"{kind}, {volume.info['scan_pattern']} scan, {z} B-scans of {x} A-scans x {y}{note}"

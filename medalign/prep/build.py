@@ -139,6 +139,19 @@ def _read_study(path: Path, config: PrepConfig) -> list[tuple[Volume, str]]:
     return load_dicom_volumes(path, config.series, files=files)
 
 
+def _refuse_identifying_names(studies: dict[str, Path], id_key: bytes | None) -> None:
+    """Zeiss Cirrus exports are named after the patient and the scan date, and prep names studies
+    after their files: without ``--hash-ids`` those names would reach every output."""
+    from medalign.io.oct_zeiss import names_identifiers
+
+    if id_key is not None:
+        return
+    named = [p for p in studies.values() if p.is_file() and p.suffix.lower() == ".img" and names_identifiers(p.name)]
+    if named:
+        raise InputError(f"{named[0]}: Zeiss Cirrus file names hold the patient id and scan date ({len(named)} such files), and "
+                         "studies are named after their files; prepare them with --hash-ids KEYFILE")
+
+
 def _vendor(path: Path, name: str, config: PrepConfig) -> list[tuple[Volume, str]]:
     """A vendor OCT file's scans under ``series.select`` (``name``: as errors call it, relative to
     the images folder): ``all`` keeps every OCT scan of the file, ``best`` the one with the most B-scans."""
@@ -501,6 +514,7 @@ def _prepare_dataset(images: Path, reports: Path, out: Path, vocab: Vocabulary, 
             raise InputError(f"{reports}: rows are keyed by accession_number; prepare with --group-by accession "
                              "(or study_uid) so that studies are known by their AccessionNumber")
         all_studies = discover_studies(images)
+        _refuse_identifying_names(all_studies, id_key)
     else:
         all_studies, study_files, report_rows, notes, early_errors = _grouped_studies(images, group_by, report_rows, report_key, pool)
     if id_key is not None:
