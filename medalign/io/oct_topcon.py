@@ -72,10 +72,12 @@ def load_topcon(path: Path, name: str | None = None) -> Volume:
         dy = float(scan.y_dimension_mm) / n
         if not dy > 0:
             raise InputError(f"{name}: {n} B-scans but @PARAM_SCAN gives no scan height ({scan.y_dimension_mm} mm)")
-    info = {"source": "topcon-fds" if fds else "topcon-fda", "modality": "OCT",
-            "laterality": _EYE.get(int(eye.eye), "") if eye is not None else "", "scan_pattern": pattern}
+    laterality = _EYE.get(int(eye.eye), "") if eye is not None else ""
+    info = {"source": "topcon-fds" if fds else "topcon-fda", "modality": "OCT", "laterality": laterality, "scan_pattern": pattern}
     if eye is None:
         notes.append("no @CAPTURE_INFO chunk: eye unknown")
+    elif not laterality:
+        notes.append(f"eye code {eye.eye} in @CAPTURE_INFO is neither right (0) nor left (1): eye unknown")
     if localizer is not None:
         info["localizer"] = localizer
         box = _first(chunks, data, (b"@REGIST_INFO", structs.regist_info_header))
@@ -91,7 +93,7 @@ def load_topcon(path: Path, name: str | None = None) -> Volume:
 
 def _chunks(data: bytes, structs) -> dict[bytes, tuple[int, int]]:
     """``{chunk name: (offset of its data, size)}``, the first of each name, after checking the header."""
-    header = structs.header.parse(data)
+    header = _header(structs.header, data, 0)
     if header.file_code != "FOCT":
         raise InputError(f"not a Topcon file (starts {data[:4]!r}, not b'FOCT')")
     chunks, at = {}, structs.header.sizeof()
