@@ -11,6 +11,7 @@
    per finding) on the same model and study, with the largest difference between their maps.
 
     .venv/bin/python bench/explain.py --run demo_out/run --raw demo_out/raw [--split test|all] [--methods gradcam occlusion]
+        [--max-studies N] [--pointing-only] [--occlusion-fraction 0.125]
 
 ``--raw`` must hold ``lesions/`` (``medalign synth`` writes it; the demo's own folder does).
 """
@@ -41,7 +42,14 @@ def main() -> None:
     ap.add_argument("--findings", nargs="+", default=["pleural effusion", "cardiomegaly", "consolidation", "lung nodule"])
     ap.add_argument("--max-studies", type=int, default=0, help="per finding (0: all positives of the split)")
     ap.add_argument("--speed-only", action="store_true", help="skip the pointing game")
+    ap.add_argument("--pointing-only", action="store_true", help="skip the speed measurements")
+    ap.add_argument("--occlusion-fraction", type=float, default=None, help="occlusion patch size as a fraction of each axis "
+                    "(default: medalign's OCCLUSION_FRACTION, 1/6)")
     args = ap.parse_args()
+    if args.occlusion_fraction is not None:
+        import medalign.tasks.explain as explain_module
+
+        explain_module.OCCLUSION_FRACTION = args.occlusion_fraction
 
     import nibabel as nib
     import torch
@@ -84,6 +92,8 @@ def main() -> None:
             print(f"{finding:<18} {method:<10} {hits[method]:>3}/{len(positives):<3} {hits[method] / len(positives):6.2f}"
                   f"   {np.mean(chance):.2f}")
 
+    if args.pointing_only:
+        return
     # speed: a plain --study call against an explained one, same study, whole calls
     sid = next(r["study_id"] for r in labels if args.split in ("all", split.get(r["study_id"])))
     study = args.raw / "images" / sid

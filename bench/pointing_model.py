@@ -9,15 +9,15 @@ a repository cannot hold. Weights are stored in float16 (loaded into float32).
 
     .venv/bin/python bench/pointing_model.py --out tests/data/pointing_model [--work /tmp/pointing_model]
 
-Then it plays the pointing game on the phantom the test uses (``synth --studies 48 --seed 7``,
-which the model never saw), every positive study, with the documented ``zeroshot --study --explain``
-path, and prints the rate per finding beside a random map's.
+Then it plays the pointing game (``bench/explain.py --split all --methods occlusion``) on the
+phantom the test uses (``synth --studies 48 --seed 7``, which the model never saw), every positive
+study, and prints the rate per finding beside a random map's. ``--text-only DIR`` writes only the
+small text model (the starting point of the recipes measured in docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import shutil
 import subprocess
@@ -25,13 +25,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 MEDALIGN = [sys.executable, "-m", "medalign.cli.main"]
 PRETRAIN = ["--config", "demo_ct", "--max-steps", "600", "data.batch_size=24", "model.image.options.widen_factor=0.25",
             "optim.warmup_steps=20", "optim.text_lr=0.001"]
-FINDINGS = ("pleural effusion", "cardiomegaly")
 
 
 def tiny_text_model(folder: Path) -> None:
@@ -66,40 +63,16 @@ def to_float16(model_dir: Path) -> None:
     cfg_path.write_text(json.dumps(cfg, indent=2))
 
 
-def pointing(model_dir: Path, raw: Path, work: Path, max_per_finding: int = 0) -> dict[str, tuple[int, int, float]]:
-    """``{finding: (hits, positives, random-map rate)}`` over the positive studies of ``raw``: does the
-    maximum of the map ``zeroshot --study --explain`` writes fall in the drawn lesion or within one voxel?"""
-    import nibabel as nib
-    from scipy.ndimage import binary_dilation
-
-    from medalign.tasks.explain_run import explain_study, file_stem
-
-    with open(raw / "labels.csv", encoding="utf-8") as f:
-        labels = list(csv.DictReader(f))
-    positives = {f: [r["study_id"] for r in labels if r[f] == "1"] for f in FINDINGS}
-    if max_per_finding:
-        positives = {f: ids[:max_per_finding] for f, ids in positives.items()}
-    results = {}
-    for sid in sorted(set().union(*positives.values())):
-        results[sid] = explain_study(model_dir, raw / "images" / sid, work / sid, device="cpu")
-    scores = {}
-    for finding, ids in positives.items():
-        hits, chance = 0, []
-        for sid in ids:
-            lesion = nib.load(raw / "lesions" / sid / f"{file_stem(finding)}.nii.gz").get_fdata() > 0.5
-            near = binary_dilation(lesion, structure=np.ones((3, 3, 3), bool))  # within one voxel
-            hits += bool(near[tuple(results[sid]["findings"][finding]["max_voxel"])])
-            chance.append(float(near.mean()))
-        scores[finding] = (hits, len(ids), float(np.mean(chance)))
-    return scores
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--work", type=Path, default=Path("/tmp/pointing_model"))
+    ap.add_argument("--text-only", action="store_true", help="write only the small text model to --out")
     a = ap.parse_args()
     sys.path.insert(0, str(ROOT))
+    if a.text_only:
+        tiny_text_model(a.out)
+        return
     shutil.rmtree(a.work, ignore_errors=True)
     a.work.mkdir(parents=True)
     t0 = time.perf_counter()
@@ -115,11 +88,9 @@ def main() -> None:
     print(f"model written to {a.out} ({sum(p.stat().st_size for p in a.out.rglob('*') if p.is_file()) / 2**20:.1f} MiB) "
           f"in {time.perf_counter() - t0:.0f} s")
     run("synth", "--out", str(a.work / "held"), "--studies", "48", "--seed", "7")
-    t = time.perf_counter()
-    scores = pointing(a.out, a.work / "held", a.work / "maps")
-    print(f"pointing game on synth --studies 48 --seed 7 (never seen), every positive study, {time.perf_counter() - t:.0f} s:")
-    for finding, (hits, n, chance) in scores.items():
-        print(f"  {finding:<17} {hits}/{n} ({hits / n:.2f})   random map {chance:.2f}")
+    subprocess.run([sys.executable, str(ROOT / "bench" / "explain.py"), "--run", str(a.out), "--raw", str(a.work / "held"),
+                    "--split", "all", "--findings", "pleural effusion", "cardiomegaly", "--methods", "occlusion", "--pointing-only"],
+                   check=True, cwd=ROOT)
 
 
 if __name__ == "__main__":

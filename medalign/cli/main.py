@@ -410,7 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_synth)
 
     s = sub.add_parser("convert", help="one DICOM series folder or vendor OCT file (.vol, .e2e, .fda, .fds, .img) -> NIfTI (world geometry as dcm2niix)")
-    s.add_argument("series_dir", type=_existing_path, metavar="SERIES_DIR|FILE.vol|FILE.e2e")
+    s.add_argument("series_dir", type=_existing_path, metavar="SERIES_DIR|FILE.vol|.e2e|.fda|.fds|.img")
     s.add_argument("output", type=Path, metavar="OUT.nii.gz")
     s.set_defaults(func=cmd_convert)
 
