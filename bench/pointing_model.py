@@ -133,7 +133,9 @@ def distil_text_tower(teacher, prompt_groups: tuple[list[list[str]], list[list[s
         emb = F.normalize(student(**{k: v for k, v in tokens.items()}), dim=-1)
         cos_text = (emb * target).sum(-1)
         cos_dir = F.cosine_similarity(directions(emb[: len(prompts)]), goal, dim=-1)
-    print(f"distilled text tower: {len(prompts)} prompts and {len(every) - len(prompts)} report texts; cosine to the "
+    sizes = [sum(p.numel() for p in tower.model.parameters()) / 1e6 for tower in (teacher.text, student)]
+    print(f"distilled text tower ({sizes[0]:.1f} M -> {sizes[1]:.2f} M parameters): {len(prompts)} prompts and "
+          f"{len(every) - len(prompts)} report texts; cosine to the "
           f"teacher's embeddings min {float(cos_text.min()):.4f} mean {float(cos_text.mean()):.4f}; to its "
           f"positive-minus-negative directions min {float(cos_dir.min()):.5f}")
     return student
