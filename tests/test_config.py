@@ -25,14 +25,51 @@ def test_pretrain_presets_load(name):
 def test_overrides_apply_and_are_checked():
     cfg = load_config(PretrainConfig, "demo_ct", "pretrain", ["optim.lr=0.5", "loss.name=info_nce", "data.flip_axes=[0, 1]"])
     assert cfg.optim.lr == 0.5 and cfg.loss.name == "info_nce" and cfg.data.flip_axes == [0, 1]
-    with pytest.raises(ConfigError, match="unknown key 'lrr'"):
+    with pytest.raises(ConfigError, match=r"^command line: optim.lrr=0.5: unknown key 'optim.lrr' \(optim allows: lr, "):
         load_config(PretrainConfig, "demo_ct", "pretrain", ["optim.lrr=0.5"])
-    with pytest.raises(ConfigError, match="expected a number"):
+    with pytest.raises(ConfigError, match="^command line: optim.lr=fast: expected a number, got 'fast'$"):
         load_config(PretrainConfig, "demo_ct", "pretrain", ["optim.lr=fast"])
     with pytest.raises(ConfigError, match="not one of"):
         load_config(PretrainConfig, "demo_ct", "pretrain", ["loss.name=triplet"])
     with pytest.raises(ConfigError, match="key=value"):
         apply_overrides({}, ["nonsense"])
+
+
+@pytest.mark.parametrize("written, lr", [("3e-4", 3e-4), ("1e-3", 1e-3), ("5E-5", 5e-5), ("'3e-4'", 3e-4), ("0.0003", 3e-4), ("3", 3.0)])
+def test_numbers_as_people_write_them(tmp_path, written, lr):
+    """YAML 1.1 (PyYAML) reads 1e-3 as a string; medalign's files and overrides take it as the number."""
+    p = tmp_path / "mine.yaml"
+    p.write_text(f"base: demo_ct\noptim:\n  lr: {written}\ntrainer:\n  max_steps: 1_000\n")
+    cfg = load_config(PretrainConfig, p, "pretrain")
+    assert cfg.optim.lr == lr and isinstance(cfg.optim.lr, float) and cfg.trainer.max_steps == 1000
+    cfg = load_config(PretrainConfig, "demo_ct", "pretrain", [f"optim.lr={written}", "trainer.max_steps=2e3", "trainer.checkpoint_every=1_000"])
+    assert cfg.optim.lr == lr and cfg.trainer.max_steps == 2000 and cfg.trainer.checkpoint_every == 1000
+    assert isinstance(cfg.trainer.max_steps, int)
+
+
+def test_numbers_are_still_checked():
+    with pytest.raises(ConfigError, match=r"^command line: trainer.max_steps=2.5: expected an integer, got 2.5$"):
+        load_config(PretrainConfig, "demo_ct", "pretrain", ["trainer.max_steps=2.5"])
+    with pytest.raises(ConfigError, match="expected a number, got '1e-3x'"):
+        load_config(PretrainConfig, "demo_ct", "pretrain", ["optim.lr=1e-3x"])
+    with pytest.raises(ConfigError, match="expected true or false"):
+        load_config(PretrainConfig, "demo_ct", "pretrain", ["trainer.deterministic=1"])
+
+
+def test_errors_name_the_file_that_set_the_key(tmp_path):
+    """Not 'demo_ct.yaml.optim.lr': the file that set the key (through 'base:') or the override, then the key."""
+    base = tmp_path / "base.yaml"
+    base.write_text("base: demo_ct\noptim:\n  warmup_steps: soon\n")
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(f"base: {base}\noptim:\n  lr: 1e-3\n")
+    with pytest.raises(ConfigError, match=rf"^{base}: optim.warmup_steps: expected an integer, got 'soon'$"):
+        load_config(PretrainConfig, mine, "pretrain")
+    base.write_text("base: demo_ct\n")
+    with pytest.raises(ConfigError, match=r"^command line: data.batch_size=1: contrastive training needs at least 2$"):
+        load_config(PretrainConfig, mine, "pretrain", ["data.batch_size=1"])
+    mine.write_text(f"base: {base}\ntrainer: {{max_steps: 0}}\n")
+    with pytest.raises(ConfigError, match=rf"^{mine}: trainer.max_steps: must be >= 1$"):
+        load_config(PretrainConfig, mine, "pretrain")
 
 
 def test_unknown_key_in_file_names_the_file(tmp_path):

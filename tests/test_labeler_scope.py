@@ -193,7 +193,7 @@ def test_mentions_say_what_decided():
 
 @pytest.mark.parametrize("pattern, message", [
     ({"site": ["coronary"]}, "observation"),
-    ({"observation": ["plaque"], "sites": ["coronary"]}, "unknown key 'sites'"),
+    ({"observation": ["plaque"], "sites": ["coronary"]}, r"v.yaml: unknown key 'findings\[0\].patterns\[0\].sites'"),
     ({"observation": ["plaque"], "within": 0}, "within"),
     ({"observation": ["node"], "min_size_mm": 0}, "min_size_mm"),
 ])

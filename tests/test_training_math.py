@@ -110,5 +110,5 @@ def test_presets_inherit_with_base(tmp_path):
         load_config(PretrainConfig, loop, "pretrain")
     bad = tmp_path / "bad.yaml"
     bad.write_text("base: chest_ct\noptim: {lrr: 1}\n")
-    with pytest.raises(ConfigError, match="unknown key 'lrr'"):
+    with pytest.raises(ConfigError, match=r"bad.yaml: unknown key 'optim.lrr'"):
         load_config(PretrainConfig, bad, "pretrain")

@@ -106,17 +106,17 @@ class SeriesSelection:
     def validate(self, where: str) -> None:
         unknown = sorted(set(self.planes) - set(PLANES))
         if unknown:
-            raise ConfigError(f"{where}.planes: {', '.join(unknown)} not among {', '.join(PLANES)}")
+            raise ConfigError.at(where, "planes", f"{', '.join(unknown)} not among {', '.join(PLANES)}")
         if not 0.0 < self.min_coverage_fraction <= 1.0:
-            raise ConfigError(f"{where}.min_coverage_fraction: {self.min_coverage_fraction} is not in (0, 1]")
+            raise ConfigError.at(where, "min_coverage_fraction", f"{self.min_coverage_fraction} is not in (0, 1]")
         if self.on_uneven_spacing not in ("reject", "resample"):
-            raise ConfigError(f"{where}.on_uneven_spacing: '{self.on_uneven_spacing}' is not reject or resample")
+            raise ConfigError.at(where, "on_uneven_spacing", f"'{self.on_uneven_spacing}' is not reject or resample")
         if self.on_gantry_tilt not in ("reject", "resample"):
-            raise ConfigError(f"{where}.on_gantry_tilt: '{self.on_gantry_tilt}' is not reject or resample")
+            raise ConfigError.at(where, "on_gantry_tilt", f"'{self.on_gantry_tilt}' is not reject or resample")
         if self.select not in ("best", "all"):
-            raise ConfigError(f"{where}.select: '{self.select}' is not best or all")
+            raise ConfigError.at(where, "select", f"'{self.select}' is not best or all")
         if self.on_missing_frame_positions not in ("reject", "frame_order"):
-            raise ConfigError(f"{where}.on_missing_frame_positions: '{self.on_missing_frame_positions}' is not reject or frame_order")
+            raise ConfigError.at(where, "on_missing_frame_positions", f"'{self.on_missing_frame_positions}' is not reject or frame_order")
 
 
 @dataclasses.dataclass
@@ -344,7 +344,7 @@ def select_series(series: list[SeriesInfo], policy: SeriesSelection) -> tuple[Se
         elif policy.planes and s.plane not in policy.planes:
             rejected.append(f"{s.name}: {s.plane} plane")
         elif s.n_frames < policy.min_slices:
-            rejected.append(f"{s.name}: {s.n_frames} slices < {policy.min_slices}")
+            rejected.append(f"{s.name}: {s.n_frames} slices < series.min_slices {policy.min_slices}")
         else:
             candidates.append(s)
     if not candidates:
@@ -746,6 +746,7 @@ def _load_chosen(chosen: SeriesInfo, reason: str, series: list[SeriesInfo], poli
     """Load one chosen series with what preparation needs from its headers (kept in memory only)."""
     # preparation draws the study's split from the PatientID (studies of one patient share a split)
     patient_id = _str(chosen.headers[0], "PatientID").strip() if chosen.headers else ""
+    manufacturer = _str(chosen.headers[0], "Manufacturer").strip() if chosen.headers else ""  # the scanner's maker, no person
     side = (_str(chosen.headers[0], "ImageLaterality") or _str(chosen.headers[0], "Laterality")).strip().upper() if chosen.headers else ""
     eye = {"R": "OD", "L": "OS"}.get(side, "") if chosen.modality in ("OPT", "OCT") else ""
     if repeats:
@@ -762,6 +763,8 @@ def _load_chosen(chosen: SeriesInfo, reason: str, series: list[SeriesInfo], poli
         reason += f"; {volume.info['geometry_note']}"
     if patient_id:
         volume.info["patient_id"] = patient_id
+    if manufacturer:  # the model card's training-data summary counts studies per scanner maker
+        volume.info["manufacturer"] = manufacturer
     if eye:
         volume.info["laterality"] = eye
     return volume, reason

@@ -34,11 +34,11 @@ class PrepConfig:
 
     def validate(self, where: str) -> None:
         if not self.steps:
-            raise ConfigError(f"{where}: 'steps' is empty")
+            raise ConfigError.at(where, "steps", "is empty")
         if self.workers < 1:
-            raise ConfigError(f"{where}.workers: must be >= 1")
+            raise ConfigError.at(where, "workers", "must be >= 1")
         if not 0 <= self.val_fraction + self.test_fraction < 1:
-            raise ConfigError(f"{where}: val_fraction + test_fraction must lie in [0, 1)")
+            raise ConfigError.at(where, "test_fraction", "val_fraction + test_fraction must lie in [0, 1)")
         for i, step in enumerate(self.steps):
             if not isinstance(step, dict) or len(step) != 1 or next(iter(step)) not in STEP_NAMES:
-                raise ConfigError(f"{where}.steps[{i}]: expected one of {', '.join(STEP_NAMES)} as {{name: {{options}}}}, got {step!r}")
+                raise ConfigError.at(where, f"steps[{i}]", f"expected one of {', '.join(STEP_NAMES)} as {{name: {{options}}}}, got {step!r}")

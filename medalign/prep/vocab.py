@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from medalign.config import from_dict, read_yaml, resolve_config_path
-from medalign.errors import ConfigError
+from medalign.errors import ConfigError, config_key
 
 
 @dataclasses.dataclass
@@ -22,7 +22,7 @@ class PromptPair:
         for side in ("positive", "negative"):
             value = getattr(self, side)
             if not value or (isinstance(value, list) and not all(isinstance(v, str) and v.strip() for v in value)):
-                raise ConfigError(f"{where}.{side}: needs a non-empty prompt or list of prompts")
+                raise ConfigError.at(where, side, "needs a non-empty prompt or list of prompts")
 
     @property
     def positives(self) -> list[str]:
@@ -58,13 +58,13 @@ class ConceptPattern:
 
     def validate(self, where: str) -> None:
         if not self.observation:
-            raise ConfigError(f"{where}.observation: needs at least one phrase")
+            raise ConfigError.at(where, "observation", "needs at least one phrase")
         if self.within < 1:
-            raise ConfigError(f"{where}.within: must be at least 1")
+            raise ConfigError.at(where, "within", "must be at least 1")
         if self.min_size_mm is not None and not self.min_size_mm > 0:
-            raise ConfigError(f"{where}.min_size_mm: must be a size in mm above 0")
+            raise ConfigError.at(where, "min_size_mm", "must be a size in mm above 0")
         for group in ("observation", "site", "qualifier", "unless"):
-            _check_phrases(getattr(self, group), f"{where}.{group}")
+            _check_phrases(getattr(self, group), config_key(where, group))
 
     @property
     def groups(self) -> list[list[str]]:
@@ -79,7 +79,7 @@ def _check_phrases(phrases: list[str], where: str) -> None:
         try:
             compile_phrase(p)
         except ValueError as e:
-            raise ConfigError(f"{where}: {e}") from None
+            raise ConfigError.at(where, "", str(e)) from None
 
 
 @dataclasses.dataclass
@@ -97,7 +97,7 @@ class Finding:
 
     def validate(self, where: str) -> None:
         for group in ("synonyms", "negative_phrases", "exclude"):
-            _check_phrases(getattr(self, group), f"{where}.{group}")
+            _check_phrases(getattr(self, group), config_key(where, group))
 
     def prompt_pair(self) -> PromptPair:
         """The configured prompts, else ones built from the name."""
@@ -115,10 +115,10 @@ class Vocabulary:
     def validate(self, where: str) -> None:
         names = [f.name.strip().lower() for f in self.findings]
         if not names:
-            raise ConfigError(f"{where}: vocabulary has no findings")
+            raise ConfigError.at(where, "findings", "vocabulary has no findings")
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
-            raise ConfigError(f"{where}: duplicate finding '{dup[0]}'")
+            raise ConfigError.at(where, "findings", f"duplicate finding '{dup[0]}'")
         for f in self.findings:
             if not f.synonyms and not f.patterns:
                 f.synonyms = [f.name]

@@ -113,14 +113,14 @@ class PretrainConfig:
 
     def validate(self, where: str) -> None:
         if not 0.0 <= self.loss.mix <= 1.0:
-            raise ConfigError(f"{where}.loss.mix: must lie in [0, 1], got {self.loss.mix}")
+            raise ConfigError.at(where, "loss.mix", f"must lie in [0, 1], got {self.loss.mix}")
         if not 0.5 <= self.data.crop_scale <= 1.0:
-            raise ConfigError(f"{where}.data.crop_scale: must lie in [0.5, 1], got {self.data.crop_scale}")
+            raise ConfigError.at(where, "data.crop_scale", f"must lie in [0.5, 1], got {self.data.crop_scale}")
         if self.data.batch_size < 2:
-            raise ConfigError(f"{where}.data.batch_size: contrastive training needs at least 2")
+            raise ConfigError.at(where, "data.batch_size", "contrastive training needs at least 2")
         if self.validation.every_n_steps is not None and self.validation.every_n_steps < 1:
-            raise ConfigError(f"{where}.validation.every_n_steps: must be >= 1 or null")
+            raise ConfigError.at(where, "validation.every_n_steps", "must be >= 1 or null")
         if self.trainer.max_steps < 1:
-            raise ConfigError(f"{where}.trainer.max_steps: must be >= 1")
+            raise ConfigError.at(where, "trainer.max_steps", "must be >= 1")
         if self.loss.name == "siglip" and not self.model.logit_bias:
             self.model.logit_bias = True
