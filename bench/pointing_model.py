@@ -149,7 +149,7 @@ def build(work: Path, out: Path) -> None:
     from medalign.models.dual import DualEncoder
     from medalign.prep.report_text import split_sentences
     from medalign.prep.vocab import load_vocabulary
-    from medalign.train.pretrain import export_model, write_validation_thresholds
+    from medalign.train.export import export_model, write_validation_files
 
     run = lambda *args: subprocess.run(MEDALIGN + list(args), check=True, cwd=ROOT)  # noqa: E731
     run("synth", "--out", str(work / "raw"), "--studies", "300", "--seed", "0")
@@ -167,7 +167,7 @@ def build(work: Path, out: Path) -> None:
     shutil.rmtree(out, ignore_errors=True)
     export_model(teacher, work / "teacher" / "dataset_files", out)
     val = read_manifest(work / "ds").subset("val").studies()
-    write_validation_thresholds(teacher, val, work / "ds", out)
+    write_validation_files(teacher, val, work / "ds", out)
 
 
 def to_float16(model_dir: Path) -> None:

@@ -6,6 +6,8 @@ unknown; the last two are left out of the finding they belong to.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -46,6 +48,30 @@ def validation_thresholds(scores: np.ndarray, truth: np.ndarray, names: list[str
         else:
             notes[name] = f"the validation split has {'no positive' if y.sum() == 0 else 'no negative'} for this finding: no threshold"
     return thresholds, notes
+
+
+def bootstrap_auroc_ci(y: np.ndarray, s: np.ndarray, n: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile bootstrap interval of the AUROC, resampling studies (one-class resamples skipped).
+
+    All ``n`` resamples at once: each resample's AUROC is the Mann-Whitney statistic
+    ``(sum of the positives' ranks - P(P+1)/2) / (P * N)`` with tied scores given their mean rank,
+    which is what ``sklearn.metrics.roc_auc_score`` computes."""
+    from scipy.stats import rankdata
+
+    y, s = np.asarray(y).astype(bool), np.asarray(s, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(y), (n, len(y)))
+    pos = y[idx]
+    n_pos = pos.sum(1)
+    n_neg = len(y) - n_pos
+    keep = (n_pos > 0) & (n_neg > 0)
+    if not keep.any():
+        return math.nan, math.nan
+    ranks = rankdata(s[idx[keep]], axis=1)
+    p, q = n_pos[keep].astype(np.float64), n_neg[keep].astype(np.float64)
+    values = ((ranks * pos[keep]).sum(1) - p * (p + 1) / 2) / (p * q)
+    lo, hi = np.percentile(values, [2.5, 97.5])
+    return float(lo), float(hi)
 
 
 def finding_aurocs(scores: np.ndarray, truth: np.ndarray) -> list[float | None]:

@@ -7,6 +7,9 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# progress lines at their 30 s default would interleave with the one-line errors tests read, as the
+# suite's pace varies; the tests of progress itself pass --progress-interval
+os.environ["MEDALIGN_PROGRESS_INTERVAL"] = "3600"
 
 import csv  # noqa: E402
 import gc  # noqa: E402
@@ -52,6 +55,38 @@ def trained_run(prepared_ct, tmp_path_factory) -> Path:
         "data.batch_size=8", "model.image.options.widen_factor=0.25", "optim.warmup_steps=2", "trainer.log_every_n_steps=1",
     ])
     assert code == 0
+    return run
+
+
+# a small, fast and deterministic pretraining run: every resume test compares against the same reference
+TINY_TRAIN = ["data.batch_size=8", "model.image.options.widen_factor=0.25", "optim.warmup_steps=2", "optim.lr=3e-4",
+              "trainer.log_every_n_steps=1", "trainer.deterministic=true", "data.crop_scale=0.9", "data.flip_axes=[0]",
+              "data.intensity_on=device"]
+REFERENCE_STEPS = 18
+
+
+def losses_by_step(run: Path) -> dict[int, float]:
+    """Training loss per step from ``RUN/logs/metrics.csv`` (the last row wins: a resumed run logs its steps again)."""
+    return {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(open(run / "logs" / "metrics.csv")) if r.get("train/loss")}
+
+
+def step_of(ckpt: Path) -> int:
+    """The optimizer step a Lightning checkpoint holds."""
+    import torch
+
+    return int(torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"])
+
+
+@pytest.fixture(scope="session")
+def reference_run(prepared_ct, tmp_path_factory) -> Path:
+    """``TINY_TRAIN`` for ``REFERENCE_STEPS`` steps uninterrupted: what a stopped and resumed run must equal."""
+    import subprocess
+
+    run = tmp_path_factory.mktemp("reference") / "run"
+    res = subprocess.run([sys.executable, "-m", "medalign.cli.main", "pretrain", "--data", str(prepared_ct), "--out", str(run),
+                          "--config", "demo_ct", "--max-steps", str(REFERENCE_STEPS), "--checkpoint-every", "1000", *TINY_TRAIN],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
     return run
 
 

@@ -168,7 +168,7 @@ def test_usage_errors_exit_2_with_one_line(argv, needle):
 
 def test_user_errors_inside_commands_exit_2(prepared_ct, tmp_path):
     res = subprocess.run(MEDALIGN + ["pretrain", "--data", str(prepared_ct), "--out", str(tmp_path / "r"), "optim.lrr=1"], capture_output=True, text=True)
-    assert res.returncode == 2 and "unknown key 'lrr'" in res.stderr and "Traceback" not in res.stderr
+    assert res.returncode == 2 and "command line: optim.lrr=1: unknown key 'optim.lrr'" in res.stderr and "Traceback" not in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
     res = subprocess.run(MEDALIGN + ["zeroshot", "--checkpoint", str(tmp_path), "--data", str(prepared_ct), "--out", str(tmp_path / "z")], capture_output=True, text=True)
     assert res.returncode == 2 and "not a run folder" in res.stderr
@@ -249,18 +249,30 @@ def test_demo_runs_every_stage_and_prints_the_summary(tmp_path):
     assert len(list((out / "raw" / "images").iterdir())) == 30
 
 
-def test_export_writes_the_checkpoints_weights(trained_run, tmp_path):
-    """``medalign export RUN`` rebuilds the model folder from last.ckpt: the same tensors as the end-of-run export."""
+def test_export_writes_the_checkpoints_weights(trained_run, tmp_path, capsys):
+    """``medalign export RUN`` rebuilds the model folder from last.ckpt: the same tensors, thresholds and
+    card as the end-of-run export; an export already in the folder is kept unless --overwrite."""
     from safetensors.torch import load_file
 
     out = tmp_path / "exported"
-    res = subprocess.run(MEDALIGN + ["export", str(trained_run), "--out", str(out)], capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr
+    assert cli(["export", str(trained_run), "--out", str(out)]) == 0
     a, b = load_file(str(trained_run / "model" / "model.safetensors")), load_file(str(out / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert (out / "prep_config.yaml").is_file() and (out / "vocab.yaml").is_file() and (out / "text" / "config.json").is_file()
-    res = subprocess.run(MEDALIGN + ["export", str(trained_run), "--checkpoint", "best"], capture_output=True, text=True)
-    assert res.returncode == 2 and "best.ckpt: no such checkpoint" in res.stderr
+    # the dataset run.json names is found again: the same operating points, fitted on the same val split
+    mine, theirs = (json.loads((f / "thresholds.json").read_text())["thresholds"] for f in (out, trained_run / "model"))
+    assert mine and mine == theirs
+    assert (out / "MODEL_CARD.md").read_text().startswith("# Model card: medalign CT dual encoder")
+    capsys.readouterr()
+    kept = (out / "model.safetensors").stat().st_mtime_ns
+    assert cli(["export", str(trained_run), "--out", str(out)]) == 2
+    assert f"{out}: already holds an exported model; nothing was changed" in capsys.readouterr().err
+    assert (out / "model.safetensors").stat().st_mtime_ns == kept
+    assert cli(["export", str(trained_run), "--out", str(out), "--overwrite"]) == 0
+    assert cli(["export", str(trained_run)]) == 2  # RUN/model holds the end-of-run export
+    capsys.readouterr()
+    assert cli(["export", str(trained_run), "--checkpoint", "best"]) == 2
+    assert "best.ckpt: no such checkpoint: no best checkpoint is chosen without validation (validation.every_n_steps is not set)" in capsys.readouterr().err
 
 
 def test_retrieve_html_is_a_self_contained_page(trained_run, prepared_ct, phantom_ct, tmp_path):

@@ -65,6 +65,13 @@ def test_finetune_killed_then_resumed_equals_uninterrupted(trained_run, prepared
     res = subprocess.run(_argv(trained_run, prepared_ct, phantom_ct, tmp_path / "never", "--resume"), capture_output=True, text=True)
     assert res.returncode == 2 and "nothing to resume" in res.stderr
 
+    # the same command into the finished run changes nothing
+    kept = {p.name: p.stat().st_mtime_ns for p in whole.iterdir() if p.is_file()}
+    res = subprocess.run(_argv(trained_run, prepared_ct, phantom_ct, whole), capture_output=True, text=True)
+    assert res.returncode == 2 and f"{whole}: already holds a fine-tuning run (checkpoints/last.ckpt at step" in res.stderr
+    assert "an exported model" in res.stderr and "--overwrite" in res.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in whole.iterdir() if p.is_file()} == kept
+
 
 def test_finetune_runs_data_parallel_on_two_cpu_processes(trained_run, prepared_ct, phantom_ct, tmp_path):
     """Lightning DDP on 2 CPU ranks: validation gathers both ranks' rows, rank 0 alone evaluates and writes."""

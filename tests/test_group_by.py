@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pydicom
-from conftest import REAL_CT_CONFIG, by_position, copy_real_series
+import pytest
+from conftest import REAL_CT_CONFIG, by_position, copy_real_series, write_reports
 
 from medalign.cli.main import main as cli
 from medalign.io.dicom_groups import group_dicom_files
@@ -207,3 +208,55 @@ def test_identity_read_agrees_with_pydicom_on_its_test_files():
     results = {p.name: (ours(p), reference(p)) for p in files}
     assert sum(r[1] not in (None, "error") for r in results.values()) > 50
     assert {name: r for name, r in results.items() if r[0] != r[1]} == {}
+
+
+def test_labels_keyed_by_accession_carry_through_label_prep_and_the_tasks(tmp_path, capsys):
+    """``label`` on an accession-keyed RIS export writes ``accession_number``; ``prep --labels`` takes that
+    file for a ``--group-by accession --hash-ids`` dataset, and so does the tasks' labels reader
+    (probe, zeroshot, finetune, retrieval-eval) given the same key; without it, one line says why."""
+    from medalign.data.manifest import read_manifest
+    from medalign.errors import InputError
+    from medalign.tasks.zeroshot import read_label_csv
+
+    dump = tmp_path / "dump"
+    texts = {"RAD-1": "Right pleural effusion.", "RAD-2": "No pleural effusion.", "RAD-3": "Small left pleural effusion."}
+    for n, accession in enumerate(texts):
+        copy_real_series(dump, new_study=True, accession=accession, prefix=f"x{n}_", hu_offset=100 * n)
+    _ris_export(tmp_path / "ris.csv", texts)
+    assert cli(["label", "--reports", str(tmp_path / "ris.csv"), "--out", str(tmp_path / "labels.csv")]) == 0
+    labels = list(csv.DictReader(open(tmp_path / "labels.csv", encoding="utf-8")))
+    assert [r["accession_number"] for r in labels] == list(texts) and [r["pleural effusion"] for r in labels] == ["1", "0", "1"]
+    (tmp_path / "key").write_bytes(b"0123456789abcdef-secret")
+    code, out = _prep(tmp_path, dump, tmp_path / "ris.csv", "--group-by", "accession", "--hash-ids", str(tmp_path / "key"),
+                      "--labels", str(tmp_path / "labels.csv"))
+    said = capsys.readouterr()
+    assert code == 0, said.err
+    assert "given labels: 3 of 3 studies labelled by the labels file" in (out / "prep.log").read_text()
+    # the splits are said, and what an empty one means for the commands that follow
+    import re
+
+    counts = {k: int(v) for k, v in re.findall(r"(train|val|test) (\d+)", said.out.split("prep: studies per split: ")[1].splitlines()[0])}
+    assert sum(counts.values()) == 3
+    assert ("note: the test split is empty" in said.err) == (counts["test"] == 0)
+    assert ("note: the val split has" in said.err) == (counts["val"] < 2)
+    manifest = read_manifest(out)
+    ids = manifest.columns["study_id"]
+    truth = read_label_csv(tmp_path / "labels.csv", ids, ["pleural effusion"], (tmp_path / "key").read_bytes().strip())
+    effusion = {sid: manifest.columns["pleural effusion"][i] for i, sid in enumerate(ids)}
+    assert [truth[i, 0] for i in range(len(ids))] == [effusion[sid] for sid in ids] and sorted(truth[:, 0]) == [0, 1, 1]
+    with pytest.raises(InputError, match="none of its 3 accession_number values names one of the 3 studies .*pass the --hash-ids KEYFILE"):
+        read_label_csv(tmp_path / "labels.csv", ids, ["pleural effusion"])
+
+
+def test_loose_dicom_files_in_folder_mode_are_not_dropped_without_a_word(tmp_path, capsys):
+    """Folder mode: study sub-folders, plus a series lying loose beside them (a PACS dump's habit): one
+    line naming the count and --group-by, instead of "1 studies" from the folders alone."""
+    copy_real_series(tmp_path / "images" / "s1", accession="A1")
+    copy_real_series(tmp_path / "images", new_study=True)
+    (tmp_path / "images" / "notes.txt").write_text("export notes")
+    write_reports(tmp_path / "r.csv", ["s1"])
+    code, out = _prep(tmp_path, tmp_path / "images", tmp_path / "r.csv")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert "5 DICOM files lie directly in the images folder" in err[0] and "--group-by study_uid" in err[0]
+    assert not (out / "manifest.parquet").exists()

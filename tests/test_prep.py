@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -16,6 +18,7 @@ from nibabel.testing import data_path
 
 from medalign.cli.main import main as cli
 from medalign.data.dataset import as_unit_array
+from medalign.errors import InputError
 from medalign.prep.build import assign_split
 
 
@@ -173,3 +176,30 @@ def test_shards_then_merge_equal_one_run(phantom_ct, prepared_ct, tmp_path):
     for r in merged:
         assert r == by_id[r["study_id"]]
         assert np.array_equal(np.load(out / r["volume"]), np.load(prepared_ct / r["volume"]))
+
+
+@pytest.mark.parametrize("delimiter, encoding", [(";", "cp1252"), ("\t", "utf-8-sig"), (",", "utf-8"), ("|", "utf-8")])
+def test_reports_as_hospitals_export_them(tmp_path, delimiter, encoding):
+    """European Excel's semicolons, tab-separated and pipe exports, a byte-order mark or Windows-1252, and
+    the source system's own column names (--columns): the same reports come out."""
+    from medalign.io.reports import read_reports
+    from medalign.io.tables import parse_columns
+
+    path = tmp_path / "export.csv"
+    rows = [["AccNo", "Befund", "Set"], ["A1", "Kein Pleuraerguss; Herz normal, 3,5 cm Rundherd.", "train"], ["A2", "Ödem der Lunge.", "test"]]
+    path.write_bytes("\r\n".join(delimiter.join(f'"{v}"' if delimiter in v or ";" in v or "," in v else v for v in r) for r in rows)
+                     .encode(encoding))
+    reports, problems, key = read_reports(path, parse_columns("id=AccNo, text=Befund, split=Set"))
+    assert key == "study_id" and not problems
+    assert reports == {"A1": {"report": "Kein Pleuraerguss; Herz normal, 3,5 cm Rundherd.", "split": "train"},
+                       "A2": {"report": "Ödem der Lunge.", "split": "test"}}
+    with pytest.raises(InputError, match=r"no column 'Report' \(for report\); found: AccNo, Befund, Set"):
+        read_reports(path, parse_columns("id=AccNo,report=Report"))
+    with pytest.raises(InputError, match="name yours with --columns"):
+        read_reports(path)
+
+
+def test_columns_option_is_checked_on_the_command_line(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "medalign.cli.main", "label", "--reports", __file__, "--out", str(tmp_path / "l.csv"),
+                          "--columns", "patient=PID"], capture_output=True, text=True)
+    assert res.returncode == 2 and "unknown role 'patient' (roles: id, accession, report (or text), split)" in res.stderr

@@ -56,6 +56,7 @@ def run_demo(out: Path, modality: str = "ct", studies: int | None = None, max_st
         ("phantom DICOM + reports", raw, f"{studies} studies"),
         ("dataset (manifest.parquet)", data, f"{timings['prep']:.0f} s"),
         ("exported model", run / "model", f"{timings['pretrain']:.0f} s"),
+        ("its model card", run / "model" / "MODEL_CARD.md", "use, data, validation CIs, thresholds, limits"),
         ("zero-shot metrics + ROC", zs / "metrics.json", f"macro AUROC {metrics['macro_auroc']:.3f}"),
         ("retrieval index + metrics", ret_eval / "metrics.json", f"study->study mAP@10 {s2s['map@10']:.2f} (chance {s2s['chance_map@10']:.2f})"),
         ("similar cases (study)", ret_study / "montage.png", ""),

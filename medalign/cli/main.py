@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from medalign.errors import MedalignError, StorageError
+from medalign.errors import EXIT_PREEMPTED, MedalignError, Preempted, StorageError
 
 EXIT_USER_ERROR = 2
 
@@ -63,10 +63,32 @@ def _one_writer(folder: Path, name: str):
     only: the other ranks of a multi-process run write under its lock."""
     from contextlib import nullcontext
 
-    from medalign.io.lock import output_lock
+    from medalign.io.lock import is_launching_process, output_lock
 
-    ranks = [os.environ.get(k, "0") for k in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")]
-    return output_lock(folder, name) if all(r == "0" for r in ranks) else nullcontext()
+    return output_lock(folder, name) if is_launching_process() else nullcontext()
+
+
+def _refuse_trained_folder(folder: Path, what: str, resume_hint: str | None, overwrite: bool) -> None:
+    """A training command's ``--out`` holding a trained run stops it: exit 2, nothing touched (see
+    :func:`medalign.train.run_folder.refuse_trained_folder`). Only rank 0 decides: the other ranks
+    start after it has written into the folder."""
+    from medalign.io.lock import is_launching_process
+    from medalign.train.run_folder import refuse_trained_folder
+
+    if is_launching_process():
+        refuse_trained_folder(folder, what, resume_hint, overwrite)
+
+
+def _new_training_folder(folder: Path, what: str, resume_hint: str, overwrite: bool) -> None:
+    """Under the folder's lock: refused as :func:`_refuse_trained_folder` says (another run may have
+    finished since), or emptied of the earlier run with ``--overwrite``."""
+    from medalign.io.lock import is_launching_process
+    from medalign.train.run_folder import clear_run, describe_trained
+
+    _refuse_trained_folder(folder, what, resume_hint, overwrite)
+    if overwrite and is_launching_process() and folder.is_dir() and describe_trained(folder) is not None:
+        print(f"{folder}: --overwrite: removing the earlier run's checkpoints, exports, logs and records", file=sys.stderr)
+        clear_run(folder)
 
 
 def cmd_synth(a: argparse.Namespace) -> int:
@@ -136,6 +158,25 @@ def default_prep_preset(images: Path) -> tuple[str, str]:
     return "chest_ct", "no DICOM found (NIfTI)"
 
 
+def _positive_seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value}: expected seconds, e.g. 30") from None
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"{value}: must be above 0")
+    return seconds
+
+
+def _columns(value: str) -> dict[str, str]:
+    from medalign.io.tables import parse_columns
+
+    try:
+        return parse_columns(value)
+    except MedalignError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix(f"--columns {value}: ")) from None
+
+
 def _shard(value: str) -> tuple[int, int]:
     try:
         i, n = (int(v) for v in value.split("/"))
@@ -172,20 +213,25 @@ def cmd_prep(a: argparse.Namespace) -> int:
         given = read_given_labels(a.labels, vocab)  # a column naming no finding stops here, before any work
     key = None
     if a.hash_ids is not None:
-        key = a.hash_ids.read_bytes().strip()
-        if len(key) < 16:
-            raise MedalignError(f"--hash-ids {a.hash_ids}: the key must hold at least 16 bytes of secret")
+        from medalign.prep.deid import read_key
+
+        key = read_key(a.hash_ids)
     if a.group_by != "folder" and key is None:
         print(f"prep: study ids are the {'StudyInstanceUIDs' if a.group_by == 'study_uid' else 'AccessionNumbers'} of the "
               "studies; --hash-ids KEYFILE writes keyed pseudonyms instead")
     lock = "prep" if a.shard is None else f"prep.shard-{a.shard[0]}-of-{a.shard[1]}"  # shards share a folder on purpose
     with _one_writer(a.out, lock):
         s = prepare_dataset(a.images, a.reports, a.out, vocab, config, workers=a.workers, shard=a.shard, id_key=key,
-                            given_labels=given, group_by=a.group_by)
+                            given_labels=given, group_by=a.group_by, columns=a.columns)
     reasons = "; ".join(f"{k}: {v}" for k, v in s.reasons.items())
     orphans = f", {s.reports_without_images} reports without images" if s.reports_without_images else ""
     print(f"prep (preset {Path(preset).stem}): {s.done} prepared, {s.skipped} already done, {s.failed} failed"
           f"{' (' + reasons + ')' if reasons else ''}{orphans} -> {s.out}")
+    print("prep: studies per split: " + ", ".join(f"{k} {v}" for k, v in s.splits.items())
+          + (f" (shard {a.shard[0]} of {a.shard[1]})" if a.shard else ""))
+    if a.shard is None:
+        for note in s.split_notes():
+            print(f"note: {note}", file=sys.stderr)
     if s.failed:
         print(f"failures are listed in {s.out / 'errors.jsonl'}", file=sys.stderr)
     return s.exit_code
@@ -202,7 +248,7 @@ def cmd_label(a: argparse.Namespace) -> int:
     from medalign.prep.vocab import load_vocabulary
 
     vocab = load_vocabulary(a.vocab or "chest_ct")
-    reports, problems, key_column = read_reports(a.reports)
+    reports, problems, key_column = read_reports(a.reports, a.columns)
     for p in problems:
         print(f"warning: {p}", file=sys.stderr)
     labeler = ReportLabeler(vocab)
@@ -254,11 +300,11 @@ def _pretrain_config(a: argparse.Namespace):
         overrides.append(f"trainer.checkpoint_every={a.checkpoint_every}")
     if a.device is not None:
         overrides.append(f"trainer.accelerator={'gpu' if a.device.startswith('cuda') else a.device}")
-    return load_config(PretrainConfig, name, "pretrain", overrides)
+    return load_config(PretrainConfig, name, "pretrain", overrides), (str(a.config) if a.config else name)
 
 
 def cmd_pretrain(a: argparse.Namespace) -> int:
-    config = _pretrain_config(a)
+    config, preset = _pretrain_config(a)
     if a.print_config:
         import yaml
 
@@ -270,18 +316,32 @@ def cmd_pretrain(a: argparse.Namespace) -> int:
 
     if (a.out is None) == (a.resume is None):
         raise MedalignError("pretrain: give --out RUN for a new run or --resume RUN to continue one")
+    if a.resume is not None and a.overwrite:
+        raise MedalignError("pretrain: --overwrite replaces a run, --resume continues one: choose one")
     run = a.resume if a.resume is not None else a.out
+    if a.resume is None:
+        _refuse_trained_folder(run, "a pretraining run", f"--resume {run}", a.overwrite)  # before the lock: no lock file either
     with _one_writer(run, "pretrain"):
-        export = pretrain(a.data, run, config, progress=sys.stderr.isatty(), resume=a.resume is not None)
+        if a.resume is None:
+            _new_training_folder(run, "a pretraining run", f"--resume {run}", a.overwrite)
+        export = pretrain(a.data, run, config, resume=a.resume is not None, preset=preset, command=a.command_line)
     if export is not None:  # every rank runs this command; rank 0 reports
         print(f"pretrain: model exported to {export}")
     return 0
 
 
 def cmd_export(a: argparse.Namespace) -> int:
-    from medalign.train.pretrain import export_checkpoint
+    from medalign.train.export import export_checkpoint
 
-    print(f"export: model written to {export_checkpoint(a.run, a.checkpoint, a.out)}")
+    from medalign.train.export import export_folder
+
+    _refuse_trained_folder(export_folder(a.run, a.checkpoint, a.out), "an exported model", None, a.overwrite)  # before any lock file
+    # the default folder is inside the run: a training run writing there holds the lock
+    with _one_writer(a.run, "pretrain") if a.out is None else _one_writer(a.out, "export"):
+        folder, notes = export_checkpoint(a.run, a.checkpoint, a.out, a.data, a.overwrite)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"export: model written to {folder} (model card: {folder / 'MODEL_CARD.md'})")
     return 0
 
 
@@ -293,10 +353,17 @@ def cmd_embed(a: argparse.Namespace) -> int:
     return 0
 
 
+def _key(a: argparse.Namespace) -> bytes | None:
+    """The ``--hash-ids`` secret a labels file's ids are pseudonymised with, as prep did the dataset's."""
+    from medalign.prep.deid import read_key
+
+    return read_key(a.hash_ids) if getattr(a, "hash_ids", None) is not None else None
+
+
 def cmd_probe(a: argparse.Namespace) -> int:
     from medalign.tasks.probe import probe_dataset
 
-    r = probe_dataset(a.checkpoint, a.data, a.out, a.labels, a.fractions, a.seeds, a.device, a.supervised_epochs)
+    r = probe_dataset(a.checkpoint, a.data, a.out, a.labels, a.fractions, a.seeds, a.device, a.supervised_epochs, _key(a))
     for f in r["fractions"]:
         p, b = r["pretrained"][str(f)]["macro_auroc"], r["random_init"][str(f)]["macro_auroc"]
         scratch = r.get("supervised_from_scratch", {}).get(str(f))
@@ -309,9 +376,16 @@ def cmd_probe(a: argparse.Namespace) -> int:
 def cmd_finetune(a: argparse.Namespace) -> int:
     from medalign.tasks.finetune import finetune
 
-    r = finetune(a.checkpoint, a.data, a.out, a.labels, a.epochs, a.batch_size, a.lr, a.from_scratch, a.device, a.seed,
-                 devices=a.devices, num_nodes=a.num_nodes, strategy=a.strategy, precision=a.precision, num_workers=a.workers,
-                 resume=a.resume, progress=sys.stderr.isatty())
+    if a.resume and a.overwrite:
+        raise MedalignError("finetune: --overwrite replaces a run, --resume continues one: choose one")
+    if not a.resume:
+        _refuse_trained_folder(a.out, "a fine-tuning run", "--resume", a.overwrite)  # before the lock: no lock file either
+    with _one_writer(a.out, "finetune"):
+        if not a.resume:
+            _new_training_folder(a.out, "a fine-tuning run", "--resume", a.overwrite)
+        r = finetune(a.checkpoint, a.data, a.out, a.labels, a.epochs, a.batch_size, a.lr, a.from_scratch, a.device, a.seed,
+                     devices=a.devices, num_nodes=a.num_nodes, strategy=a.strategy, precision=a.precision, num_workers=a.workers,
+                     resume=a.resume, progress=True, command=a.command_line, id_key=_key(a))
     if r is None:  # every rank runs this command; rank 0 reports
         return 0
     start = "random init" if a.from_scratch else "pretrained encoder"
@@ -339,7 +413,7 @@ def cmd_zeroshot(a: argparse.Namespace) -> int:
         return 0
     if a.data is None or a.out is None:
         raise MedalignError("zeroshot: give --study PATH, or --data DATASET with --out DIR")
-    metrics = zeroshot_dataset(a.checkpoint, a.data, a.out, a.vocab, a.labels, a.split, a.device)
+    metrics = zeroshot_dataset(a.checkpoint, a.data, a.out, a.vocab, a.labels, a.split, a.device, _key(a))
     print(f"zeroshot: macro AUROC {metrics['macro_auroc']:.3f} over {metrics['n_findings_evaluated']} findings on {metrics['n_studies']} {a.split} studies -> {a.out}")
     return 0
 
@@ -369,7 +443,7 @@ def cmd_retrieve(a: argparse.Namespace) -> int:
 def cmd_retrieval_eval(a: argparse.Namespace) -> int:
     from medalign.tasks.retrieval_eval import evaluate_retrieval
 
-    m = evaluate_retrieval(a.index, a.data, a.out, a.split, a.labels)
+    m = evaluate_retrieval(a.index, a.data, a.out, a.split, a.labels, _key(a))
     r, s2s = m["report_to_study"], m["study_to_study"]
     print(f"retrieval-eval ({m['n_studies']} {a.split} studies): report->study R@5 {r['recall@5']:.3f} (chance {r['chance@5']:.3f}), "
           f"study->report R@5 {m['study_to_report']['recall@5']:.3f}, study->study mAP@10 {s2s['map@10']:.3f} "
@@ -399,8 +473,13 @@ def _model_data_out(s: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="medalign", description="3D medical vision-language pretraining, zero-shot diagnosis and case retrieval.")
-    p.add_argument("--version", action="version", version="medalign 0.1.0")
+    from medalign import __version__
+
+    p.add_argument("--version", action="version", version=f"medalign {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    progress = argparse.ArgumentParser(add_help=False)  # every long command: its progress lines' pace
+    progress.add_argument("--progress-interval", type=_positive_seconds, default=None, metavar="SECONDS",
+                          help="when output is not a terminal, a progress line every SECONDS (default 30)")
 
     s = sub.add_parser("synth", help="write a phantom DICOM data set with reports")
     s.add_argument("--out", type=Path, required=True)
@@ -414,9 +493,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("output", type=Path, metavar="OUT.nii.gz")
     s.set_defaults(func=cmd_convert)
 
-    s = sub.add_parser("prep", help="DICOM/NIfTI studies + reports -> dataset")
+    s = sub.add_parser("prep", parents=[progress], help="DICOM/NIfTI studies + reports -> dataset")
     s.add_argument("--images", type=_existing_dir, help="one sub-folder (or NAME.nii[.gz]) per study; any DICOM tree with --group-by")
-    s.add_argument("--reports", type=_existing_file, help="CSV or JSONL with study_id (or accession_number), report [, split]")
+    s.add_argument("--reports", type=_existing_file, help="CSV (, ; tab or | between fields; UTF-8 or cp1252) or JSONL with study_id (or accession_number), report [, split]; other names: --columns")
+    s.add_argument("--columns", type=_columns, default=None, metavar="ROLE=COLUMN,...",
+                   help="the reports file's own column names: id, accession, report (or text), split, e.g. id=AccNo,report=ReportText")
     s.add_argument("--group-by", choices=("folder", "study_uid", "accession"), default="folder",
                    help="what makes a study: a sub-folder of --images (default), or the files' StudyInstanceUID or AccessionNumber")
     s.add_argument("--out", type=Path, required=True)
@@ -433,6 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("label", help="finding labels (1/0/-1/empty) parsed from reports")
     s.add_argument("--reports", type=_existing_file, required=True)
+    s.add_argument("--columns", type=_columns, default=None, metavar="ROLE=COLUMN,...", help="as prep's --columns")
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--vocab", default=None)
     s.add_argument("--audit", type=Path, default=None, metavar="DIR",
@@ -440,14 +522,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--audit-samples", type=int, default=10, metavar="N", help="sentences shown per finding and class (default 10)")
     s.set_defaults(func=cmd_label)
 
-    s = sub.add_parser("embed", help="cache a dataset's study and report embeddings (computed once per model and dataset)")
+    s = sub.add_parser("embed", parents=[progress], help="cache a dataset's study and report embeddings (computed once per model and dataset)")
     _model_data_out(s)
     s.add_argument("--device", default="auto")
     s.set_defaults(func=cmd_embed)
 
-    s = sub.add_parser("probe", help="linear probes on frozen embeddings at several label fractions, against random init")
+    s = sub.add_parser("probe", parents=[progress], help="linear probes on frozen embeddings at several label fractions, against random init")
     _model_data_out(s)
-    s.add_argument("--labels", type=_existing_path, default=None, help="CSV: study_id + one 0/1 column per finding (default: labels parsed from reports)")
+    s.add_argument("--labels", type=_existing_path, default=None, help="CSV: study_id (or accession_number, VolumeName) + one 0/1 column per finding (default: labels parsed from reports)")
+    s.add_argument("--hash-ids", type=_existing_file, default=None, metavar="KEYFILE",
+                   help="the key the dataset was prepared with (prep --hash-ids): the labels file's ids are pseudonymised alike")
     s.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.1, 1.0])
     s.add_argument("--seeds", type=int, default=3, help="subsamples per fraction (averaged)")
     s.add_argument("--supervised-epochs", type=int, default=0, metavar="N",
@@ -455,9 +539,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto")
     s.set_defaults(func=cmd_probe)
 
-    s = sub.add_parser("finetune", help="train the image encoder and a linear head on finding labels, end to end")
+    s = sub.add_parser("finetune", parents=[progress], help="train the image encoder and a linear head on finding labels, end to end")
     _model_data_out(s)
-    s.add_argument("--labels", type=_existing_path, default=None, help="CSV: study_id + one 0/1 column per finding (default: parsed labels)")
+    s.add_argument("--labels", type=_existing_path, default=None, help="CSV: study_id (or accession_number, VolumeName) + one 0/1 column per finding (default: parsed labels)")
+    s.add_argument("--hash-ids", type=_existing_file, default=None, metavar="KEYFILE",
+                   help="the key the dataset was prepared with (prep --hash-ids): the labels file's ids are pseudonymised alike")
     s.add_argument("--epochs", type=int, default=5)
     s.add_argument("--batch-size", type=int, default=16)
     s.add_argument("--lr", type=float, default=3e-4)
@@ -470,18 +556,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--precision", default="auto", help="auto (bf16-mixed on GPU, 32-true on CPU), 32-true, bf16-mixed, 16-mixed")
     s.add_argument("--workers", type=int, default=0, help="data-loader worker processes per device")
     s.add_argument("--resume", action="store_true", help="continue OUT from OUT/checkpoints/last.ckpt")
+    s.add_argument("--overwrite", action="store_true", help="replace a fine-tuning run already in OUT")
     s.set_defaults(func=cmd_finetune)
 
-    s = sub.add_parser("export", help="export a run's checkpoint as a self-contained model folder")
+    s = sub.add_parser("export", help="export a run's checkpoint as a self-contained model folder with its model card")
     s.add_argument("run", type=_existing_dir, metavar="RUN")
     s.add_argument("--checkpoint", default="last", help="last (default), best, or another name under RUN/checkpoints")
     s.add_argument("--out", type=Path, default=None, help="default: RUN/model (last) or RUN/model_<name>")
+    s.add_argument("--data", type=_existing_dir, default=None,
+                   help="the training dataset, for thresholds and validation figures (default: the one RUN/run.json names)")
+    s.add_argument("--overwrite", action="store_true", help="replace an export already in the folder")
     s.set_defaults(func=cmd_export)
 
-    s = sub.add_parser("pretrain", help="contrastive pretraining (Lightning)")
+    s = sub.add_parser("pretrain", parents=[progress], help="contrastive pretraining (Lightning)")
     s.add_argument("--data", type=_existing_dir, required=True)
     s.add_argument("--out", type=Path, default=None, help="new run folder")
     s.add_argument("--resume", type=_existing_dir, default=None, metavar="RUN", help="continue RUN from checkpoints/last.ckpt")
+    s.add_argument("--overwrite", action="store_true", help="with --out: replace a trained run already in the folder")
     s.add_argument("--checkpoint-every", type=int, default=None, metavar="K", help="keep checkpoints/last.ckpt current every K steps")
     s.add_argument("--config", default=None, help="pretrain YAML or preset (default: demo_<modality of the dataset>)")
     s.add_argument("--max-steps", type=int, default=None)
@@ -490,7 +581,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=3e-4")
     s.set_defaults(func=cmd_pretrain)
 
-    s = sub.add_parser("zeroshot", help="score findings from prompts alone")
+    s = sub.add_parser("zeroshot", parents=[progress], help="score findings from prompts alone")
     s.add_argument("--checkpoint", type=_existing_path, required=True, help="run folder, exported model folder or .ckpt")
     g = s.add_mutually_exclusive_group(required=True)
     g.add_argument("--data", type=_existing_dir)
@@ -499,6 +590,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with a NIfTI --study: confirms it is of the model's modality (NIfTI carries none)")
     s.add_argument("--vocab", default=None)
     s.add_argument("--labels", type=_existing_file, default=None)
+    s.add_argument("--hash-ids", type=_existing_file, default=None, metavar="KEYFILE",
+                   help="the key the dataset was prepared with (prep --hash-ids): the labels file's ids are pseudonymised alike")
     s.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
     s.add_argument("--out", type=Path, default=None)
     s.add_argument("--explain", type=Path, default=None, metavar="DIR",
@@ -509,7 +602,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto")
     s.set_defaults(func=cmd_zeroshot)
 
-    s = sub.add_parser("index", help="embed a dataset's studies and reports for retrieval")
+    s = sub.add_parser("index", parents=[progress], help="embed a dataset's studies and reports for retrieval")
     _model_data_out(s)
     s.add_argument("--split", default="all", choices=["train", "val", "test", "all"])
     s.add_argument("--device", default="auto")
@@ -543,10 +636,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", type=_existing_dir, required=True)
     s.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
     s.add_argument("--labels", type=_existing_file, default=None, help="ground truth CSV (default: labels parsed from reports)")
+    s.add_argument("--hash-ids", type=_existing_file, default=None, metavar="KEYFILE",
+                   help="the key the dataset was prepared with (prep --hash-ids): the labels file's ids are pseudonymised alike")
     s.add_argument("--out", type=Path, required=True)
     s.set_defaults(func=cmd_retrieval_eval)
 
-    s = sub.add_parser("demo", help="synth -> prep -> pretrain -> zeroshot -> index -> retrieve on phantom data")
+    s = sub.add_parser("demo", parents=[progress], help="synth -> prep -> pretrain -> zeroshot -> index -> retrieve on phantom data")
     s.add_argument("--out", type=Path, default=Path("demo_out"))
     s.add_argument("--modality", choices=["ct", "oct"], default="ct")
     s.add_argument("--studies", type=int, default=None)
@@ -563,12 +658,20 @@ EXIT_STORAGE_ERROR = 4
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.command_line = ["medalign", *(sys.argv[1:] if argv is None else argv)]  # as typed, for run.json
     _quiet_libraries()
+    if getattr(args, "progress_interval", None) is not None:
+        from medalign.progress import set_interval
+
+        set_interval(args.progress_interval)  # also reaches the ranks and workers this command starts
     try:
         return int(args.func(args) or 0)
     except StorageError as e:
         print(f"medalign {args.command}: error: {e}", file=sys.stderr)
         return EXIT_STORAGE_ERROR
+    except Preempted as e:
+        print(f"medalign {args.command}: {e}", file=sys.stderr)
+        return EXIT_PREEMPTED
     except MedalignError as e:
         print(f"medalign {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR

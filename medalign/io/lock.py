@@ -21,6 +21,14 @@ from pathlib import Path
 from medalign.errors import BusyError
 
 
+def is_launching_process() -> bool:
+    """Whether this process is rank 0 of its job, the one a user or scheduler started first: the other
+    ranks of a multi-process run (Lightning's launcher, torchrun, SLURM's srun) run the same command
+    with a non-zero ``RANK`` / ``LOCAL_RANK`` / ``NODE_RANK`` / ``SLURM_PROCID`` and must not write
+    what rank 0 writes."""
+    return all(os.environ.get(k, "0") == "0" for k in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
+
+
 @contextmanager
 def output_lock(folder: Path, name: str) -> Iterator[Path]:
     """Hold ``folder/.medalign-<name>.lock`` for the block; :class:`BusyError` when another live

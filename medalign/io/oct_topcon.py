@@ -73,7 +73,7 @@ def load_topcon(path: Path, name: str | None = None) -> Volume:
         if not dy > 0:
             raise InputError(f"{name}: {n} B-scans but @PARAM_SCAN gives no scan height ({scan.y_dimension_mm} mm)")
     laterality = _EYE.get(int(eye.eye), "") if eye is not None else ""
-    info = {"source": "topcon-fds" if fds else "topcon-fda", "modality": "OCT", "laterality": laterality, "scan_pattern": pattern}
+    info = {"source": "topcon-fds" if fds else "topcon-fda", "manufacturer": "Topcon", "modality": "OCT", "laterality": laterality, "scan_pattern": pattern}
     if eye is None:
         notes.append("no @CAPTURE_INFO chunk: eye unknown")
     elif not laterality:

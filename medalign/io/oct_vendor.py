@@ -114,7 +114,7 @@ def load_heyex_vol(path: Path, name: str | None = None) -> Volume:
     if pattern == "circle":
         notes.append("circle scan: the lateral axis runs along the circle, unrolled")
     laterality = str(header["scan_position"]).strip().upper()[:2]
-    info = {"source": "heidelberg-vol", "modality": "OCT", "laterality": laterality if laterality in ("OD", "OS") else "",
+    info = {"source": "heidelberg-vol", "manufacturer": "Heidelberg Engineering", "modality": "OCT", "laterality": laterality if laterality in ("OD", "OS") else "",
             "scan_pattern": pattern}
     if notes:
         info["geometry_note"] = "; ".join(notes)
@@ -202,7 +202,7 @@ def load_heyex_e2e(path: Path, name: str | None = None) -> list[Volume]:
             notes.append("circle scan: the lateral axis runs along the circle, unrolled")
         stack = np.stack(bscans, axis=-1)  # (depth, A-scans, B-scans)
         array = np.ascontiguousarray(np.nan_to_num(stack, nan=0.0, posinf=0.0).transpose(1, 0, 2))
-        info = {"source": "heidelberg-e2e", "modality": "OCT", "laterality": laterality, "scan_pattern": pattern,
+        info = {"source": "heidelberg-e2e", "manufacturer": "Heidelberg Engineering", "modality": "OCT", "laterality": laterality, "scan_pattern": pattern,
                 "geometry_note": "; ".join(notes)}
         if localizer is not None and localizer.size:
             info["localizer"] = localizer

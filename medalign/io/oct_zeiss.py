@@ -80,6 +80,6 @@ def load_zeiss_img(path: Path, name: str | None = None) -> Volume:
     laterality = eyes.pop() if len(eyes) == 1 else ""
     note = (f"no header: geometry from the file name's protocol ({protocol}: {width_mm:g} x {height_mm:g} mm, "
             f"{CIRRUS_DEPTH_MM:g} mm deep, Zeiss's specification)" + ("" if laterality else "; eye not in the file name"))
-    info = {"source": "zeiss-img", "modality": "OCT", "laterality": laterality, "scan_pattern": "volume", "geometry_note": note}
+    info = {"source": "zeiss-img", "manufacturer": "Carl Zeiss Meditec", "modality": "OCT", "laterality": laterality, "scan_pattern": "volume", "geometry_note": note}
     affine = np.diag([width_mm / width, CIRRUS_DEPTH_MM / CIRRUS_DEPTH_SAMPLES, height_mm / n, 1.0])
     return Volume(array=array, affine=affine, info=info)

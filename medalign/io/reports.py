@@ -1,32 +1,23 @@
-"""Reading the reports file: CSV or JSONL with ``study_id`` (or ``accession_number``, as a RIS exports
-them) and ``report`` (optional ``split``)."""
+"""Reading the reports file: CSV (any delimiter and encoding :mod:`medalign.io.tables` reads) or
+JSONL with ``study_id`` (or ``accession_number``, as a RIS exports them) and ``report`` (optional
+``split``); other column names are mapped with ``columns`` (``--columns id=AccNo,report=ReportText``)."""
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from pathlib import Path
 
 from medalign.errors import InputError
-
-
-def decode_text(raw: bytes) -> str:
-    """Decode report bytes: UTF-8 (with or without BOM), else cp1252, else latin-1 (never fails)."""
-    for encoding in ("utf-8-sig", "cp1252"):
-        try:
-            return raw.decode(encoding)
-        except UnicodeDecodeError:
-            continue
-    return raw.decode("latin-1")
+from medalign.io.tables import decode_text, read_table
 
 
 #: the columns a reports file may key its rows by, in order of preference
 KEY_COLUMNS = ("study_id", "accession_number")
 
 
-def read_reports(path: Path) -> tuple[dict[str, dict[str, str]], list[str], str]:
+def read_reports(path: Path, columns: dict[str, str] | None = None) -> tuple[dict[str, dict[str, str]], list[str], str]:
     """Read reports keyed by study id, or by accession number when the file has no ``study_id`` column.
+    ``columns`` names the file's own columns for ``study_id``, ``accession_number``, ``report``, ``split``.
 
     Returns ``({key: {"report": str, "split": str?}}, problems, key column)`` where problems are
     one-line descriptions of rows that were dropped (duplicates, missing ids).
@@ -46,15 +37,16 @@ def read_reports(path: Path) -> tuple[dict[str, dict[str, str]], list[str], str]
                 raise InputError(f"{path}:{n}: invalid JSON ({e.msg})") from None
             if not isinstance(obj, dict):
                 raise InputError(f"{path}:{n}: expected a JSON object")
-            rows.append({k: "" if v is None else str(v) for k, v in obj.items()})
+            rename = {theirs: ours for ours, theirs in (columns or {}).items()}
+            rows.append({rename.get(k, k): "" if v is None else str(v) for k, v in obj.items()})
     else:
-        reader = csv.DictReader(io.StringIO(text))
-        if reader.fieldnames is None:
+        if not text.strip():
             raise InputError(f"{path}: empty reports file")
-        rows = [{k: (v or "") for k, v in r.items() if k is not None} for r in reader]
+        _, rows = read_table(path, columns)
     key = next((k for k in KEY_COLUMNS if rows and k in rows[0]), "study_id")
     if rows and (key not in rows[0] or "report" not in rows[0]):
-        raise InputError(f"{path}: needs columns 'study_id' (or 'accession_number') and 'report' (found: {', '.join(rows[0])})")
+        raise InputError(f"{path}: needs columns 'study_id' (or 'accession_number') and 'report' (found: {', '.join(rows[0])}); "
+                         "name yours with --columns id=COLUMN,report=COLUMN")
     out: dict[str, dict[str, str]] = {}
     problems: list[str] = []
     seen_twice: set[str] = set()

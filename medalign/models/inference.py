@@ -15,26 +15,31 @@ from medalign.prep.vocab import Vocabulary
 
 
 @torch.no_grad()
-def embed_studies(model: DualEncoder, manifest: Manifest, batch_size: int = 16) -> np.ndarray:
+def embed_studies(model: DualEncoder, manifest: Manifest, batch_size: int = 16, progress: str | None = None) -> np.ndarray:
     """``(N, D)`` float32 unit study embeddings, in manifest order. A :meth:`Manifest.studies` manifest
-    lists each study's volumes: their embeddings are averaged (and renormalised), one row per study."""
+    lists each study's volumes: their embeddings are averaged (and renormalised), one row per study.
+    ``progress``: the command's name, to report progress under (:class:`~medalign.progress.Progress`)."""
     if "volumes" in manifest.columns:
         counts = [len(v) for v in manifest.columns["volumes"]]
         if any(c > 1 for c in counts):
-            per_volume = torch.from_numpy(_embed_rows(model, manifest.volumes(), batch_size))
+            per_volume = torch.from_numpy(_embed_rows(model, manifest.volumes(), batch_size, progress))
             means = torch.stack([part.mean(0) for part in torch.split(per_volume, counts)])
             return torch.nn.functional.normalize(means, dim=-1).numpy()
-    return _embed_rows(model, manifest, batch_size)
+    return _embed_rows(model, manifest, batch_size, progress)
 
 
-def _embed_rows(model: DualEncoder, manifest: Manifest, batch_size: int) -> np.ndarray:
+def _embed_rows(model: DualEncoder, manifest: Manifest, batch_size: int, progress: str | None = None) -> np.ndarray:
     """``(N, D)``: one embedding per manifest row (its ``volume``)."""
+    from medalign.progress import Progress
+
     device = model.logit_scale.device
     ds = StudyDataset(manifest)
     out = []
-    for i in range(0, len(ds), batch_size):
-        images = torch.stack([ds[j]["image"] for j in range(i, min(i + batch_size, len(ds)))]).to(device)
-        out.append(model.encode_image(images).float().cpu())
+    with Progress(progress or "", len(ds), "volumes", enabled=progress is not None and len(ds) > 0) as bar:
+        for i in range(0, len(ds), batch_size):
+            images = torch.stack([ds[j]["image"] for j in range(i, min(i + batch_size, len(ds)))]).to(device)
+            out.append(model.encode_image(images).float().cpu())
+            bar.update(min(i + batch_size, len(ds)))
     dim = model.config.embed_dim
     return torch.cat(out).numpy() if out else np.zeros((0, dim), np.float32)
 

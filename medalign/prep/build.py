@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import hmac
 import json
 import logging
 import multiprocessing as mp
 import os
 import re
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -39,7 +37,7 @@ from medalign.io.reports import read_reports
 from medalign.prep.config import PrepConfig
 from medalign.prep.given_labels import GivenLabels, agreement_table, merge_labels
 from medalign.prep.labeler import ReportLabeler
-from medalign.prep.deid import redact_identifiers
+from medalign.prep.deid import pseudonym, redact_identifiers
 from medalign.prep.report_text import clean_report, split_sections
 from medalign.prep.vocab import Vocabulary
 
@@ -60,6 +58,20 @@ class PrepSummary:
     reports_without_images: int = 0
     #: the run's estimate of the bytes its volumes and records take (None: no fixed output size)
     bytes_needed: int | None = None
+    #: studies per split in this manifest (a shard's own, with --shard)
+    splits: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    def split_notes(self) -> list[str]:
+        """What the split counts mean for the commands that follow (an empty test or val split)."""
+        notes = []
+        if self.splits and not self.splits.get("test"):
+            notes.append("the test split is empty: zeroshot, probe, finetune and retrieval-eval score the test split; give the "
+                         "reports file a split column, or raise test_fraction in the prep preset (each split needs studies of "
+                         "both classes to score a finding)")
+        if self.splits and self.splits.get("val", 0) < 2:
+            notes.append(f"the val split has {self.splits.get('val', 0)} studies (2 or more are needed): pretraining will not "
+                         "validate, and exports get no thresholds (zeroshot --study gives scores without calls)")
+        return notes
 
     @property
     def exit_code(self) -> int:
@@ -68,11 +80,16 @@ class PrepSummary:
 
 
 def discover_studies(images: Path) -> dict[str, Path]:
-    """``{study_id: path}``: each sub-folder is a study; a bare ``NAME.nii[.gz]`` is study ``NAME``."""
+    """``{study_id: path}``: each sub-folder is a study; a bare ``NAME.nii[.gz]`` is study ``NAME``.
+    DICOM files lying loose in ``images`` belong to no study folder: they stop the run with one line
+    (never dropped without a word) suggesting ``--group-by``; other loose files (a CSV, a README) are left alone."""
+    from medalign.io.dicom import read_header
+
     images = Path(images)
     if not images.is_dir():
         raise InputError(f"{images}: images folder not found")
     studies: dict[str, Path] = {}
+    loose: list[Path] = []
     for p in sorted(images.iterdir()):
         if p.name.startswith("."):
             continue
@@ -82,6 +99,13 @@ def discover_studies(images: Path) -> dict[str, Path]:
             studies[p.stem] = p
         elif is_nifti(p):
             studies[p.name[: -len(".nii.gz")] if p.name.lower().endswith(".gz") else p.name[: -len(".nii")]] = p
+        elif p.is_file() and p.suffix.lower() not in (".csv", ".jsonl", ".json", ".txt", ".md", ".yaml", ".yml", ".log", ".xml", ".pdf"):
+            loose.append(p)
+    dicom = [p for p in loose if read_header(p) is not None]
+    if dicom:
+        raise InputError(f"{images}: {len(dicom)} DICOM file{'s' if len(dicom) > 1 else ''} lie directly in the images folder "
+                         f"(e.g. {dicom[0].name}), outside any study folder: prepare this tree with --group-by study_uid "
+                         "(or accession), which groups files by their headers, or move each study's files into a folder of its own")
     return studies
 
 
@@ -230,12 +254,6 @@ def _pseudonymise_note(note: str, names: dict[str, str]) -> str:
     return note
 
 
-def pseudonym(study_id: str, key: bytes) -> str:
-    """A pseudonymous study id: HMAC-SHA256 of the id under the user's secret ``key`` (20 hex digits).
-    The same key gives the same ids on every run; without the key they cannot be reversed or recomputed."""
-    return "s" + hmac.new(key, study_id.encode("utf-8"), hashlib.sha256).hexdigest()[:20]
-
-
 def _pseudonymise(key: bytes, studies: dict, reports: dict, problems: list[str]):
     """Study and report ids replaced by :func:`pseudonym`; messages that name an id use the pseudonym.
     Returns studies, reports, problems and ``{id: pseudonym}``."""
@@ -337,6 +355,7 @@ def _write_study(out: Path, name: str, prepared: list, study_id: str, config: Pr
             "source_shape": list(volume.array.shape),
             "source_spacing": [round(v, 4) for v in volume.spacing],
             "provenance": provenance,
+            "manufacturer": volume.info.get("manufacturer", ""),
         })
     record = {"study_id": study_id, **entries[0]}
     if len(entries) > 1:
@@ -358,7 +377,7 @@ def _unit_image(image: np.ndarray) -> np.ndarray:
 def _stop_on_refused_write(result: dict, bar) -> None:
     """A worker's refused write ends the run: one StorageError (exit 4); what was written stays, atomically."""
     if "storage_error" in result:
-        bar.close()
+        bar.close(finished=False)
         raise StorageError(result["storage_error"])
 
 
@@ -387,6 +406,7 @@ def _labels_table(rows: list[dict], vocab: Vocabulary):
         columns[key] = pa.array([r[key] for r in rows], pa.string())
     columns["series"] = pa.array([r.get("series", "") for r in rows], pa.string())
     columns["fundus"] = pa.array([r.get("fundus", "") for r in rows], pa.string())
+    columns["manufacturer"] = pa.array([r.get("manufacturer", "") for r in rows], pa.string())
     columns["shape"] = pa.array([r["shape"] for r in rows], pa.list_(pa.int32()))
     columns["spacing"] = pa.array([r["spacing"] for r in rows], pa.list_(pa.float32()))
     columns["source_spacing"] = pa.array([r["source_spacing"] for r in rows], pa.list_(pa.float32()))
@@ -485,6 +505,7 @@ def prepare_dataset(
     id_key: bytes | None = None,
     given_labels: "GivenLabels | None" = None,
     group_by: str = "folder",
+    columns: dict[str, str] | None = None,
 ) -> PrepSummary:
     """Prepare every study under ``images`` with its report into dataset folder ``out``.
 
@@ -496,16 +517,18 @@ def prepare_dataset(
     ``prep.log`` gets a per-finding agreement table between the two.
     With ``group_by`` ``study_uid`` or ``accession`` the images folder may be any tree: its DICOM files
     are grouped into studies by that key (:func:`~medalign.io.dicom_groups.group_dicom_files`), and
-    the reports file may key its rows by ``accession_number``.
+    the reports file may key its rows by ``accession_number``. ``columns`` names the reports file's own
+    columns (:func:`medalign.io.tables.parse_columns`).
     """
     with _WorkerPool(max(1, workers or config.workers)) as pool:
-        return _prepare_dataset(images, reports, Path(out), vocab, config, pool, progress, shard, id_key, given_labels, group_by)
+        return _prepare_dataset(images, reports, Path(out), vocab, config, pool, progress, shard, id_key, given_labels, group_by,
+                                columns)
 
 
 def _prepare_dataset(images: Path, reports: Path, out: Path, vocab: Vocabulary, config: PrepConfig, pool: _WorkerPool,
                      progress: bool | None, shard: tuple[int, int] | None, id_key: bytes | None,
-                     given_labels: "GivenLabels | None", group_by: str) -> PrepSummary:
-    report_rows, problems, report_key = read_reports(reports)
+                     given_labels: "GivenLabels | None", group_by: str, columns: dict[str, str] | None = None) -> PrepSummary:
+    report_rows, problems, report_key = read_reports(reports, columns)
     notes: list[str] = []
     early_errors: list[dict[str, str]] = []
     study_files: dict[str, list[Path]] = {}
@@ -567,10 +590,11 @@ def _prepare_dataset(images: Path, reports: Path, out: Path, vocab: Vocabulary, 
         if free < needed:
             raise StorageError(f"cannot write {out}: disk full: {free / 2**20:.1f} MiB free, about {needed / 2**20:.1f} MiB "
                                f"needed for {len(tasks)} studies; free space and rerun")
-    show = sys.stderr.isatty() if progress is None else progress
-    from tqdm import tqdm
+    from medalign.progress import Progress
 
-    bar = tqdm(total=len(tasks), desc="prep", unit="study", disable=not show)
+    # progress None: a bar on a terminal, lines in a log; False: nothing
+    bar = Progress("prep", len(tasks), "studies", live=progress or None, enabled=progress is not False and bool(tasks))
+    bar.start_line(f"{skipped} already prepared" if skipped else "")
     results: list[dict] = []
     for res in pool.imap(_prepare_one, tasks):
         _stop_on_refused_write(res, bar)  # leaving the pool's with-block terminates the other workers
@@ -629,11 +653,13 @@ def _prepare_dataset(images: Path, reports: Path, out: Path, vocab: Vocabulary, 
         key = _reason_category(e["reason"])
         reasons[key] = reasons.get(key, 0) + 1
         log_lines.append(f"failed {e['study_id']}: {e['reason']}")
-    log_lines.append(f"done {done}, skipped (already prepared) {skipped}, failed {len(errors)}; manifest rows {len(rows)}")
+    log_lines.append(f"done {done}, skipped (already prepared) {skipped}, failed {len(errors)}; manifest rows {len(rows)}; studies per "
+                     "split: " + ", ".join(f"{s} {len({r['study_id'] for r in rows if r['split'] == s})}" for s in ("train", "val", "test")))
     previous = logfile.read_text(encoding="utf-8") if logfile.exists() else ""
     atomic_write_text_lines(logfile, [previous.rstrip("\n")] + log_lines if previous else log_lines)
+    splits = {s: len({r["study_id"] for r in rows if r["split"] == s}) for s in ("train", "val", "test")}
     return PrepSummary(done=done, skipped=skipped, failed=len(errors), reasons=reasons, out=out,
-                       reports_without_images=len(orphan_reports), bytes_needed=needed)
+                       reports_without_images=len(orphan_reports), bytes_needed=needed, splits=splits)
 
 
 def estimate_bytes(config: PrepConfig, studies: int) -> int | None:

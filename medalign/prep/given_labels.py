@@ -1,23 +1,22 @@
 """Finding labels a hospital already has (``prep --labels FILE.csv``), and how they agree with the labeler.
 
-The file has a ``study_id`` column (or CT-RATE's ``VolumeName``, whose ``.nii``/``.nii.gz`` ending
-is dropped) and one column per finding, named as in the vocabulary (case, spaces and underscores do
+The file has a ``study_id`` column (or ``accession_number``, as ``medalign label`` writes for an
+accession-keyed export and as ``--group-by accession`` names studies, or CT-RATE's ``VolumeName``,
+whose ``.nii``/``.nii.gz`` ending is dropped) and one column per finding, named as in the vocabulary (case, spaces and underscores do
 not matter). Values: 1 present, 0 absent, -1 uncertain, empty not given (the labeler's label is kept
 there). Given labels win over the labeler.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import re
 from pathlib import Path
 
 from medalign.errors import InputError
-from medalign.io.reports import decode_text
+from medalign.io.tables import read_table
 from medalign.prep.vocab import Vocabulary
 
-ID_COLUMNS = ("study_id", "VolumeName")
+ID_COLUMNS = ("study_id", "accession_number", "VolumeName")
 _VALUES = {"1": 1, "1.0": 1, "0": 0, "0.0": 0, "-1": -1, "-1.0": -1, "": None}
 
 GivenLabels = dict[str, dict[str, int | None]]
@@ -40,11 +39,10 @@ def read_given_labels(path: Path, vocab: Vocabulary) -> GivenLabels:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: labels file not found")
-    reader = csv.DictReader(io.StringIO(decode_text(path.read_bytes())))
-    header = reader.fieldnames or []
+    header, reader = read_table(path)
     id_column = next((c for c in ID_COLUMNS if c in header), None)
     if id_column is None:
-        raise InputError(f"{path}: needs a 'study_id' (or 'VolumeName') column (found: {', '.join(header) or 'no header'})")
+        raise InputError(f"{path}: needs a 'study_id' (or 'accession_number' or 'VolumeName') column (found: {', '.join(header) or 'no header'})")
     by_key = {_key(n): n for n in vocab.names}
     columns: dict[str, str] = {}
     for column in header:

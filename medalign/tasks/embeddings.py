@@ -43,7 +43,7 @@ def embed_dataset(checkpoint: Path, dataset: Path, out: Path, device: str = "aut
                 return out, False
     model, _ = load_model(checkpoint, device, dataset)
     manifest = read_manifest(dataset).studies()  # one embedding per study (its volumes averaged)
-    study = torch.from_numpy(embed_studies(model, manifest))
+    study = torch.from_numpy(embed_studies(model, manifest, progress="embed"))
     report = torch.from_numpy(embed_texts(model, [r or "" for r in manifest.columns["report"]]))
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "studies.json", {"study_id": manifest.columns["study_id"], "split": manifest.columns["split"]})

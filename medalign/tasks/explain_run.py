@@ -12,6 +12,7 @@ import torch
 from medalign.io.atomic import atomic_write, atomic_write_json
 from medalign.io.dicom import Volume
 from medalign.io.nifti import save_nifti
+from medalign.progress import Progress
 from medalign.tasks.explain import explain_image, resample_to_grid
 from medalign.tasks.model_io import load_model
 from medalign.tasks.raw_study import RawStudy, load_raw_study
@@ -32,6 +33,8 @@ def explain_study(checkpoint: Path, study: Path, out: Path, vocab: str | None = 
     voc = resolve_vocabulary(vocab, model_dir, None)
     raw = load_raw_study(study, model_dir, modality)
     image = torch.from_numpy(raw.array)[None, None].to(model.logit_scale.device)
+    bar = Progress("explain", len(voc.names), "findings")
+    bar.start_line(f"relevance maps of {len(voc.names)} findings on a {'x'.join(map(str, raw.array.shape))} volume")
     probs, maps, used = explain_image(model, voc, image, method)
     stored = read_thresholds(model_dir)
     out = Path(out)
@@ -56,6 +59,8 @@ def explain_study(checkpoint: Path, study: Path, out: Path, vocab: str | None = 
             "figure": f"{stem}.png",
         }
         plot_explanation(raw, maps[k], name, findings[name], out / f"{stem}.png")
+        bar.update()
+    bar.close()
     result = {"study": Path(study).name, "method": used, "series": raw.provenance[0],
               "findings": findings, "threshold_source": stored["source"],
               "grid": {"shape": list(raw.source.array.shape), "affine": np.round(raw.source.affine, 6).tolist()},

@@ -146,10 +146,10 @@ def _gather_rows(module: L.LightningModule, index, probs, target) -> tuple[torch
     return index[order], probs[order], target[order]
 
 
-def _targets(manifest, names: list[str], labels: Path | None) -> np.ndarray:
+def _targets(manifest, names: list[str], labels: Path | None, id_key: bytes | None = None) -> np.ndarray:
     from medalign.tasks.zeroshot import read_label_csv
 
-    return read_label_csv(labels, manifest.columns["study_id"], names) if labels else manifest.truth(names)
+    return read_label_csv(labels, manifest.columns["study_id"], names, id_key) if labels else manifest.truth(names)
 
 
 @torch.no_grad()
@@ -182,7 +182,8 @@ def _accelerator(device: str) -> str:
 def finetune(checkpoint: Path, dataset: Path, out: Path, labels: Path | None = None, epochs: int = 5, batch_size: int = 16,
              lr: float = 3e-4, from_scratch: bool = False, device: str = "auto", seed: int = 0, devices: int = 1,
              num_nodes: int = 1, strategy: str = "auto", precision: str = "auto", num_workers: int = 0,
-             resume: bool = False, progress: bool = False, train_rows: np.ndarray | None = None) -> dict | None:
+             resume: bool = False, progress: bool = False, train_rows: np.ndarray | None = None,
+             command: list[str] | None = None, id_key: bytes | None = None) -> dict | None:
     """Train encoder + head on the train split (``batch_size`` per device), keep the epoch with the best
     val macro AUROC, report test AUROC. Returns the metrics (``None`` on ranks other than 0).
     ``train_rows``: only these rows of the train split (a label fraction, as :mod:`medalign.tasks.probe` draws it)."""
@@ -190,9 +191,11 @@ def finetune(checkpoint: Path, dataset: Path, out: Path, labels: Path | None = N
     accelerator = _accelerator(device)
     if precision == "auto":
         precision = "bf16-mixed" if accelerator == "gpu" else "32-true"
+    from medalign.train.run_folder import checkpoint_step, resume_checkpoint
+
     out = Path(out)
-    last = out / "checkpoints" / "last.ckpt"
-    if resume and not last.is_file():
+    start_from = resume_checkpoint(out) if resume else None
+    if resume and start_from is None:
         raise InputError(f"{out}: nothing to resume (no checkpoints/last.ckpt)")
     model_dual, model_dir = load_model(checkpoint, "cpu", dataset)
     vocab_file = Path(model_dir) / "vocab.yaml"
@@ -204,7 +207,7 @@ def finetune(checkpoint: Path, dataset: Path, out: Path, labels: Path | None = N
     if len(splits["train"]) < 2 or len(splits["test"].studies()) < 2:
         raise InputError(f"{dataset}: fine-tuning needs train and test splits (have {len(splits['train'])} and {len(splits['test'])})")
     # targets per volume row for training, per study for validation and test
-    y = {s: _targets(m if s == "train" else m.studies(), names, labels) for s, m in splits.items()}
+    y = {s: _targets(m if s == "train" else m.studies(), names, labels, id_key) for s, m in splits.items()}
     # findings that both classes represent in train and test; uncertain (-1) and unknown (NaN) are masked
     usable = [k for k in range(len(names)) if has_both_classes(y["train"][:, k]) and has_both_classes(y["test"][:, k])]
     if not usable:
@@ -241,11 +244,19 @@ def finetune(checkpoint: Path, dataset: Path, out: Path, labels: Path | None = N
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from medalign.train.checkpointing import AtomicCheckpointIO, LastCheckpoint
+    from medalign.train.run_record import dataset_summary, environment
+    from medalign.train.runner import run_callbacks, stop_if_preempted
     from medalign.train.state import TrainingStateCallback
 
     steps_per_epoch = len(train_ds) // (per_device * world)
     module = FinetuneModule(classifier, pos_weight, lr, total_steps=max(1, epochs * steps_per_epoch), val_groups=val_groups)
-    callbacks = [TrainingStateCallback(sampler)]
+    static = {"kind": "finetune", "checkpoint": str(checkpoint), "from_scratch": from_scratch, **environment(),
+              "dataset": dataset_summary(manifest, dataset, "ignore"),
+              "findings": names, "epochs": epochs, "lr": lr, "precision": precision, "accelerator": accelerator,
+              "labels": str(labels) if labels else "labels parsed from reports",
+              "validation": {"every": "epoch", "studies": len(y["val"])} if has_val else {"off": "no finding has both classes in val"}}
+    services, preemption, history = run_callbacks(out, static, per_device_batch=per_device, progress=progress, command=command)
+    callbacks = [TrainingStateCallback(sampler), history]
     if has_val:
         callbacks.append(ModelCheckpoint(dirpath=str(out / "checkpoints"), filename="best", monitor="val/macro_auroc", mode="max",
                                          save_top_k=1, enable_version_counter=False))
@@ -254,8 +265,8 @@ def finetune(checkpoint: Path, dataset: Path, out: Path, labels: Path | None = N
     out.mkdir(parents=True, exist_ok=True)
     trainer = make_trainer(
         out,
-        callbacks,
-        progress,
+        callbacks + services,
+        start_step=(checkpoint_step(start_from) or 0) if start_from else 0,
         max_epochs=epochs,
         accelerator=accelerator,
         devices=devices,
@@ -266,7 +277,8 @@ def finetune(checkpoint: Path, dataset: Path, out: Path, labels: Path | None = N
         log_every_n_steps=max(1, min(10, steps_per_epoch)),
         num_sanity_val_steps=0,
     )
-    fit(trainer, module, train_loader, val_loader, resume_from=last if resume else None)
+    fit(trainer, module, train_loader, val_loader, resume_from=start_from)
+    stop_if_preempted(preemption, trainer, f"medalign finetune ... --out {out} --resume")
     if not trainer.is_global_zero:
         return None
 

@@ -75,7 +75,7 @@ def run_probes(emb_train: np.ndarray, y_train: np.ndarray, emb_test: np.ndarray,
 
 
 def probe_dataset(checkpoint: Path, dataset: Path, out: Path, labels: Path | None = None, fractions: list[float] | None = None,
-                  seeds: int = 3, device: str = "auto", supervised_epochs: int = 0) -> dict:
+                  seeds: int = 3, device: str = "auto", supervised_epochs: int = 0, id_key: bytes | None = None) -> dict:
     """Probe the pretrained encoder and a randomly initialised one (and, with ``supervised_epochs``,
     train the encoder from scratch on each fraction); write metrics.json and the plot."""
     from medalign.tasks.zeroshot import read_label_csv
@@ -92,15 +92,17 @@ def probe_dataset(checkpoint: Path, dataset: Path, out: Path, labels: Path | Non
     names = load_vocabulary(vocab_file).names if vocab_file.is_file() else manifest.findings
 
     def truth(m):
-        return read_label_csv(labels, m.columns["study_id"], names) if labels else m.truth(names)
+        return read_label_csv(labels, m.columns["study_id"], names, id_key) if labels else m.truth(names)
 
     y_train, y_test = truth(train), truth(test)
     result = {"fractions": fractions, "seeds": seeds, "ground_truth": str(labels) if labels else "labels parsed from reports"}
-    result["pretrained"] = run_probes(embed_studies(model, train), y_train, embed_studies(model, test), y_test, names, fractions, seeds)
+    result["pretrained"] = run_probes(embed_studies(model, train, progress="probe (train)"), y_train,
+                                      embed_studies(model, test, progress="probe (test)"), y_test, names, fractions, seeds)
     torch.manual_seed(0)
     cfg = model.config.image
     model.image = ImageEncoder(cfg.name, model.config.embed_dim, cfg.options).to(model.logit_scale.device).eval()
-    result["random_init"] = run_probes(embed_studies(model, train), y_train, embed_studies(model, test), y_test, names, fractions, seeds)
+    result["random_init"] = run_probes(embed_studies(model, train, progress="probe, random init (train)"), y_train,
+                                       embed_studies(model, test, progress="probe, random init (test)"), y_test, names, fractions, seeds)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if supervised_epochs:
@@ -111,7 +113,7 @@ def probe_dataset(checkpoint: Path, dataset: Path, out: Path, labels: Path | Non
             rows = subsample(len(train), f, seed=0)  # the probes' first subsample of this fraction
             try:
                 r = finetune(checkpoint, dataset, out / "supervised" / str(f), labels, epochs=supervised_epochs,
-                             from_scratch=True, device=device, train_rows=rows)
+                             from_scratch=True, device=device, train_rows=rows, id_key=id_key)
             except InputError as e:  # e.g. too few studies to hold both classes of any finding
                 result["supervised_from_scratch"][str(f)] = {"macro_auroc": None, "per_finding": {}, "skipped": str(e)}
                 continue

@@ -66,7 +66,8 @@ def map_at_k(emb: np.ndarray, relevant: np.ndarray, k: int = 10, seed: int = 0, 
     return float(np.mean(aps)), float(np.mean(chance))
 
 
-def evaluate_retrieval(index: Path, dataset: Path, out: Path, split: str = "test", labels: Path | None = None) -> dict:
+def evaluate_retrieval(index: Path, dataset: Path, out: Path, split: str = "test", labels: Path | None = None,
+                       id_key: bytes | None = None) -> dict:
     """Write ``out/metrics.json`` with report->study, study->report Recall@1/5/10 and study->study mAP@10."""
     from medalign.data.manifest import read_manifest
     from medalign.tasks.zeroshot import read_label_csv
@@ -78,7 +79,7 @@ def evaluate_retrieval(index: Path, dataset: Path, out: Path, split: str = "test
         raise InputError(f"{index}: fewer than 2 indexed studies in split '{split}' (index the whole dataset)")
     ids = [idx.meta[i]["study_id"] for i in rows]
     if labels is not None:
-        y = read_label_csv(labels, ids, manifest.findings)
+        y = read_label_csv(labels, ids, manifest.findings, id_key)
     else:
         pos = {sid: k for k, sid in enumerate(manifest.columns["study_id"])}
         missing = [sid for sid in ids if sid not in pos]

@@ -38,7 +38,7 @@ def index_dataset(checkpoint: Path, dataset: Path, out: Path, device: str = "aut
             return 0, len(known)
     elif len(manifest) == 0:
         raise InputError(f"{dataset}: no studies to index in split '{split}'")
-    study_emb = embed_studies(model, manifest)
+    study_emb = embed_studies(model, manifest, progress="index")
     report_emb = embed_texts(model, [r or "" for r in manifest.columns["report"]])
     c = manifest.columns
     meta = [

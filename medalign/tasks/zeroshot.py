@@ -10,17 +10,47 @@ import numpy as np
 
 from medalign.errors import InputError
 from medalign.io.atomic import atomic_write, atomic_write_json
-from medalign.metrics import binary_labels
+from medalign.metrics import binary_labels, bootstrap_auroc_ci
 from medalign.models.inference import finding_probabilities  # noqa: F401 - part of this module's API
 
 
-def read_label_csv(path: Path, study_ids: list[str], findings: list[str]) -> np.ndarray:
-    """``(N, K)`` 0/1 labels from ``study_id`` + one column per finding; missing values NaN."""
+#: the id columns a labels file may have, as ``medalign label``, a RIS export and CT-RATE write them
+LABEL_ID_COLUMNS = ("study_id", "accession_number", "VolumeName")
+
+
+def read_label_csv(path: Path, study_ids: list[str], findings: list[str], id_key: bytes | None = None) -> np.ndarray:
+    """``(N, K)`` 0/1 labels for ``study_ids`` from a labels file: an id column (``study_id``,
+    ``accession_number`` as ``medalign label`` writes for an accession-keyed export, or CT-RATE's
+    ``VolumeName``) + one column per finding; missing values NaN. ``id_key`` (``--hash-ids``): the
+    file's ids are pseudonymised as ``prep --hash-ids`` did the dataset's. A file that names none of
+    the studies is an :class:`InputError` with the counts; one that names some says how many on stderr."""
+    import sys
+
+    from medalign.io.tables import read_table
+
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: labels file not found")
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        rows = {r["study_id"]: r for r in csv.DictReader(f) if r.get("study_id")}
+    header, table = read_table(path)
+    column = next((c for c in LABEL_ID_COLUMNS if c in header), None)
+    if column is None:
+        raise InputError(f"{path}: needs an id column ({', '.join(LABEL_ID_COLUMNS)}); found: {', '.join(header)}")
+    rows = {}
+    for r in table:
+        sid = r.get(column, "").strip()
+        if column == "VolumeName":
+            sid = sid.removesuffix(".gz").removesuffix(".nii")
+        if sid:
+            rows[_pseudonym(sid, id_key) if id_key else sid] = r
+    found = sum(sid in rows for sid in study_ids)
+    if study_ids and not found:
+        hint = ("; the dataset's ids are keyed pseudonyms: pass the --hash-ids KEYFILE it was prepared with"
+                if id_key is None and all(_looks_pseudonymous(s) for s in study_ids) else "")
+        raise InputError(f"{path}: none of its {len(rows)} {column} values names one of the {len(study_ids)} studies "
+                         f"(e.g. file {next(iter(rows), '-')!r}, dataset {study_ids[0]!r}){hint}")
+    if found < len(study_ids):
+        print(f"note: {path}: labels for {found} of {len(study_ids)} studies; the others are left out of each finding's figures",
+              file=sys.stderr)
     out = np.full((len(study_ids), len(findings)), np.nan, dtype=np.float32)
     for i, sid in enumerate(study_ids):
         row = rows.get(sid)
@@ -33,6 +63,17 @@ def read_label_csv(path: Path, study_ids: list[str], findings: list[str]) -> np.
     return out
 
 
+def _pseudonym(study_id: str, key: bytes) -> str:
+    from medalign.prep.deid import pseudonym
+
+    return pseudonym(study_id, key)
+
+
+def _looks_pseudonymous(study_id: str) -> bool:
+    """``s`` + 20 hex digits: an id ``prep --hash-ids`` wrote."""
+    return len(study_id) == 21 and study_id[0] == "s" and all(c in "0123456789abcdef" for c in study_id[1:])
+
+
 def threshold_metrics(y: np.ndarray, s: np.ndarray, threshold: float) -> dict[str, float]:
     """Sensitivity, specificity, precision and F1 when ``s >= threshold`` is called positive."""
     pred = s >= threshold
@@ -43,22 +84,6 @@ def threshold_metrics(y: np.ndarray, s: np.ndarray, threshold: float) -> dict[st
     prec = tp / (tp + fp) if tp + fp else 0.0
     f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
     return {"threshold": float(threshold), "sensitivity": sens, "specificity": spec, "precision": prec, "f1": f1}
-
-
-def bootstrap_auroc_ci(y: np.ndarray, s: np.ndarray, n: int = 1000, seed: int = 0) -> tuple[float, float]:
-    """95% percentile bootstrap interval of the AUROC, resampling studies (one-class resamples skipped)."""
-    from sklearn.metrics import roc_auc_score
-
-    rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(n):
-        i = rng.integers(0, len(y), len(y))
-        if 0 < y[i].sum() < len(i):
-            values.append(roc_auc_score(y[i], s[i]))
-    if not values:
-        return math.nan, math.nan
-    lo, hi = np.percentile(values, [2.5, 97.5])
-    return float(lo), float(hi)
 
 
 def evaluate(

@@ -33,7 +33,8 @@ def resolve_vocabulary(vocab: str | None, model_dir: Path, dataset: Path | None)
     return load_vocabulary("chest_ct")
 
 
-def zeroshot_dataset(checkpoint: Path, dataset: Path, out: Path, vocab: str | None = None, labels: Path | None = None, split: str = "test", device: str = "auto") -> dict:
+def zeroshot_dataset(checkpoint: Path, dataset: Path, out: Path, vocab: str | None = None, labels: Path | None = None, split: str = "test",
+                     device: str = "auto", id_key: bytes | None = None) -> dict:
     """Score every finding on ``split`` of ``dataset``; write metrics.json, roc.png, scores.csv under ``out``."""
     model, model_dir = load_model(checkpoint, device, dataset)
     full_manifest = read_manifest(dataset).studies()  # scored per study (its volumes' embeddings averaged)
@@ -42,8 +43,8 @@ def zeroshot_dataset(checkpoint: Path, dataset: Path, out: Path, vocab: str | No
         raise InputError(f"{dataset}: no studies in split '{split}'")
     voc = resolve_vocabulary(vocab, model_dir, dataset)
     ids = manifest.columns["study_id"]
-    truth = _ground_truth(manifest, voc, labels)
-    scores = finding_probabilities(model, embed_studies(model, manifest), voc)
+    truth = _ground_truth(manifest, voc, labels, id_key)
+    scores = finding_probabilities(model, embed_studies(model, manifest, progress="zeroshot"), voc)
     # operating points (Youden's J) are chosen on the validation split, never on the split evaluated
     # (never on the split being scored: a finding whose validation labels lack a class gets no threshold)
     val = full_manifest.subset("val")
@@ -53,8 +54,8 @@ def zeroshot_dataset(checkpoint: Path, dataset: Path, out: Path, vocab: str | No
         threshold_source = f"none: no validation split apart from the evaluated split '{split}'"
         notes = {name: threshold_source for name in voc.names}
     else:
-        val_scores = finding_probabilities(model, embed_studies(model, val), voc)
-        thresholds, notes = validation_thresholds(val_scores, _ground_truth(val, voc, labels), voc.names)
+        val_scores = finding_probabilities(model, embed_studies(model, val, progress="zeroshot (val)"), voc)
+        thresholds, notes = validation_thresholds(val_scores, _ground_truth(val, voc, labels, id_key), voc.names)
         threshold_source = "youden on the validation split"
     metrics = evaluate(scores, truth, voc.names, thresholds, threshold_notes=notes)
     metrics.update({
@@ -69,11 +70,11 @@ def zeroshot_dataset(checkpoint: Path, dataset: Path, out: Path, vocab: str | No
     return metrics
 
 
-def _ground_truth(manifest, voc: Vocabulary, labels: Path | None) -> np.ndarray:
+def _ground_truth(manifest, voc: Vocabulary, labels: Path | None, id_key: bytes | None = None) -> np.ndarray:
     """``(N, K)`` truth in vocabulary order: the labels CSV, else parsed labels (not mentioned = absent)."""
     ids = manifest.columns["study_id"]
     if labels is not None:
-        return read_label_csv(labels, ids, voc.names)
+        return read_label_csv(labels, ids, voc.names, id_key)
     return manifest.truth(voc.names)
 
 

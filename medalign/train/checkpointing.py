@@ -39,13 +39,22 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class LastCheckpoint(ModelCheckpoint):
-    """``DIR/last.ckpt`` kept current every K optimizer steps (``None``: after every epoch) and at the
-    end of training. (Lightning's ``save_last`` only copies a checkpoint some other trigger saved:
-    alone, it writes nothing until training ends.)"""
+    """``DIR/last.ckpt`` kept current every K optimizer steps (``None``: after every epoch), at the last
+    step and at a stop asked for mid-run (a signal: ``trainer.should_stop``). (Lightning's ``save_last``
+    only copies a checkpoint some other trigger saved: alone, it writes nothing until training ends.)"""
 
     def __init__(self, dirpath: Path | str, every_n_train_steps: int | None = None) -> None:
         super().__init__(dirpath=str(dirpath), filename="last", save_top_k=1, every_n_train_steps=every_n_train_steps,
                          enable_version_counter=False)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        ending = trainer.should_stop or (trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps)
+        if ending and trainer.global_step != self._last_global_step_saved:
+            # saved here, as the periodic saves are, and not after the loop has closed its epoch:
+            # resuming from a checkpoint written at on_train_end skips the rest of a finished epoch
+            trainer.save_checkpoint(str(Path(self.dirpath) / "last.ckpt"))
+            self._last_global_step_saved = trainer.global_step
 
     def on_train_end(self, trainer, pl_module) -> None:
         if trainer.global_step != self._last_global_step_saved:  # the final steps fell between two triggers

@@ -15,7 +15,6 @@ RUN/
 from __future__ import annotations
 
 import logging
-import shutil
 import sys
 from pathlib import Path
 
@@ -28,14 +27,13 @@ from medalign.data.dataset import StudyDataset
 from medalign.data.manifest import read_manifest
 from medalign.data.sampler import ResumableLoader, ResumableSampler
 from medalign.errors import ConfigError, InputError
+from medalign.io.lock import is_launching_process
 from medalign.models import DualEncoder
 from medalign.train.config import PretrainConfig
+from medalign.train.export import DATASET_FILES, EXPORT, export_checkpoint, export_run, keep_dataset_files  # noqa: F401 - export_checkpoint: API
 from medalign.train.module import PretrainModule, make_collate, uses_cached_text
 
 log = logging.getLogger(__name__)
-EXPORT = "model"
-DATASET_FILES = "dataset_files"  # the dataset's prep preset and vocabulary, kept for exports
-DATASET_META = ("prep_config.yaml", "vocab.yaml")
 
 
 def pretrain(
@@ -44,18 +42,25 @@ def pretrain(
     config: PretrainConfig,
     progress: bool = True,
     resume: bool = False,
+    preset: str | None = None,
+    command: list[str] | None = None,
 ) -> Path | None:
     """Train on the ``train`` split of ``dataset``; returns the exported model folder ``RUN/model``
     (``None`` on ranks other than 0).
 
     ``trainer.checkpoint_every`` K keeps ``RUN/checkpoints/last.ckpt`` current every K steps; ``resume``
-    continues from it (weights, optimiser, scheduler, step, data position, RNG) up to ``trainer.max_steps``.
+    continues from the newest checkpoint (weights, optimiser, scheduler, step, data position, RNG) up
+    to ``trainer.max_steps``. SIGTERM or SIGUSR1 stops the run at the next step with ``last.ckpt``
+    written and raises :class:`~medalign.train.preemption.Preempted`. ``RUN/run.json`` records the
+    run; ``preset`` is the configuration's name there, ``command`` the command line (default: this process's).
     """
     import lightning as L
-    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
     from medalign.train.checkpointing import LastCheckpoint
-    from medalign.train.runner import configure_cuda_backends, fit, make_trainer, quiet_lightning
+    from medalign.train.run_folder import checkpoint_step, resume_checkpoint
+    from medalign.train.run_record import dataset_summary, environment
+    from medalign.train.runner import configure_cuda_backends, fit, make_trainer, quiet_lightning, run_callbacks, stop_if_preempted
     from medalign.train.state import TrainingStateCallback
 
     quiet_lightning()
@@ -68,12 +73,13 @@ def pretrain(
         log.warning("only %d training studies: batch size %d -> %d", len(train), config.data.batch_size, len(train))
         print(f"note: only {len(train)} training studies; batch size lowered from {config.data.batch_size} to {len(train)}", file=sys.stderr)
         config.data.batch_size = len(train)
-    last = run / "checkpoints" / "last.ckpt"
-    if resume and not last.is_file():
+    start_from = resume_checkpoint(run) if resume else None
+    if resume and start_from is None:
         raise InputError(f"{run}: nothing to resume (no checkpoints/last.ckpt)")
     run.mkdir(parents=True, exist_ok=True)
-    save_yaml(config, run / "config.yaml")
-    _keep_dataset_files(dataset, run / DATASET_FILES)
+    if is_launching_process():  # the other ranks find them written
+        save_yaml(config, run / "config.yaml")
+        keep_dataset_files(dataset, run / DATASET_FILES)
     t = config.trainer
     if t.threads:
         torch.set_num_threads(t.threads)
@@ -104,27 +110,39 @@ def pretrain(
                              pin_memory=on_cuda)
     if on_cuda:
         configure_cuda_backends(t.deterministic)
-    callbacks = [TrainingStateCallback(sampler)]
+    if t.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.accelerator: '{t.accelerator}' but no CUDA GPU is visible here; override with trainer.accelerator=cpu (or auto)")
+
     v = config.validation
     val = manifest.subset("val").studies()  # validated per study (its volumes averaged)
-    if v.every_n_steps and len(val) >= 2:
+    validates = bool(v.every_n_steps) and len(val) >= 2
+    if validates:
+        val = val.subset_rows(range(min(len(val), v.max_studies)))
+        validation = {"every_n_steps": v.every_n_steps, "studies": len(val)}
+    elif v.every_n_steps:
+        print(f"note: validation.every_n_steps is set but the dataset has {len(val)} val studies (at least 2 needed): no validation",
+              file=sys.stderr)
+        validation = {"off": f"the dataset's val split has {len(val)} studies (at least 2 needed)"}
+    else:
+        validation = {"off": "validation.every_n_steps is not set"}
+    static = {"kind": "pretrain", "preset": preset, **environment(),
+              "dataset": dataset_summary(manifest, dataset, config.labels.uncertain),
+              "max_steps": t.max_steps, "precision": t.precision, "accelerator": t.accelerator, "validation": validation}
+    services, preemption, history = run_callbacks(run, static, per_device_batch=d.batch_size, progress=progress, command=command)
+    callbacks = [TrainingStateCallback(sampler), history, LearningRateMonitor(logging_interval="step")]
+    if validates:
         from medalign.prep.vocab import load_vocabulary
         from medalign.train.validation import ZeroShotValidation
 
-        val = val.subset_rows(range(min(len(val), v.max_studies)))
         callbacks.append(ZeroShotValidation(val, load_vocabulary(Path(dataset) / "vocab.yaml"), v.every_n_steps, d.text_field,
-                                            uncertain=config.labels.uncertain))
+                                            uncertain=config.labels.uncertain, history=history))
         callbacks.append(ModelCheckpoint(dirpath=str(run / "checkpoints"), filename="best", monitor="val/macro_auroc", mode="max",
                                          save_top_k=1, every_n_train_steps=v.every_n_steps, enable_version_counter=False))
-    elif v.every_n_steps:
-        log.warning("validation.every_n_steps is set but the dataset has fewer than 2 val studies: no validation")
     callbacks.append(LastCheckpoint(run / "checkpoints", every_n_train_steps=t.checkpoint_every))
-    if t.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"trainer.accelerator: '{t.accelerator}' but no CUDA GPU is visible here; override with trainer.accelerator=cpu (or auto)")
     trainer = make_trainer(
         run,
-        callbacks,
-        progress,
+        callbacks + services,
+        start_step=(checkpoint_step(start_from) or 0) if start_from else 0,
         max_steps=t.max_steps,
         accelerator=t.accelerator,
         devices=t.devices,
@@ -137,76 +155,13 @@ def pretrain(
         deterministic=t.deterministic,
         sync_batchnorm=t.sync_batchnorm,
     )
-    fit(trainer, module, loader, resume_from=last if resume else None)
+    fit(trainer, module, loader, resume_from=start_from)
+    stop_if_preempted(preemption, trainer, f"medalign pretrain --data {dataset} --resume {run}")
     if not trainer.is_global_zero:
         return None
     export = run / EXPORT
-    export_model(model.cpu(), run / DATASET_FILES, export)
-    val = manifest.subset("val").studies()  # thresholds per study, as zeroshot scores (volumes averaged)
-    if len(val) >= 2:  # operating points for one-study calls (zeroshot --study), fitted on validation only
-        write_validation_thresholds(model, val.subset_rows(range(min(len(val), v.max_studies))), Path(dataset), export,
-                                    config.labels.uncertain)
+    notes = export_run(model.cpu(), run, config, export, "checkpoints/last.ckpt", trainer.global_step, Path(dataset))
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
     return export
 
-
-def write_validation_thresholds(model: DualEncoder, val, dataset: Path, export: Path, uncertain: str = "ignore") -> None:
-    """``export/thresholds.json``: each finding's Youden threshold on the validation split (none,
-    with the reason, where its validation labels lack a class)."""
-    from medalign.io.atomic import atomic_write_json
-    from medalign.metrics import validation_thresholds
-    from medalign.models.inference import embed_studies, finding_probabilities
-    from medalign.prep.vocab import load_vocabulary
-
-    vocab = load_vocabulary(dataset / "vocab.yaml")
-    model.eval()
-    with torch.no_grad():
-        scores = finding_probabilities(model, embed_studies(model, val), vocab)
-    thresholds, notes = validation_thresholds(scores, val.truth(vocab.names, uncertain), vocab.names)
-    atomic_write_json(export / "thresholds.json", {
-        "source": f"youden on the validation split ({len(val)} studies, labels parsed from reports) at the end of training",
-        "thresholds": thresholds, "notes": notes})
-
-
-def _keep_dataset_files(dataset: Path, folder: Path) -> None:
-    """Copy the dataset's preprocessing preset and vocabulary into the run (exports need them later)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in DATASET_META:
-        if (Path(dataset) / name).is_file():
-            shutil.copy2(Path(dataset) / name, folder / name)
-
-
-def export_model(model: DualEncoder, meta: Path, folder: Path) -> None:
-    """Save the model with the preprocessing preset and vocabulary found in ``meta`` beside it (atomically)."""
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    for name in DATASET_META:
-        if (Path(meta) / name).is_file():
-            shutil.copy2(Path(meta) / name, tmp / name)
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
-
-
-def export_checkpoint(run: Path, which: str = "last", out: Path | None = None) -> Path:
-    """Export ``RUN/checkpoints/{which}.ckpt`` as a self-contained model folder (default ``RUN/model``
-    for ``last``, ``RUN/model_{which}`` otherwise). The checkpoint is read with ``weights_only=True``."""
-    from medalign.config import load_config
-
-    run = Path(run)
-    if not (run / "config.yaml").is_file():
-        raise InputError(f"{run}: not a run folder (no config.yaml)")
-    ckpt = run / "checkpoints" / f"{which}.ckpt"
-    if not ckpt.is_file():
-        raise InputError(f"{ckpt}: no such checkpoint")
-    config = load_config(PretrainConfig, str(run / "config.yaml"), "pretrain")
-    from medalign.train.checkpointing import AtomicCheckpointIO
-
-    state = AtomicCheckpointIO().load_checkpoint(ckpt, map_location="cpu")["state_dict"]  # weights_only, one-line errors
-    model = DualEncoder(config.model)
-    weights = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    if missing or unexpected:
-        raise InputError(f"{ckpt}: does not match the run's model ({len(missing)} missing, {len(unexpected)} unexpected weights)")
-    folder = Path(out) if out is not None else run / (EXPORT if which == "last" else f"{EXPORT}_{which}")
-    export_model(model, run / DATASET_FILES, folder)
-    return folder

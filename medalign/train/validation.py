@@ -32,11 +32,32 @@ def _autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
+class ValidationHistory(L.Callback):
+    """Every validation of a fit as ``{"step": N, "val/...": value}``, in order: those medalign's
+    callbacks run (:meth:`add`) and those of Lightning's validation loop (a job counted in epochs).
+    Progress lines and ``run.json`` read it."""
+
+    def __init__(self) -> None:
+        self.entries: list[dict[str, float]] = []
+
+    def add(self, step: int, metrics: dict[str, float]) -> None:
+        self.entries.append({"step": int(step), **{k: float(v) for k, v in metrics.items()}})
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        if metrics:
+            self.add(trainer.global_step, metrics)
+
+
 class ZeroShotValidation(L.Callback):
-    """Logs ``val/macro_auroc`` and ``val/report_to_study_r5`` every ``every_n_steps`` steps (and at the last)."""
+    """Logs ``val/macro_auroc`` and ``val/report_to_study_r5`` every ``every_n_steps`` steps (and at the
+    last), and adds them to ``history``."""
 
     def __init__(self, manifest: Manifest, vocab: Vocabulary, every_n_steps: int, text_field: str = "report",
-                 uncertain: str = "ignore") -> None:
+                 uncertain: str = "ignore", history: ValidationHistory | None = None) -> None:
+        self.history = history
         self.manifest = manifest
         self.vocab = vocab
         self.every_n_steps = every_n_steps
@@ -77,4 +98,6 @@ class ZeroShotValidation(L.Callback):
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step - 1)
         trainer.callback_metrics.update({k: torch.tensor(v) for k, v in metrics.items()})
+        if self.history is not None:
+            self.history.add(step, metrics)
         log.info("step %d: %s", step, ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
