@@ -62,7 +62,7 @@ def trained_run(prepared_ct, tmp_path_factory) -> Path:
 TINY_TRAIN = ["data.batch_size=8", "model.image.options.widen_factor=0.25", "optim.warmup_steps=2", "optim.lr=3e-4",
               "trainer.log_every_n_steps=1", "trainer.deterministic=true", "data.crop_scale=0.9", "data.flip_axes=[0]",
               "data.intensity_on=device"]
-REFERENCE_STEPS = 18
+REFERENCE_STEPS = 14
 
 
 def losses_by_step(run: Path) -> dict[int, float]:

@@ -48,7 +48,7 @@ def test_sigkill_then_resume(prepared_ct, reference_run, tmp_path):
     # sentence sample and dropout mask, so the losses are the same numbers
     reference = losses_by_step(reference_run)
     after = [s for s in range(killed_after, REFERENCE_STEPS)]
-    assert len(after) >= 10
+    assert len(after) >= 5
     for s in after:
         assert abs(resumed[s] - reference[s]) <= 1e-5 * abs(reference[s]), (s, resumed[s], reference[s])
 
