@@ -250,11 +250,13 @@ def finetune(checkpoint: Path, dataset: Path, out: Path, labels: Path | None = N
 
     steps_per_epoch = len(train_ds) // (per_device * world)
     module = FinetuneModule(classifier, pos_weight, lr, total_steps=max(1, epochs * steps_per_epoch), val_groups=val_groups)
-    static = {"kind": "finetune", "checkpoint": str(checkpoint), "from_scratch": from_scratch, **environment(),
-              "dataset": dataset_summary(manifest, dataset, "ignore"),
-              "findings": names, "epochs": epochs, "lr": lr, "precision": precision, "accelerator": accelerator,
-              "labels": str(labels) if labels else "labels parsed from reports",
-              "validation": {"every": "epoch", "studies": len(y["val"])} if has_val else {"off": "no finding has both classes in val"}}
+    def static() -> dict:  # rank 0 only: versions, git, the manifest's hash and counts
+        return {"kind": "finetune", "checkpoint": str(checkpoint), "from_scratch": from_scratch, **environment(),
+                "dataset": dataset_summary(manifest, dataset, "ignore"),
+                "findings": names, "epochs": epochs, "lr": lr, "precision": precision, "accelerator": accelerator,
+                "labels": str(labels) if labels else "labels parsed from reports",
+                "validation": {"every": "epoch", "studies": len(y["val"])} if has_val else {"off": "no finding has both classes in val"}}
+
     services, preemption, history = run_callbacks(out, static, per_device_batch=per_device, progress=progress, command=command)
     callbacks = [TrainingStateCallback(sampler), history]
     if has_val:

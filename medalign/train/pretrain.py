@@ -125,9 +125,10 @@ def pretrain(
         validation = {"off": f"the dataset's val split has {len(val)} studies (at least 2 needed)"}
     else:
         validation = {"off": "validation.every_n_steps is not set"}
-    static = {"kind": "pretrain", "preset": preset, **environment(),
-              "dataset": dataset_summary(manifest, dataset, config.labels.uncertain),
-              "max_steps": t.max_steps, "precision": t.precision, "accelerator": t.accelerator, "validation": validation}
+    def static() -> dict:  # rank 0 only: versions, git, the manifest's hash and counts
+        return {"kind": "pretrain", "preset": preset, **environment(), "dataset": dataset_summary(manifest, dataset, config.labels.uncertain),
+                "max_steps": t.max_steps, "precision": t.precision, "accelerator": t.accelerator, "validation": validation}
+
     services, preemption, history = run_callbacks(run, static, per_device_batch=d.batch_size, progress=progress, command=command)
     callbacks = [TrainingStateCallback(sampler), history, LearningRateMonitor(logging_interval="step")]
     if validates:

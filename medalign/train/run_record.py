@@ -118,11 +118,12 @@ def read_run_record(run: Path) -> dict[str, Any]:
 
 
 class RunRecord(L.Callback):
-    """Keeps ``RUN/run.json`` (rank 0): ``static`` facts at the start, a segment per ``fit`` (steps,
+    """Keeps ``RUN/run.json`` (rank 0): ``static()``'s facts at the start (asked of rank 0 only: versions,
+    git, the dataset's hash and counts), a segment per ``fit`` (steps,
     wall time, volumes/s, how it ended), the validation history and the best validation metrics.
     ``stopped_by()`` names the signal that preempted the segment, if one did."""
 
-    def __init__(self, run: Path, static: dict[str, Any], per_device_batch: int, history: ValidationHistory,
+    def __init__(self, run: Path, static: Callable[[], dict[str, Any]], per_device_batch: int, history: ValidationHistory,
                  stopped_by: Callable[[], str | None] = lambda: None, command: list[str] | None = None) -> None:
         self.path = Path(run) / RUN_RECORD
         self.static = static
@@ -143,7 +144,7 @@ class RunRecord(L.Callback):
         self.global_batch = self.per_device_batch * trainer.world_size * trainer.accumulate_grad_batches
         earlier = read_run_record(self.path.parent)
         self._earlier_history = [h for h in earlier.get("validation", {}).get("history", []) if h["step"] <= trainer.global_step]
-        self.record = {**earlier, **self.static, "status": "running", "world_size": trainer.world_size,
+        self.record = {**earlier, **self.static(), "status": "running", "world_size": trainer.world_size,
                        "global_batch": self.global_batch}
         self.record.setdefault("created", _now())
         self.record["segments"] = earlier.get("segments", []) + [{

@@ -34,11 +34,12 @@ def configure_cuda_backends(deterministic: bool = False) -> None:
     torch.backends.cudnn.allow_tf32 = True
 
 
-def run_callbacks(run: Path, static: dict, per_device_batch: int, progress: bool = True, command: list[str] | None = None):
+def run_callbacks(run: Path, static, per_device_batch: int, progress: bool = True, command: list[str] | None = None):
     """The callbacks every training job carries, and the two its caller reads afterwards: returns
     ``(callbacks, preemption, history)``. ``history`` (:class:`ValidationHistory`) collects the
     validations; add it to the trainer's callbacks before any validation callback that feeds it.
-    ``command``: the command line ``run.json`` records (default: this process's)."""
+    ``static``: a function giving the run's fixed facts, called on rank 0 only; ``command``: the
+    command line ``run.json`` records (default: this process's)."""
     from medalign.train.preemption import PreemptionCallback
     from medalign.train.progress import TrainingProgress
     from medalign.train.run_record import RunRecord
