@@ -183,3 +183,23 @@ def test_an_option_the_encoder_does_not_take_is_refused():
 
     with pytest.raises(ConfigError, match="unknown option 'depth' for resnet18_3d"):
         create_image_encoder("resnet18_3d", 16, depth=50)
+
+
+def test_vit_fused_attention_computes_monai_attention():
+    """vit_3d's default fused attention (scaled_dot_product_attention) against MONAI's own einsum
+    attention, float64: the same output and the same gradients, weights shared."""
+    opts = {"img_size": [32, 32, 16], "patch_size": [8, 8, 8], "hidden_size": 48, "num_layers": 2, "num_heads": 4, "mlp_dim": 64}
+    torch.manual_seed(0)
+    fused = create_image_encoder("vit_3d", 16, **opts).double()
+    einsum = create_image_encoder("vit_3d", 16, fused_attention=False, **opts).double()
+    einsum.load_state_dict(fused.state_dict())
+    assert all(b.attn.use_flash_attention for b in fused.backbone.vit.blocks)
+    assert not any(b.attn.use_flash_attention for b in einsum.backbone.vit.blocks)
+    x = torch.randn(2, 1, 32, 32, 16, dtype=torch.float64)
+    out_f, out_e = fused(x), einsum(x)
+    torch.testing.assert_close(out_f, out_e, rtol=1e-10, atol=1e-10)
+    out_f.square().sum().backward()
+    out_e.square().sum().backward()
+    grads_e = dict(einsum.named_parameters())
+    for name, p in fused.named_parameters():
+        torch.testing.assert_close(p.grad, grads_e[name].grad, rtol=1e-9, atol=1e-10, msg=name)

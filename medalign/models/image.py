@@ -147,11 +147,16 @@ class _ViTPooled(nn.Module):
 
 
 @register_image_encoder("vit_3d", spatial_layer="spatial", stages=lambda net: list(net.vit.blocks))
-def _vit(img_size: list[int] = (96, 96, 96), patch_size: list[int] = (16, 16, 16), hidden_size: int = 768, num_layers: int = 12, num_heads: int = 12, mlp_dim: int = 3072) -> tuple[nn.Module, int]:
+def _vit(img_size: list[int] = (96, 96, 96), patch_size: list[int] = (16, 16, 16), hidden_size: int = 768, num_layers: int = 12, num_heads: int = 12, mlp_dim: int = 3072,
+         fused_attention: bool = True) -> tuple[nn.Module, int]:
     from monai.networks.nets import ViT
 
     vit = ViT(in_channels=1, img_size=tuple(img_size), patch_size=tuple(patch_size), hidden_size=hidden_size,
               num_layers=num_layers, num_heads=num_heads, mlp_dim=mlp_dim, classification=False, spatial_dims=3)
+    for block in vit.blocks:
+        # the same attention through F.scaled_dot_product_attention: at 240 x 240 x 120 (3,375 tokens) MONAI's
+        # einsum keeps a (heads, tokens, tokens) matrix per layer for backward; the fused kernels keep none
+        block.attn.use_flash_attention = fused_attention
     return _ViTPooled(vit, tuple(i // p for i, p in zip(img_size, patch_size))), hidden_size
 
 

@@ -84,6 +84,8 @@ class TrainerConfig:
     sync_batchnorm: bool = False
     #: torch.compile the image tower (in place: parameter names and exports are unchanged)
     compile: bool = False
+    #: the image tower's weights in channels_last_3d (CUDA only: cuDNN's faster 3D kernels; measured in docs/benchmarks.md)
+    channels_last: bool = False
     threads: int | None = None
     #: keep checkpoints/last.ckpt current every K optimizer steps (None: at the end of each epoch)
     checkpoint_every: int | None = None

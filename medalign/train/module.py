@@ -48,7 +48,7 @@ class PretrainModule(L.LightningModule):
         self.report_cache = report_cache
         # a plain attribute, not a buffer: DDP would broadcast a buffer every step
         self.report_embeddings: torch.Tensor | None = None
-        self._last_step_time: float | None = None
+        self._last_step_time: tuple[float, int] | None = None  # (time, steps done) at the last logged rate
 
     def on_fit_start(self) -> None:
         if self.report_texts is not None and self.report_embeddings is None:
@@ -78,12 +78,26 @@ class PretrainModule(L.LightningModule):
         loss = self.objective(img, txt, self.model.scale(), self.model.logit_bias, batch["labels"], similarity_source)
         bsz = batch["image"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bsz)
-        now = time.perf_counter()
-        if self._last_step_time is not None:  # whole-step throughput (data, forward, backward, optimizer), all ranks
-            self.log("train/volumes_per_s", bsz * self.trainer.world_size / (now - self._last_step_time), prog_bar=True, batch_size=bsz)
-        self._last_step_time = now
+        self._log_throughput(bsz)
         self.log("train/logit_scale", self.model.scale().detach(), batch_size=bsz)
         return loss
+
+    def _log_throughput(self, bsz: int) -> None:
+        """``train/volumes_per_s``: whole steps (data, forward, backward, optimizer), all ranks, averaged
+        since the last logged step. Logged only on the steps Lightning writes: a Python number logged
+        is copied to the GPU, which waits for the queued work, and the CPU stops running ahead."""
+        now, step = time.perf_counter(), self.trainer.global_step
+        if self._last_step_time is None:  # the first step (start-up, cuDNN autotuning) is not counted
+            self._last_step_time = (now, step + 1)
+            return
+        every = max(1, self.trainer.log_every_n_steps)
+        if (step + 1) % every and not self.trainer.should_stop:
+            return
+        since, first = self._last_step_time
+        if step + 1 > first:
+            rate = bsz * self.trainer.world_size * (step + 1 - first) / (now - since)
+            self.log("train/volumes_per_s", rate, prog_bar=True, batch_size=bsz)
+        self._last_step_time = (now, step + 1)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         self.model.clamp_logit_scale()  # after the optimizer step (open_clip clamps the parameter, not exp())

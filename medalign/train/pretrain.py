@@ -85,6 +85,9 @@ def pretrain(
         torch.set_num_threads(t.threads)
     L.seed_everything(t.seed, workers=True, verbose=False)
     model = DualEncoder(config.model)
+    on_cuda = torch.cuda.is_available() and t.accelerator in ("auto", "gpu", "cuda")
+    if t.channels_last and on_cuda:  # one input channel: the batch is channels-last already, only the weights change
+        model.image.to(memory_format=torch.channels_last_3d)
     if t.compile:
         model.image.compile()  # nn.Module.compile: in place, so state_dict keys keep their names
     reports = [text or "" for text in train.columns[config.data.text_field]]
@@ -105,7 +108,6 @@ def pretrain(
         tokens = build_token_cache(run / "cache", reports, model.text.token_ids, f"{config.model.text.model}:{len(model.text.tokenizer)}",
                                    model.text.max_length)
         collate = make_collate(model.text.tokenizer, model.text.max_length, tokens)
-    on_cuda = torch.cuda.is_available() and t.accelerator in ("auto", "gpu", "cuda")
     loader = ResumableLoader(dataset_, sampler, num_workers=d.num_workers, collate_fn=collate, persistent_workers=d.num_workers > 0,
                              pin_memory=on_cuda)
     if on_cuda:
