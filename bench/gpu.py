@@ -205,11 +205,18 @@ def step_flops(model, objective, batch: dict, device: str) -> float:
     under the run's autocast, so that counting takes no more memory than the step."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    from medalign.models.image import PhaseStemConv3d
+
+    stems = [m for m in model.modules() if isinstance(m, PhaseStemConv3d)]
+    for m in stems:  # the model's FLOPs: the stem as the direct convolution (its phase form does 1.5x the multiply-adds)
+        m.phases = False
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else contextlib.nullcontext()
     with FlopCounterMode(display=False) as counter:
         with autocast:
             loss = training_loss(model, objective, batch)
         loss.backward()
+    for m in stems:
+        m.phases = True
     model.zero_grad(set_to_none=True)
     return float(counter.get_total_flops())
 
@@ -468,9 +475,34 @@ def loader_rate(dataset: Path, preset: str, batch: int, workers: int, seconds: f
     return rate
 
 
+def repeated_set(dataset: Path, out: Path, times: int) -> Path:
+    """The prepared set with its training rows listed ``times`` over (ids suffixed, volumes shared):
+    epochs as long as a real set's, so that the loader's restart at each epoch does not dominate."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(dataset / "manifest.parquet")
+    train = table.filter(pa.compute.equal(table["split"], "train"))
+    parts = [table]
+    for i in range(1, times):
+        ids = pa.array([f"{sid}~{i}" for sid in train["study_id"].to_pylist()])
+        volumes = pa.array([str((dataset / v).resolve()) for v in train["volume"].to_pylist()])
+        parts.append(train.set_column(train.schema.get_field_index("study_id"), "study_id", ids)
+                     .set_column(train.schema.get_field_index("volume"), "volume", volumes))
+    out.mkdir(parents=True, exist_ok=True)
+    for name in os.listdir(dataset):
+        if name != "manifest.parquet":
+            (out / name).symlink_to((dataset / name).resolve())
+    pq.write_table(pa.concat_tables(parts), out / "manifest.parquet")
+    return out
+
+
 def pretrain_end_to_end(dataset: Path, text: Path, run: Path, batch: int, steps: int, smoke: bool) -> dict:
-    """``medalign pretrain`` on the prepared set: volumes/s as the run logs it (``train/volumes_per_s``)."""
+    """``medalign pretrain`` on the prepared set (its training rows repeated into a long epoch):
+    volumes/s as the run logs it (``train/volumes_per_s``)."""
     import csv
+
+    dataset = repeated_set(dataset, run.parent / "dataset_repeated", 4 if smoke else 40)
 
     overrides = [f"model.text.model={text}", f"trainer.max_steps={steps}", f"trainer.log_every_n_steps={2 if smoke else 10}", f"data.batch_size={batch}",
                  "validation.every_n_steps=null", "trainer.checkpoint_every=100000"]
@@ -590,7 +622,7 @@ def main() -> None:
     p.add_argument("--tokenizer", type=Path, default=None, help="a tokenizer folder (default: the built-in MiniLM's)")
     p.add_argument("--studies", type=int, default=48, help="synthetic studies prepared for the loader and inference sections")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--sections", default="chest,largest,oct,profile,lightning,loader,pretrain,inference,compile",
+    p.add_argument("--sections", default="chest,stem,largest,oct,profile,lightning,loader,pretrain,inference,compile",
                    help="comma-separated, run in this order of priority whatever the order given")
     a = p.parse_args()
     smoke, device = a.smoke, "cpu" if a.smoke else a.device
@@ -627,6 +659,10 @@ def main() -> None:
             for cl in (False, True):
                 for b in batches:
                     case(Case("chest_ct", "chest_ct", "resnet18_3d", chest, b, channels_last=cl), 15)
+        if "stem" in want:  # the phase stem (default) against MONAI's direct strided stem, channels-last
+            for b, phase in [(b, True) for b in batches] + [(batches[len(batches) // 2], False)]:
+                case(Case("stem", "chest_ct", "resnet18_3d", chest, b, {"phase_stem": phase}, channels_last=True,
+                          label="phase stem" if phase else "direct stem"), 15)
         eager = {(r["batch"], r["channels_last"]): r.get("step_s", math.inf) for r in rec.data["train"] if r["preset"] == "chest_ct"}
         best_cl = eager.get((batches[0], True), math.inf) < eager.get((batches[0], False), math.inf)
         if "largest" in want:  # 2. the largest registered encoder, and oct

@@ -203,3 +203,35 @@ def test_vit_fused_attention_computes_monai_attention():
     grads_e = dict(einsum.named_parameters())
     for name, p in fused.named_parameters():
         torch.testing.assert_close(p.grad, grads_e[name].grad, rtol=1e-9, atol=1e-10, msg=name)
+
+
+@pytest.mark.parametrize("size", [(16, 12, 10), (15, 9, 7), (8, 8, 8)])
+def test_space_to_depth_stem_is_the_strided_convolution(size):
+    """The GPU stem against PyTorch's own strided convolution (float64, even and odd sizes):
+    the same output, and the same gradients for the input and the weight."""
+    from medalign.models.image import space_to_depth_conv3d
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 1, *size, dtype=torch.float64, generator=g, requires_grad=True)
+    w = torch.randn(5, 1, 7, 7, 7, dtype=torch.float64, generator=g, requires_grad=True)
+    ours = space_to_depth_conv3d(x, w)
+    ref = torch.nn.functional.conv3d(x, w, stride=2, padding=3)
+    assert ours.shape == ref.shape == (2, 5, *((n + 1) // 2 for n in size))
+    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
+    up = torch.randn(ref.shape, dtype=torch.float64, generator=g)
+    gx, gw = torch.autograd.grad((ours * up).sum(), (x, w))
+    rx, rw = torch.autograd.grad((ref * up).sum(), (x, w))
+    torch.testing.assert_close(gx, rx, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(gw, rw, rtol=1e-12, atol=1e-12)
+
+
+def test_resnet_stem_keeps_its_weight_name_and_monai_output():
+    """The stem swap changes no checkpoint key and no output (CPU runs MONAI's convolution)."""
+    from monai.networks.nets import resnet18
+
+    from medalign.models.image import PhaseStemConv3d
+
+    enc = create_image_encoder("resnet18_3d", 8)
+    assert isinstance(enc.backbone.conv1, PhaseStemConv3d)
+    monai_keys = set(resnet18(spatial_dims=3, n_input_channels=1, feed_forward=False, conv1_t_stride=2).state_dict())
+    assert set(enc.backbone.state_dict()) == monai_keys

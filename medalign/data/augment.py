@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
+
 
 def build_augmentation(flip_axes: list[int], intensity: float, crop_scale: float = 1.0, spatial_size: Sequence[int] | None = None):
     """MONAI ``Compose`` applied to a ``(1, X, Y, Z)`` tensor, or ``None`` when nothing is enabled.
@@ -37,7 +39,11 @@ def draw_intensity_jitter(rng, intensity: float) -> tuple[float, float]:
 def jitter_intensity(images, jitter):
     """``(B, 1, X, Y, Z)`` float images, ``(B, 2)`` (factor, offset) per study -> ``x * (1 + factor) + offset``:
     MONAI's scale-then-shift jitter, applied to a whole batch on its device (no float volume is
-    built in the loader)."""
+    built in the loader). Integer (uint8 cache) images are read as ``x / 255`` in the same single
+    pass: the float32 result is the only full-size tensor written."""
     shape = (-1,) + (1,) * (images.dim() - 1)
-    factor, offset = jitter[:, 0].to(images.dtype).reshape(shape), jitter[:, 1].to(images.dtype).reshape(shape)
+    dtype = images.dtype if images.is_floating_point() else torch.float32
+    factor, offset = jitter[:, 0].to(dtype).reshape(shape), jitter[:, 1].to(dtype).reshape(shape)
+    if not images.is_floating_point():
+        return torch.addcmul(offset, images, (1 + factor) / 255.0)
     return images * (1 + factor) + offset

@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 
 from medalign.data.augment import jitter_intensity
-from medalign.data.dataset import as_unit_float
 from medalign.losses import ContrastiveObjective
 from medalign.models import DualEncoder
 from medalign.train.config import PretrainConfig
@@ -64,7 +63,7 @@ class PretrainModule(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         images = batch["image"]
         if "intensity_jitter" in batch:  # data.intensity_on: device
-            images = jitter_intensity(as_unit_float(images), batch["intensity_jitter"])
+            images = jitter_intensity(images, batch["intensity_jitter"])  # uint8 -> unit float and jitter in one pass
         img = self.model.encode_image(images)
         if uses_cached_text(self.config):
             pooled = self.report_embeddings[batch["index"]]
@@ -86,6 +85,8 @@ class PretrainModule(L.LightningModule):
         """``train/volumes_per_s``: whole steps (data, forward, backward, optimizer), all ranks, averaged
         since the last logged step. Logged only on the steps Lightning writes: a Python number logged
         is copied to the GPU, which waits for the queued work, and the CPU stops running ahead."""
+        if self._trainer is None:  # a step called by hand (tests, benchmarks): nothing to log to
+            return
         now, step = time.perf_counter(), self.trainer.global_step
         if self._last_step_time is None:  # the first step (start-up, cuDNN autotuning) is not counted
             self._last_step_time = (now, step + 1)
