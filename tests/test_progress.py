@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 
 import pytest
+import torch
 
 from medalign import progress as progress_module
 from medalign.progress import Progress, format_duration
@@ -87,3 +88,28 @@ def test_the_interval_reaches_child_processes(monkeypatch):
     assert progress_module.interval() == 5.0 and float(__import__("os").environ["MEDALIGN_PROGRESS_INTERVAL"]) == 5.0
     with pytest.raises(ValueError):
         progress_module.set_interval(0)
+
+
+def test_throughput_is_logged_on_written_steps_only(monkeypatch):
+    """``train/volumes_per_s`` is logged only on the steps Lightning writes (logging a Python number
+    copies it to the device, which then waits for the queued work), as the mean rate since the
+    previous one: 8 volumes x 2 ranks every 0.5 s is 32 volumes/s, the start-up step left out."""
+    from types import SimpleNamespace
+
+    import medalign.train.module as module_mod
+
+    module = module_mod.PretrainModule.__new__(module_mod.PretrainModule)
+    torch.nn.Module.__init__(module)
+    module._last_step_time = None
+    clock = {"t": 0.0}
+    monkeypatch.setattr(module_mod.time, "perf_counter", lambda: clock["t"])
+    trainer = SimpleNamespace(global_step=0, log_every_n_steps=5, world_size=2, should_stop=False)
+    module._trainer = trainer
+    module._fabric = None
+    logged = []
+    module.log = lambda name, value, **kw: logged.append((trainer.global_step, name, value))
+    for step in range(12):
+        trainer.global_step, clock["t"] = step, 10.0 + 0.5 * step + (3.0 if step else 0.0)  # the first step is slow
+        module._log_throughput(8)
+    assert [(s, n) for s, n, _ in logged] == [(4, "train/volumes_per_s"), (9, "train/volumes_per_s")]
+    assert [round(v, 6) for _, _, v in logged] == [32.0, 32.0]

@@ -47,7 +47,7 @@ class PretrainModule(L.LightningModule):
         self.report_cache = report_cache
         # a plain attribute, not a buffer: DDP would broadcast a buffer every step
         self.report_embeddings: torch.Tensor | None = None
-        self._last_step_time: tuple[float, int] | None = None  # (time, steps done) at the last logged rate
+        self._last_step_time: tuple[float | None, int] | None = None  # (time, global step) where the next rate starts
 
     def on_fit_start(self) -> None:
         if self.report_texts is not None and self.report_embeddings is None:
@@ -88,17 +88,18 @@ class PretrainModule(L.LightningModule):
         if self._trainer is None:  # a step called by hand (tests, benchmarks): nothing to log to
             return
         now, step = time.perf_counter(), self.trainer.global_step
-        if self._last_step_time is None:  # the first step (start-up, cuDNN autotuning) is not counted
-            self._last_step_time = (now, step + 1)
-            return
-        every = max(1, self.trainer.log_every_n_steps)
-        if (step + 1) % every and not self.trainer.should_stop:
+        if self._last_step_time is None:  # the first step (start-up, cuDNN autotuning) runs until the next call
+            self._last_step_time = (None, step)
             return
         since, first = self._last_step_time
-        if step + 1 > first:
-            rate = bsz * self.trainer.world_size * (step + 1 - first) / (now - since)
-            self.log("train/volumes_per_s", rate, prog_bar=True, batch_size=bsz)
-        self._last_step_time = (now, step + 1)
+        if since is None:
+            self._last_step_time = (now, step)
+            return
+        if (step + 1) % max(1, self.trainer.log_every_n_steps) and not self.trainer.should_stop:
+            return
+        if step > first:
+            self.log("train/volumes_per_s", bsz * self.trainer.world_size * (step - first) / (now - since), prog_bar=True, batch_size=bsz)
+        self._last_step_time = (now, step)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         self.model.clamp_logit_scale()  # after the optimizer step (open_clip clamps the parameter, not exp())
