@@ -535,6 +535,8 @@ def inference_rates(dataset: Path, text: Path, device: str, smoke: bool, workers
     config = pretrain_config("chest_ct", "resnet18_3d", {}, text, smoke)
     model = DualEncoder(config.model).to(device).eval()
     manifest = read_manifest(dataset)
+    if smoke:
+        manifest = manifest.subset_rows(range(min(len(manifest), 8)))
     rows = []
     for batch in (16, 32):
         embed_studies(model, manifest.subset_rows(range(min(len(manifest), batch))), batch_size=batch)  # warm-up (cuDNN autotuning)
@@ -621,6 +623,7 @@ def main() -> None:
     p.add_argument("--smoke", action="store_true", help="every section at toy sizes on the CPU")
     p.add_argument("--tokenizer", type=Path, default=None, help="a tokenizer folder (default: the built-in MiniLM's)")
     p.add_argument("--studies", type=int, default=48, help="synthetic studies prepared for the loader and inference sections")
+    p.add_argument("--data", type=Path, default=None, help="a prepared dataset to use instead of preparing a synthetic one")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--sections", default="chest,stem,largest,oct,profile,lightning,loader,pretrain,inference,compile",
                    help="comma-separated, run in this order of priority whatever the order given")
@@ -684,7 +687,12 @@ def main() -> None:
         rec.save()
         # 3. the loader against the step's demand, 4. the command end to end, 5. inference
         dataset = None
-        if want & {"loader", "pretrain", "inference"} and rec.room_for(45, "synthetic chest-CT set for the loader"):
+        if a.data is not None:
+            from medalign.data.manifest import read_manifest
+
+            dataset = a.data
+            rec.data["loader"].update(studies=len(read_manifest(dataset)), prepared="given (--data)")
+        elif want & {"loader", "pretrain", "inference"} and rec.room_for(45, "synthetic chest-CT set for the loader"):
             try:
                 dataset, facts = prepare_set(tmp, 6 if smoke else a.studies, 2 if smoke else max(1, cpus - 1), smoke)
                 rec.data["loader"].update(facts)
@@ -698,7 +706,7 @@ def main() -> None:
             rec.data["loader"].update(batch=batch, demand_volumes_per_s=demand, rates={})
             for w in ((0, 2) if smoke else (8, cpus - 1)):
                 if rec.room_for(20, f"loader with {w} workers"):
-                    rec.data["loader"]["rates"][str(w)] = round(loader_rate(dataset, "chest_ct", batch, w, 2 if smoke else 10, text, smoke), 1)
+                    rec.data["loader"]["rates"][str(w)] = round(loader_rate(dataset, "chest_ct", batch, w, 0.5 if smoke else 10, text, smoke), 1)
                     rec.save()
                     print("loader", w, rec.data["loader"]["rates"][str(w)], flush=True)
         if dataset is not None and "pretrain" in want and rec.room_for(50, "medalign pretrain end to end"):

@@ -39,3 +39,15 @@ def test_loader_ships_uint8_and_a_seeded_jitter(prepared_ct):
     f, o = (float(v) for v in plain["intensity_jitter"])
     cached = np.load(manifest.volume_path(5)).astype(np.float64) / 255.0
     np.testing.assert_allclose(out[0].numpy(), cached * (1 + f) + o, atol=1e-6)
+
+
+def test_device_jitter_reads_uint8_as_the_unit_window():
+    """The training step hands the uint8 batch straight to the jitter: one pass, the same values as
+    converting to [0, 1] first (float64 reference)."""
+    rng = np.random.default_rng(1)
+    raw = rng.integers(0, 256, (3, 1, 5, 4, 3), dtype=np.uint8)
+    jitter = torch.tensor([[0.04, -0.02], [-0.05, 0.05], [0.0, 0.01]])
+    out = jitter_intensity(torch.from_numpy(raw), jitter)
+    assert out.dtype == torch.float32
+    ref = raw.astype(np.float64) / 255.0 * (1 + jitter[:, 0].double().numpy().reshape(-1, 1, 1, 1, 1)) + jitter[:, 1].double().numpy().reshape(-1, 1, 1, 1, 1)
+    np.testing.assert_allclose(out.numpy(), ref, rtol=0, atol=1e-6)

@@ -12,11 +12,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_gpu_bench_smoke_writes_every_section(tmp_path):
+def test_gpu_bench_smoke_writes_every_section(prepared_ct, tmp_path):
     out = tmp_path / "gpu"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     done = subprocess.run([sys.executable, str(REPO / "bench" / "gpu.py"), "--smoke", "--out", str(out),
-                           "--sections", "stem,largest,profile,loader,inference,compile"],
+                           "--sections", "stem,largest,profile,loader,inference,compile", "--data", str(prepared_ct)],
                           capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     data = json.loads((out / "gpu.json").read_text())
@@ -29,7 +29,7 @@ def test_gpu_bench_smoke_writes_every_section(tmp_path):
     assert stems["phase stem"] == stems["direct stem"]
     assert any(r["compile"] for r in rows)
     assert data["profile"]["image_tower_fwd_bwd_s"] > 0 and (out / "profile.txt").is_file()
-    assert data["loader"]["studies"] == 6 and all(v > 0 for v in data["loader"]["rates"].values())
+    assert data["loader"]["studies"] == 48 and all(v > 0 for v in data["loader"]["rates"].values())
     assert [r["studies_per_s"] > 0 for r in data["inference"]] == [True] * 4
     table = (out / "gpu.md").read_text()
     assert "| chest_ct | resnet18_3d | 32×32×16 | 2 | channels-last, phase stem |" in table and "Not measured" not in table

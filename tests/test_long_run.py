@@ -20,6 +20,7 @@ import pytest
 import torch
 from conftest import REFERENCE_STEPS, TINY_TRAIN, losses_by_step, step_of
 
+from medalign.cli.main import main as cli
 from medalign.errors import EXIT_PREEMPTED
 
 MEDALIGN = [sys.executable, "-m", "medalign.cli.main"]
@@ -51,7 +52,7 @@ def _train_until(argv: list[str], log: Path, at_step: int, sig: signal.Signals, 
         return proc.wait(timeout=300)
 
 
-def test_sigterm_and_slurm_requeue_keep_the_work_and_resume_exactly(prepared_ct, reference_run, tmp_path):
+def test_sigterm_and_slurm_requeue_keep_the_work_and_resume_exactly(prepared_ct, reference_run, tmp_path, capsys):
     run = tmp_path / "run"
     last = run / "checkpoints" / "last.ckpt"
     train = ["pretrain", "--data", str(prepared_ct), "--progress-interval", "0.01"]
@@ -74,11 +75,12 @@ def test_sigterm_and_slurm_requeue_keep_the_work_and_resume_exactly(prepared_ct,
 
     # 2. the same command again does not touch the run
     before, state = _sha(last), _folder_state(run)
-    res = subprocess.run(argv, capture_output=True, text=True)
-    assert res.returncode == 2, res.stderr[-2000:]
-    assert f"already holds a pretraining run (checkpoints/last.ckpt at step {stopped}" in res.stderr
-    assert f"--resume {run}" in res.stderr and "--overwrite" in res.stderr
-    assert len(res.stderr.strip().splitlines()) == 1
+    capsys.readouterr()
+    assert cli(argv[len(MEDALIGN):]) == 2  # refused before any training: run in this process
+    err = capsys.readouterr().err
+    assert f"already holds a pretraining run (checkpoints/last.ckpt at step {stopped}" in err
+    assert f"--resume {run}" in err and "--overwrite" in err
+    assert len(err.strip().splitlines()) == 1
     assert _sha(last) == before and _folder_state(run) == state
 
     # 3. resumed under SLURM, SIGUSR1 (--signal=SIGUSR1@120): Lightning's requeue saves hpc_ckpt_1 and
