@@ -365,3 +365,64 @@ def test_retrieve_html_renders_in_headless_chromium(trained_run, prepared_ct, ph
     grey = pixels.mean(axis=-1)
     # the slices are drawn on black: a large dark, textured area, not a white page with captions only
     assert (grey < 0.5).mean() > 0.05 and grey[grey < 0.5].std() > 0.01
+
+
+def _real_slice_as_series(name: str, n: int, step_mm: float, dst: Path) -> Path:
+    """One real CT slice that pydicom ships, stacked ``n`` times ``step_mm`` apart along its normal as
+    one series: real anatomy of another body part, at its own field of view."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from pydicom.uid import generate_uid
+
+    src = pydicom.dcmread(get_testdata_file(name, download=False))
+    iop = np.asarray(src.ImageOrientationPatient, dtype=float)
+    normal = np.cross(iop[:3], iop[3:])
+    origin = np.asarray(src.ImagePositionPatient, dtype=float)
+    series = generate_uid()
+    dst.mkdir(parents=True)
+    for k in range(n):
+        src.SeriesInstanceUID = series
+        src.SOPInstanceUID = src.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        src.ImagePositionPatient = [float(v) for v in origin + k * step_mm * normal]
+        src.InstanceNumber = k + 1
+        src.SliceThickness = step_mm
+        src.save_as(dst / f"{k:03d}.dcm", enforce_file_format=True)
+    return dst
+
+
+def test_zeroshot_and_retrieve_say_when_a_study_is_out_of_distribution(trained_run, prepared_ct, phantom_ct, tmp_path, capsys):
+    """The guard (issue 26): a phantom chest study the model never trained on reads in distribution; a
+    real head CT (pydicom's, 221 mm across, stacked to 200 mm) reads out of it by its field of view, a
+    real abdominal CT slice stacked to 300 mm (a chest-sized field) by its embedding; each says why,
+    in the JSON and in one warning line, and retrieve --study writes the same verdict to query.json."""
+    import pyarrow.parquet as pq
+
+    test_ids = sorted({r["study_id"] for r in pq.read_table(prepared_ct / "manifest.parquet").to_pylist() if r["split"] == "test"})
+    verdicts = {}
+    for label, study in (("phantom", phantom_ct / "images" / test_ids[0]),
+                         ("head", _real_slice_as_series("J2K_pixelrep_mismatch.dcm", 40, 5.0, tmp_path / "head")),
+                         ("abdomen", _real_slice_as_series("explicit_VR-UN.dcm", 40, 7.5, tmp_path / "abdomen"))):
+        capsys.readouterr()
+        assert cli(["zeroshot", "--checkpoint", str(trained_run), "--study", str(study)]) == 0
+        out = capsys.readouterr()
+        data = json.loads(out.out)
+        verdicts[label] = data
+        assert data["out_of_distribution"] == bool(data["ood_reasons"])
+        assert ("warning: " in out.err) == data["out_of_distribution"]
+    assert not verdicts["phantom"]["out_of_distribution"], verdicts["phantom"]["ood_checks"]
+    head = verdicts["head"]
+    assert head["out_of_distribution"] and head["ood_checks"]["field_of_view"]["padding_share"] > 0.5
+    assert any(r.startswith("field of view: the study covers 221 x") for r in head["ood_reasons"]), head["ood_reasons"]
+    abdomen = verdicts["abdomen"]
+    assert not abdomen["ood_checks"]["field_of_view"]["out_of_distribution"]
+    assert abdomen["out_of_distribution"] and abdomen["ood_reasons"][0].startswith("embedding: its 5-NN cosine distance"), abdomen["ood_checks"]
+    emb = abdomen["ood_checks"]["embedding"]
+    assert emb["knn_distance"] > emb["threshold"] > verdicts["phantom"]["ood_checks"]["embedding"]["knn_distance"]
+
+    index = tmp_path / "index"
+    assert cli(["index", "--checkpoint", str(trained_run), "--data", str(prepared_ct), "--out", str(index)]) == 0
+    capsys.readouterr()
+    assert cli(["retrieve", "--index", str(index), "--study", str(tmp_path / "head"), "--out", str(tmp_path / "r"), "--k", "3"]) == 0
+    query = json.loads((tmp_path / "r" / "query.json").read_text())
+    assert query["out_of_distribution"] and query["ood_reasons"] == head["ood_reasons"]
+    assert "warning: " in capsys.readouterr().err

@@ -214,3 +214,19 @@ def test_retrieve_explain_shows_the_regions_behind_each_hit(trained_run, prepare
     assert cli(["retrieve", "--index", str(index), "--text", "pleural effusion", "--k", "2", "--out", str(tmp_path / "t"),
                 "--explain", "--explain-method", "gradcam"]) == 0
     assert all("query_peak_voxel" not in h["explain"] for h in json.loads((tmp_path / "t" / "results.json").read_text()))
+
+
+def test_figures_show_no_relevance_in_the_padding_around_the_scanned_field():
+    """A study covering slices 3..6 of a 10-slice model grid (known geometry): the field is exactly those."""
+    from medalign.io.dicom import Volume
+    from medalign.tasks.explain_run import scanned_field
+    from medalign.tasks.raw_study import RawStudy
+
+    model_affine = np.eye(4)
+    source_affine = np.eye(4)
+    source_affine[2, 3] = 3.0  # the scanner's first slice lies at z = 3 mm
+    raw = RawStudy(array=np.zeros((10, 10, 10), np.float32), affine=model_affine,
+                   source=Volume(np.zeros((10, 10, 4), np.float32), source_affine), mirrored=False)
+    field = scanned_field(raw)
+    assert field.dtype == np.float32 and field.shape == (10, 10, 10)
+    assert field[:, :, 3:7].all() and not field[:, :, :3].any() and not field[:, :, 7:].any()

@@ -260,3 +260,52 @@ def test_loose_dicom_files_in_folder_mode_are_not_dropped_without_a_word(tmp_pat
     assert code == 2 and len(err) == 1
     assert "5 DICOM files lie directly in the images folder" in err[0] and "--group-by study_uid" in err[0]
     assert not (out / "manifest.parquet").exists()
+
+
+def test_a_blank_uid_series_scattered_over_folders_stays_one_series(tmp_path):
+    """A real series (CT5N) with its SeriesInstanceUID blanked and no SeriesNumber, its files spread over
+    three folders of one study: one series of 5 slices, the same volume as the intact series; a second
+    blank series of another geometry (pixel spacing) beside it stays a series of its own."""
+    from medalign.io.dicom import SeriesSelection, load_dicom_study, scan_series
+
+    intact = copy_real_series(tmp_path / "intact")
+    study = tmp_path / "study"
+    for i, f in enumerate(by_position(intact)):
+        ds = pydicom.dcmread(f)
+        ds.SeriesInstanceUID = ""
+        del ds.SeriesNumber
+        (study / "abc"[i % 3]).mkdir(parents=True, exist_ok=True)
+        ds.save_as(study / "abc"[i % 3] / f"{i}.dcm", enforce_file_format=True)
+    policy = SeriesSelection(planes=[], min_slices=3)
+    series, _ = scan_series(study)
+    assert [len(s.files) for s in series] == [5]
+    np.testing.assert_array_equal(load_dicom_study(study, policy)[0].array, load_dicom_study(tmp_path / "intact", policy)[0].array)
+    for i, f in enumerate(sorted(study.rglob("*.dcm"))[:3]):  # another reconstruction: a finer pixel grid
+        ds = pydicom.dcmread(f)
+        ds.PixelSpacing = [float(v) / 2 for v in ds.PixelSpacing]
+        ds.SOPInstanceUID = pydicom.uid.generate_uid()
+        ds.save_as(study / "abc"[i % 3] / f"fine{i}.dcm", enforce_file_format=True)
+    series, _ = scan_series(study)
+    assert sorted(len(s.files) for s in series) == [3, 5]
+
+
+def test_a_flat_dump_prepares_a_blank_uid_series_scattered_over_folders(tmp_path):
+    """The same scattered blank-UID series in a PACS dump keyed by accession (``--group-by accession``):
+    one study, its 5 slices, the intact series' volume."""
+    intact = copy_real_series(tmp_path / "intact", accession="SCATTER")
+    dump = tmp_path / "dump"
+    for i, f in enumerate(by_position(intact)):
+        ds = pydicom.dcmread(f)
+        ds.SeriesInstanceUID = ""
+        del ds.SeriesNumber
+        (dump / f"export{i % 3}").mkdir(parents=True, exist_ok=True)
+        ds.save_as(dump / f"export{i % 3}" / f"{ds.SOPInstanceUID}.dcm", enforce_file_format=True)
+    _ris_export(tmp_path / "ris.csv", {"SCATTER": "No effusion."})
+    code, out = _prep(tmp_path, dump, tmp_path / "ris.csv", "--group-by", "accession")
+    assert code == 0, (out / "prep.log").read_text()
+    (row,) = pq.read_table(out / "manifest.parquet").to_pylist()
+    (tmp_path / "ref").mkdir()
+    reference_code, reference = _prep(tmp_path / "ref", tmp_path / "intact", tmp_path / "ris.csv", "--group-by", "accession")
+    assert reference_code == 0
+    (ref_row,) = pq.read_table(reference / "manifest.parquet").to_pylist()
+    np.testing.assert_array_equal(np.load(out / row["volume"]), np.load(reference / ref_row["volume"]))

@@ -207,3 +207,41 @@ def test_columns_option_is_checked_on_the_command_line(tmp_path):
     res = subprocess.run([sys.executable, "-m", "medalign.cli.main", "label", "--reports", __file__, "--out", str(tmp_path / "l.csv"),
                           "--columns", "patient=PID"], capture_output=True, text=True)
     assert res.returncode == 2 and "unknown role 'patient' (roles: id, accession, report (or text), split)" in res.stderr
+
+
+def test_a_split_column_that_splits_a_patient_is_refused(phantom_ct, tmp_path, capsys):
+    """Two studies of one patient (the same DICOM PatientID) in train and test: exit 2 naming both,
+    before any manifest; the same refusal on a rerun (the studies are then prepared already); with
+    both in train it prepares and prints patients per split. No PatientID reaches the outputs."""
+    rows = list(csv.DictReader(open(phantom_ct / "reports.csv", encoding="utf-8")))[:4]
+    images = tmp_path / "images"
+    for r in rows:
+        shutil.copytree(phantom_ct / "images" / r["study_id"], images / r["study_id"])
+    first, prior = rows[0]["study_id"], rows[3]["study_id"]
+    patient = pydicom.dcmread(next((images / first).rglob("*.dcm")), stop_before_pixels=True).PatientID
+    for f in (images / prior).rglob("*.dcm"):  # the prior study of the first study's patient
+        ds = pydicom.dcmread(f)
+        ds.PatientID = patient
+        ds.save_as(f)
+    reports = tmp_path / "reports.csv"
+
+    def write(splits):
+        with open(reports, "w", newline="", encoding="utf-8") as fh:
+            w = csv.DictWriter(fh, ["study_id", "report", "split"])
+            w.writeheader()
+            w.writerows({"study_id": r["study_id"], "report": r["report"], "split": s} for r, s in zip(rows, splits))
+
+    out = tmp_path / "ds"
+    argv = ["prep", "--images", str(images), "--reports", str(reports), "--out", str(out), "--workers", "1"]
+    write(["train", "train", "test", "test"])
+    for _ in range(2):  # the rerun finds the studies prepared and still checks them
+        capsys.readouterr()
+        assert cli(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1
+        assert f"the split column puts one patient in two splits: studies {first} (train), {prior} (test) share a PatientID" in err
+        assert not (out / "manifest.parquet").exists()
+    write(["train", "train", "test", "train"])
+    assert cli(argv) == 0
+    assert "prep: patients per split: train 2, val 0, test 1" in capsys.readouterr().out
+    assert all(patient.encode() not in f.read_bytes() for f in out.rglob("*") if f.is_file())

@@ -229,6 +229,8 @@ def cmd_prep(a: argparse.Namespace) -> int:
           f"{' (' + reasons + ')' if reasons else ''}{orphans} -> {s.out}")
     print("prep: studies per split: " + ", ".join(f"{k} {v}" for k, v in s.splits.items())
           + (f" (shard {a.shard[0]} of {a.shard[1]})" if a.shard else ""))
+    if s.patients:
+        print("prep: patients per split: " + ", ".join(f"{k} {v}" for k, v in s.patients.items()))
     if a.shard is None:
         for note in s.split_notes():
             print(f"note: {note}", file=sys.stderr)
@@ -409,13 +411,22 @@ def cmd_zeroshot(a: argparse.Namespace) -> int:
         print(f"zeroshot --explain: per finding a map on the study's scanner grid (.nii.gz), a figure (.png), and explain.json -> {a.explain}")
         return 0
     if a.study is not None:
-        print(json.dumps(zeroshot_study(a.checkpoint, a.study, a.vocab, a.device, a.modality), indent=2))
+        result = zeroshot_study(a.checkpoint, a.study, a.vocab, a.device, a.modality)
+        print(json.dumps(result, indent=2))
+        _warn_out_of_distribution(a.study, result)
         return 0
     if a.data is None or a.out is None:
         raise MedalignError("zeroshot: give --study PATH, or --data DATASET with --out DIR")
     metrics = zeroshot_dataset(a.checkpoint, a.data, a.out, a.vocab, a.labels, a.split, a.device, _key(a))
     print(f"zeroshot: macro AUROC {metrics['macro_auroc']:.3f} over {metrics['n_findings_evaluated']} findings on {metrics['n_studies']} {a.split} studies -> {a.out}")
     return 0
+
+
+def _warn_out_of_distribution(study: Path, result: dict) -> None:
+    """One line on stderr when the guard finds the study unlike the training data (the JSON says why too)."""
+    if result.get("out_of_distribution"):
+        print(f"warning: {study}: out of the training distribution, read its scores with caution: " + "; ".join(result["ood_reasons"]),
+              file=sys.stderr)
 
 
 def cmd_index(a: argparse.Namespace) -> int:
@@ -432,6 +443,8 @@ def cmd_retrieve(a: argparse.Namespace) -> int:
 
     hits = retrieve(a.index, a.out, study=a.study, text=a.text, k=a.k, device=a.device, target=a.target, html=a.html, ef_search=a.ef_search,
                     modality=a.modality, explain=a.explain, explain_method=a.explain_method)
+    if a.study is not None and (a.out / "query.json").is_file():
+        _warn_out_of_distribution(a.study, json.loads((a.out / "query.json").read_text(encoding="utf-8")))
     if a.explain and hits:
         print(f"retrieve --explain: method {hits[0]['explain']['method']}")
     for h in hits:

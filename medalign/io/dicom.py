@@ -204,8 +204,8 @@ def _display(path: Path, root: Path | None) -> str:
 def scan_series(root: Path, files: list[Path] | None = None) -> tuple[list[SeriesInfo], list[tuple[Path, str]]]:
     """Group every DICOM file under ``root`` (recursively), or the given ``files``, into series.
 
-    Files without a SeriesInstanceUID (blanked by de-identification) are grouped by folder and
-    SeriesNumber instead. A file repeating an instance already read (same SOPInstanceUID, position and frame count: PACS
+    Files without a SeriesInstanceUID (blanked by de-identification) are grouped by their identity
+    (:func:`_blank_series_key`: frame of reference, orientation, spacing, matrix, ...), wherever they lie. A file repeating an instance already read (same SOPInstanceUID, position and frame count: PACS
     exports repeat instances) is skipped; a SOPInstanceUID reused at another position (as some
     de-identification tools leave them) is not a repeat. Returns the series and ``(file, reason)`` for files that were skipped.
     """
@@ -234,13 +234,41 @@ def scan_series(root: Path, files: list[Path] | None = None) -> tuple[list[Serie
             skipped.append((path, f"same SOP instance as {seen_instances[instance].name}"))
             continue
         seen_instances[instance] = path
-        series_uid = _str(ds, "SeriesInstanceUID").strip() or f"blank:{path.parent}#{_str(ds, 'SeriesNumber').strip()}"
+        series_uid = _str(ds, "SeriesInstanceUID").strip() or _blank_series_key(ds, path)
         groups[(_str(ds, "StudyInstanceUID").strip(), series_uid)].append((path, ds))
     series = []
     for (study_uid, series_uid), members in groups.items():
         for stack, items in enumerate(split_into_stacks(members)):
             series.append(_series_info(study_uid, series_uid, stack, items))
     return series, skipped
+
+
+#: what a series without SeriesInstanceUID is known by: the files of one series agree on all of these
+#: (not AcquisitionNumber: pydicom's real gated CT5N series counts acquisitions 1 and 2 within one series)
+_SERIES_IDENTITY = ("FrameOfReferenceUID", "SeriesNumber", "SeriesDescription", "ConvolutionKernel")
+_SERIES_GEOMETRY = (("ImageOrientationPatient", 3), ("PixelSpacing", 4), ("SliceThickness", 3))
+
+
+def _rounded(ds: Dataset, name: str, digits: int) -> str:
+    value = ds.get(name)
+    values = list(value) if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else [value]
+    try:
+        return ",".join(f"{float(v):.{digits}f}" for v in values)
+    except (TypeError, ValueError):
+        return ""
+
+
+def _blank_series_key(ds: Dataset, path: Path) -> str:
+    """A series key for a file whose SeriesInstanceUID was blanked (de-identification): its identity
+    (frame of reference, SeriesNumber, description, kernel) and geometry (orientation,
+    pixel spacing, slice thickness) with modality, image type and matrix, so that a series scattered
+    over several folders stays one series. A file that says none of these is grouped by its folder."""
+    identity = [_str(ds, name).strip() for name in _SERIES_IDENTITY]
+    geometry = [_rounded(ds, name, digits) for name, digits in _SERIES_GEOMETRY]
+    if not any(identity + geometry):
+        return f"blank:{path.parent}"
+    kind = [_str(ds, "Modality"), "\\".join(str(v) for v in (ds.get("ImageType") or [])), _str(ds, "Rows"), _str(ds, "Columns")]
+    return "blank:" + hashlib.sha1("|".join(identity + geometry + kind).encode("utf-8")).hexdigest()[:16]
 
 
 _Member = tuple[Path, Dataset, list[tuple[np.ndarray, np.ndarray]]]  # file, header, frame geometry

@@ -60,6 +60,8 @@ class PrepSummary:
     bytes_needed: int | None = None
     #: studies per split in this manifest (a shard's own, with --shard)
     splits: dict[str, int] = dataclasses.field(default_factory=dict)
+    #: distinct patients per split among the studies whose DICOM headers carry a PatientID
+    patients: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def split_notes(self) -> list[str]:
         """What the split counts mean for the commands that follow (an empty test or val split)."""
@@ -364,6 +366,8 @@ def _write_study(out: Path, name: str, prepared: list, study_id: str, config: Pr
     if patient:  # the split of the patient, never the PatientID: studies of one patient never straddle train and test
         record["patient_split"] = assign_split("patient:" + patient, config.val_fraction, config.test_fraction)
     atomic_write_json(out / "records" / f"{name}.json", record)
+    if patient:  # back to the parent in memory only, hashed: it counts patients and checks a given split column
+        return {**record, "patient_hash": hashlib.sha256(patient.encode("utf-8")).hexdigest()}
     return record
 
 
@@ -562,6 +566,7 @@ def _prepare_dataset(images: Path, reports: Path, out: Path, vocab: Vocabulary, 
     errors: list[dict[str, str]] = [e for e in early_errors if e["study_id"] in studies or (not e["study_id"] and (shard is None or shard[0] == 0))]
     tasks = []
     skipped = 0
+    done_earlier: list[tuple[str, Path, list[str] | None]] = []
     for sid, path in studies.items():
         files = [str(f) for f in study_files[sid]] if sid in study_files else None
         if sid in failed_early:
@@ -574,6 +579,7 @@ def _prepare_dataset(images: Path, reports: Path, out: Path, vocab: Vocabulary, 
             errors.append({"study_id": sid, "path": str(path), "reason": f"{Path(reports).name}: empty report"})
         elif _is_done(out, sid):
             skipped += 1
+            done_earlier.append((sid, path, files))
         else:
             tasks.append((sid, str(path), to_dict(config), str(out), files, str(images)))
     orphan_reports = sorted(set(report_rows) - set(all_studies))
@@ -602,6 +608,11 @@ def _prepare_dataset(images: Path, reports: Path, out: Path, vocab: Vocabulary, 
         bar.update()
     bar.close()
     done = 0
+    patient_of = {res["study_id"]: res.pop("patient_hash") for res in results if "patient_hash" in res}
+    for sid, path, files in done_earlier:  # a rerun checks and counts every study, not only this run's
+        patient = _read_patient_hash(Path(path), files)
+        if patient:
+            patient_of[sid] = patient
     for res in results:
         if "error" in res:
             errors.append({"study_id": res["study_id"], "path": str(studies[res["study_id"]]), "reason": res["error"]})
@@ -636,6 +647,7 @@ def _prepare_dataset(images: Path, reports: Path, out: Path, vocab: Vocabulary, 
                 "impression": sections["impression"],
                 "labels": merge_labels(parsed, given),
             })
+    patients = _patients_per_split(rows, patient_of, given_split=any(report_rows[sid].get("split") for sid in report_rows), reports=reports)
     if given_labels is not None:
         unused = len(set(given_labels) - set(all_studies))
         log_lines.append(f"given labels: {len(compared)} of {len({r['study_id'] for r in rows})} studies labelled by the labels file"
@@ -655,11 +667,50 @@ def _prepare_dataset(images: Path, reports: Path, out: Path, vocab: Vocabulary, 
         log_lines.append(f"failed {e['study_id']}: {e['reason']}")
     log_lines.append(f"done {done}, skipped (already prepared) {skipped}, failed {len(errors)}; manifest rows {len(rows)}; studies per "
                      "split: " + ", ".join(f"{s} {len({r['study_id'] for r in rows if r['split'] == s})}" for s in ("train", "val", "test")))
+    if patients:
+        log_lines.append("patients per split (the studies whose DICOM headers carry a PatientID): "
+                         + ", ".join(f"{k} {v}" for k, v in patients.items()))
     previous = logfile.read_text(encoding="utf-8") if logfile.exists() else ""
     atomic_write_text_lines(logfile, [previous.rstrip("\n")] + log_lines if previous else log_lines)
     splits = {s: len({r["study_id"] for r in rows if r["split"] == s}) for s in ("train", "val", "test")}
     return PrepSummary(done=done, skipped=skipped, failed=len(errors), reasons=reasons, out=out,
-                       reports_without_images=len(orphan_reports), bytes_needed=needed, splits=splits)
+                       reports_without_images=len(orphan_reports), bytes_needed=needed, splits=splits, patients=patients)
+
+
+def _read_patient_hash(path: Path, files: list[str] | None) -> str | None:
+    """The SHA-256 of the PatientID of a study an earlier run prepared (one DICOM header read), or None
+    (no DICOM: NIfTI, vendor OCT; or no PatientID)."""
+    import pydicom
+
+    candidates = [Path(f) for f in files] if files else ([path] if path.is_file() else sorted(f for f in path.rglob("*") if f.is_file()))
+    for f in candidates[:16]:
+        try:
+            ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["PatientID"])
+        except Exception:  # noqa: BLE001 - not DICOM (a README, a NIfTI file): try the next
+            continue
+        patient = str(ds.get("PatientID", "") or "").strip()
+        return hashlib.sha256(patient.encode("utf-8")).hexdigest() if patient else None
+    return None
+
+
+def _patients_per_split(rows: list[dict], patient_of: dict[str, str], given_split: bool, reports: Path) -> dict[str, int]:
+    """Distinct patients per split, from the studies' hashed PatientIDs. A split column given in the
+    reports file that puts one patient in two splits is refused (``InputError``): a prior in train and
+    the current study in test would score the model on a patient it trained on."""
+    split_of = {r["study_id"]: r["split"] for r in rows}
+    splits_of: dict[str, dict[str, str]] = {}
+    for sid, patient in patient_of.items():
+        if sid in split_of:
+            splits_of.setdefault(patient, {}).setdefault(split_of[sid], sid)
+    straddling = [studies for studies in splits_of.values() if len(studies) > 1]
+    if given_split and straddling:
+        first = ", ".join(f"{sid} ({split})" for split, sid in sorted(straddling[0].items(), key=lambda kv: kv[1]))
+        raise InputError(f"{reports}: the split column puts one patient in two splits: studies {first} share a PatientID "
+                         f"({len(straddling)} patient{'s' if len(straddling) > 1 else ''} in all); keep each patient's studies "
+                         "in one split, or drop the split column (prep then splits by patient)")
+    if not splits_of:
+        return {}
+    return {s: sum(s in studies for studies in splits_of.values()) for s in ("train", "val", "test")}
 
 
 def estimate_bytes(config: PrepConfig, studies: int) -> int | None:

@@ -40,6 +40,7 @@ def explain_study(checkpoint: Path, study: Path, out: Path, vocab: str | None = 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     findings = {}
+    field = scanned_field(raw)  # the figures show no relevance in the padding around the scanned field
     for k, name in enumerate(voc.names):
         on_scanner = resample_to_grid(maps[k], raw.affine, raw.source.array.shape, raw.source.affine)
         if raw.mirrored:
@@ -58,7 +59,7 @@ def explain_study(checkpoint: Path, study: Path, out: Path, vocab: str | None = 
             "map": f"{stem}.nii.gz",
             "figure": f"{stem}.png",
         }
-        plot_explanation(raw, maps[k], name, findings[name], out / f"{stem}.png")
+        plot_explanation(raw, maps[k] * field, name, findings[name], out / f"{stem}.png")
         bar.update()
     bar.close()
     result = {"study": Path(study).name, "method": used, "series": raw.provenance[0],
@@ -71,6 +72,21 @@ def explain_study(checkpoint: Path, study: Path, out: Path, vocab: str | None = 
                                   "scores here are that volume's, while zeroshot --study averages all of them")
     atomic_write_json(out / "explain.json", result)
     return result
+
+
+def scanned_field(raw: RawStudy) -> np.ndarray:
+    """``(X, Y, Z)`` float32 on the model's grid: 1 where a voxel lies inside the study's scanned box,
+    0 in the padding the preset's crop added around it. A mirrored (left-eye) study: all 1."""
+    shape = raw.array.shape
+    if raw.mirrored:
+        return np.ones(shape, np.float32)
+    to_source = np.linalg.inv(raw.source.affine) @ raw.affine  # model voxel -> scanner voxel
+    axes = [np.arange(n, dtype=np.float64).reshape([-1 if a == b else 1 for b in range(3)]) for a, n in enumerate(shape)]
+    inside = np.ones(shape, bool)
+    for r, n in enumerate(raw.source.array.shape[:3]):
+        coord = to_source[r, 3] + sum(to_source[r, a] * axes[a] for a in range(3))
+        inside &= (coord >= -0.5) & (coord <= n - 0.5)
+    return inside.astype(np.float32)
 
 
 #: height in pixels of each slice panel of the figure

@@ -56,7 +56,8 @@ def retrieve(index: Path, out: Path, study: Path | None = None, text: str | None
              html: bool = False, ef_search: int | None = None, modality: str | None = None, explain: bool = False,
              explain_method: str = "auto") -> list[dict]:
     """Top-``k`` studies (or reports) for a raw study or a text; writes results.json and montage.png
-    (and ``results.html``, a self-contained page, with ``html``). ``modality`` confirms a NIfTI query
+    (and ``results.html``, a self-contained page, with ``html``); for a study, ``query.json`` says whether
+    it is out of the training distribution (:mod:`medalign.tasks.ood`). ``modality`` confirms a NIfTI query
     is of the model's modality (a NIfTI file says none). ``explain``: for each hit, relevance maps of
     the hit's regions and (for a study query) the query's regions for their similarity score, shown
     in the montage and the page (:func:`~medalign.tasks.explain.relevance_maps`)."""
@@ -83,6 +84,14 @@ def retrieve(index: Path, out: Path, study: Path | None = None, text: str | None
         h["rank"] = r
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    if text is None:  # the query study beside its hits: is it like what the model was trained on?
+        from medalign.tasks.ood import out_of_distribution
+
+        guard = out_of_distribution(model_dir, raw.source.affine, raw.source.array.shape, query)
+        atomic_write_json(out / "query.json", {"study": Path(study).name, "out_of_distribution": guard["out_of_distribution"],
+                                               "ood_reasons": guard["reasons"], "ood_checks": {k: guard[k] for k in ("field_of_view", "embedding")}})
+    else:
+        (out / "query.json").unlink(missing_ok=True)  # an earlier study query's verdict is not this text's
     atomic_write_json(out / "results.json", hits)
     dataset = Path(idx.info["dataset"])
     by_id = {m["study_id"]: m for m in idx.meta}

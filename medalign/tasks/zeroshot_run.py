@@ -94,8 +94,12 @@ def zeroshot_study(checkpoint: Path, study: Path, vocab: str | None = None, devi
         thr = stored["thresholds"].get(name)
         findings[name] = {"score": round(float(p), 4), "threshold": None if thr is None else round(float(thr), 4),
                           "call": None if thr is None else ("positive" if p >= thr else "negative")}
-    return {"study": Path(study).name, "probabilities": {n: f["score"] for n, f in findings.items()}, "findings": findings,
-            "threshold_source": stored["source"], "volumes": raw.provenance}
+    from medalign.tasks.ood import out_of_distribution
+
+    guard = out_of_distribution(model_dir, raw.source.affine, raw.source.array.shape, emb[0])
+    return {"study": Path(study).name, "out_of_distribution": guard["out_of_distribution"], "ood_reasons": guard["reasons"],
+            "probabilities": {n: f["score"] for n, f in findings.items()}, "findings": findings,
+            "threshold_source": stored["source"], "volumes": raw.provenance, "ood_checks": {k: guard[k] for k in ("field_of_view", "embedding")}}
 
 
 def read_thresholds(model_dir: Path) -> dict:

@@ -5,6 +5,7 @@ MODEL/
     prep_config.yaml, vocab.yaml            the training data's preparation and findings
     thresholds.json      per finding the Youden threshold on the validation split (or why none)
     validation.json      per finding AUROC with its bootstrap 95% CI on the validation split
+    reference.safetensors  training studies' embeddings and the out-of-distribution threshold (val-calibrated)
     MODEL_CARD.md        intended use, training data, validation, thresholds, limits (Hugging Face's convention)
 
 Everything is written into ``MODEL.tmp`` and renamed into place: an export is whole or absent.
@@ -55,10 +56,11 @@ def export_model(model: DualEncoder, meta: Path, folder: Path, finish: Callable[
 
 
 def write_validation_files(model: DualEncoder, val: Manifest, dataset: Path, folder: Path, uncertain: str = "ignore",
-                           n_bootstrap: int = 1000) -> None:
+                           n_bootstrap: int = 1000) -> np.ndarray:
     """``folder/thresholds.json`` (each finding's Youden threshold on the validation split, or the reason
     it has none) and ``folder/validation.json`` (AUROC and its bootstrap 95% CI per finding): the
-    operating points one-study calls use and the figures the model card quotes."""
+    operating points one-study calls use and the figures the model card quotes. Returns the validation
+    studies' embeddings ``(M, D)``."""
     from medalign.metrics import binary_labels, bootstrap_auroc_ci, finding_aurocs, validation_thresholds
     from medalign.models.inference import embed_studies, finding_probabilities
     from medalign.prep.vocab import load_vocabulary
@@ -66,7 +68,8 @@ def write_validation_files(model: DualEncoder, val: Manifest, dataset: Path, fol
     vocab = load_vocabulary(Path(dataset) / "vocab.yaml")
     model.eval()
     with torch.no_grad():
-        scores = finding_probabilities(model, embed_studies(model, val), vocab)
+        embeddings = embed_studies(model, val)
+        scores = finding_probabilities(model, embeddings, vocab)
     truth = val.truth(vocab.names, uncertain)
     thresholds, notes = validation_thresholds(scores, truth, vocab.names)
     atomic_write_json(folder / "thresholds.json", {
@@ -82,6 +85,23 @@ def write_validation_files(model: DualEncoder, val: Manifest, dataset: Path, fol
     atomic_write_json(folder / "validation.json", {
         "split": "val", "studies": len(val), "dataset_manifest_sha256": file_sha256(Path(dataset) / MANIFEST),
         "uncertain_labels": uncertain, "macro_auroc": float(np.mean(evaluated)) if evaluated else None, "per_finding": per})
+    return embeddings
+
+
+def write_reference_embeddings(model: DualEncoder, dataset: Path, folder: Path, val_embeddings: np.ndarray) -> None:
+    """``folder/reference.safetensors``: training-split study embeddings (evenly chosen, at most
+    :data:`~medalign.models.reference.MAX_REFERENCE`) and the out-of-distribution threshold calibrated
+    on the validation studies (:mod:`medalign.models.reference`)."""
+    from medalign.models.inference import embed_studies
+    from medalign.models.reference import MAX_REFERENCE, write_reference
+
+    train = read_manifest(dataset).subset("train").studies()
+    if len(train) == 0:
+        return
+    rows = np.unique(np.linspace(0, len(train) - 1, min(len(train), MAX_REFERENCE)).round().astype(int))
+    with torch.no_grad():
+        embeddings = embed_studies(model, train.subset_rows(rows))
+    write_reference(folder, embeddings, val_embeddings)
 
 
 def export_run(model: DualEncoder, run: Path, config: PretrainConfig, folder: Path, checkpoint: str, step: int,
@@ -98,7 +118,8 @@ def export_run(model: DualEncoder, run: Path, config: PretrainConfig, folder: Pa
 
     def finish(tmp: Path) -> None:
         if val is not None:
-            write_validation_files(model, val, Path(dataset), tmp, config.labels.uncertain)
+            val_embeddings = write_validation_files(model, val, Path(dataset), tmp, config.labels.uncertain)
+            write_reference_embeddings(model, Path(dataset), tmp, val_embeddings)
         write_model_card(tmp, record, config, checkpoint=checkpoint, step=step, notes=notes, name=folder.name)
 
     export_model(model, run / DATASET_FILES, folder, finish)
