@@ -25,7 +25,8 @@ from medalign.errors import EXIT_PREEMPTED
 
 MEDALIGN = [sys.executable, "-m", "medalign.cli.main"]
 #: a plain progress line as a log file shows it
-PROGRESS_LINE = re.compile(r"^step (\d+)/(\d+) \(\d+\.\d%\) · [\d.]+ volumes/s · loss [\d.]+ · lr [\d.]+e[-+]\d+ · ETA \w+$", re.M)
+# the rate reads "N volumes/s", or "N s/volume" on a machine slower than one volume a second
+PROGRESS_LINE = re.compile(r"^step (\d+)/(\d+) \(\d+\.\d%\) · [\d.]+ (?:volumes/s|s/volume) · loss [\d.]+ · lr [\d.]+e[-+]\d+ · ETA \w+$", re.M)
 
 
 def _sha(path: Path) -> str:

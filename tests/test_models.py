@@ -131,7 +131,7 @@ def test_training_step_with_a_frozen_text_tower(loss):
     [
         ("resnet10_3d", {"widen_factor": 0.25}, 32),
         ("densenet121_3d", {}, 32),
-        ("swin_3d", {"feature_size": 12}, 64),
+        ("swin_3d", {"feature_size": 12, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 2, 2]}, 64),
         ("vit_3d", {"img_size": [32, 32, 32], "hidden_size": 48, "num_layers": 2, "num_heads": 2, "mlp_dim": 64}, 32),
     ],
 )
