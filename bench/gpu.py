@@ -222,7 +222,7 @@ def step_flops(model, objective, batch: dict, device: str) -> float:
 
 
 def plain_steps(model, objective, optimizer, batches, device: str, warmup: int, steps: int) -> tuple[float, float]:
-    """``(seconds of the first step, median-free mean seconds per step after warm-up)`` of the plain loop:
+    """``(seconds of the first step, mean seconds per step after warm-up)`` of the plain loop:
     bf16 autocast (fp32 on CPU), backward, clip 1.0, AdamW, clamp of the logit scale."""
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else contextlib.nullcontext()
     first = 0.0
@@ -242,8 +242,8 @@ def plain_steps(model, objective, optimizer, batches, device: str, warmup: int, 
             sync(device)
             first = time.perf_counter() - t
     sync(device)
-    if not math.isfinite(float(loss)):
-        raise FloatingPointError(f"loss {float(loss)}")
+    if not math.isfinite(float(loss.detach())):
+        raise FloatingPointError(f"loss {float(loss.detach())}")
     return first, (time.perf_counter() - t0) / steps
 
 

@@ -419,6 +419,13 @@ def test_zeroshot_and_retrieve_say_when_a_study_is_out_of_distribution(trained_r
     emb = abdomen["ood_checks"]["embedding"]
     assert emb["knn_distance"] > emb["threshold"] > verdicts["phantom"]["ood_checks"]["embedding"]["knn_distance"]
 
+    # zeroshot --study --explain keeps the verdict in explain.json
+    capsys.readouterr()
+    assert cli(["zeroshot", "--checkpoint", str(trained_run), "--study", str(tmp_path / "head"), "--explain", str(tmp_path / "x"),
+                "--explain-method", "gradcam"]) == 0
+    assert json.loads((tmp_path / "x" / "explain.json").read_text())["ood_reasons"] == head["ood_reasons"]
+    assert "warning: " in capsys.readouterr().err
+
     index = tmp_path / "index"
     assert cli(["index", "--checkpoint", str(trained_run), "--data", str(prepared_ct), "--out", str(index)]) == 0
     capsys.readouterr()

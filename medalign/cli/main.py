@@ -409,6 +409,7 @@ def cmd_zeroshot(a: argparse.Namespace) -> int:
         if "note_volumes" in result:
             print(f"zeroshot --explain: {result['note_volumes']}")
         print(f"zeroshot --explain: per finding a map on the study's scanner grid (.nii.gz), a figure (.png), and explain.json -> {a.explain}")
+        _warn_out_of_distribution(a.study, result)
         return 0
     if a.study is not None:
         result = zeroshot_study(a.checkpoint, a.study, a.vocab, a.device, a.modality)

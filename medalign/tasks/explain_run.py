@@ -15,7 +15,8 @@ from medalign.io.nifti import save_nifti
 from medalign.progress import Progress
 from medalign.tasks.explain import explain_image, resample_to_grid
 from medalign.tasks.model_io import load_model
-from medalign.tasks.raw_study import RawStudy, load_raw_study
+from medalign.tasks.ood import out_of_distribution
+from medalign.tasks.raw_study import RawStudy, embed_raw_study, load_raw_study
 from medalign.tasks.zeroshot_run import read_thresholds, resolve_vocabulary
 
 
@@ -32,6 +33,8 @@ def explain_study(checkpoint: Path, study: Path, out: Path, vocab: str | None = 
     model, model_dir = load_model(checkpoint, device)
     voc = resolve_vocabulary(vocab, model_dir, None)
     raw = load_raw_study(study, model_dir, modality)
+    # the guard first: explaining hooks and differentiates the model
+    guard = out_of_distribution(model_dir, raw.source.affine, raw.source.array.shape, embed_raw_study(model, raw))
     image = torch.from_numpy(raw.array)[None, None].to(model.logit_scale.device)
     bar = Progress("explain", len(voc.names), "findings")
     bar.start_line(f"relevance maps of {len(voc.names)} findings on a {'x'.join(map(str, raw.array.shape))} volume")
@@ -62,7 +65,8 @@ def explain_study(checkpoint: Path, study: Path, out: Path, vocab: str | None = 
         plot_explanation(raw, maps[k] * field, name, findings[name], out / f"{stem}.png")
         bar.update()
     bar.close()
-    result = {"study": Path(study).name, "method": used, "series": raw.provenance[0],
+    result = {"study": Path(study).name, "out_of_distribution": guard["out_of_distribution"], "ood_reasons": guard["reasons"],
+              "method": used, "series": raw.provenance[0],
               "findings": findings, "threshold_source": stored["source"],
               "grid": {"shape": list(raw.source.array.shape), "affine": np.round(raw.source.affine, 6).tolist()},
               "note": "maps lie on the study's scanner grid (the affine medalign convert writes): overlay them on its "

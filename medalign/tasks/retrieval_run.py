@@ -15,6 +15,7 @@ from medalign.io.atomic import atomic_write_json
 from medalign.models.inference import embed_studies, embed_texts
 from medalign.tasks.model_io import load_model
 from medalign.tasks.montage import draw_montage, write_html
+from medalign.tasks.ood import out_of_distribution
 from medalign.tasks.raw_study import embed_raw_study, load_raw_study
 from medalign.tasks.retrieval import StudyIndex, build_index, update_index
 
@@ -85,8 +86,6 @@ def retrieve(index: Path, out: Path, study: Path | None = None, text: str | None
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if text is None:  # the query study beside its hits: is it like what the model was trained on?
-        from medalign.tasks.ood import out_of_distribution
-
         guard = out_of_distribution(model_dir, raw.source.affine, raw.source.array.shape, query)
         atomic_write_json(out / "query.json", {"study": Path(study).name, "out_of_distribution": guard["out_of_distribution"],
                                                "ood_reasons": guard["reasons"], "ood_checks": {k: guard[k] for k in ("field_of_view", "embedding")}})

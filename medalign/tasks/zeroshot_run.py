@@ -13,6 +13,7 @@ from medalign.metrics import validation_thresholds
 from medalign.models.inference import embed_studies
 from medalign.prep.vocab import Vocabulary, load_vocabulary
 from medalign.tasks.model_io import load_model
+from medalign.tasks.ood import out_of_distribution
 from medalign.tasks.raw_study import embed_raw_study, load_raw_study
 from medalign.tasks.zeroshot import (
     evaluate,
@@ -94,8 +95,6 @@ def zeroshot_study(checkpoint: Path, study: Path, vocab: str | None = None, devi
         thr = stored["thresholds"].get(name)
         findings[name] = {"score": round(float(p), 4), "threshold": None if thr is None else round(float(thr), 4),
                           "call": None if thr is None else ("positive" if p >= thr else "negative")}
-    from medalign.tasks.ood import out_of_distribution
-
     guard = out_of_distribution(model_dir, raw.source.affine, raw.source.array.shape, emb[0])
     return {"study": Path(study).name, "out_of_distribution": guard["out_of_distribution"], "ood_reasons": guard["reasons"],
             "probabilities": {n: f["score"] for n, f in findings.items()}, "findings": findings,

@@ -54,7 +54,8 @@ def _dicom_cases(study: Path) -> None:
     files = _image_files(study)
     name = study.name
     if name == "truncated_file":
-        _truncate(files[5], 0.3)
+        # cut inside the pixel data at a fixed count from the end (a share of the file would vary with the UIDs' lengths)
+        _truncate(files[5], -(18_432 - 4_751))
     elif name == "truncated_pixel_data":
         _truncate(files[5], -1000)
     elif name == "junk_named_dcm":
