@@ -187,33 +187,43 @@ def make_batches(model, n: int, batch: int, size, k: int, device: str, words: in
     return out
 
 
-def training_loss(model, objective, batch: dict) -> torch.Tensor:
-    """medalign's training step (``PretrainModule.training_step``) without the logging."""
-    import torch.nn.functional as F
-
-    from medalign.data.augment import jitter_intensity
-    from medalign.data.dataset import as_unit_float
-
-    images = jitter_intensity(as_unit_float(batch["image"]), batch["intensity_jitter"])
-    img = model.encode_image(images)
-    txt = F.normalize(model.text.proj(model.text.pooled(**batch["tokens"])), dim=-1)
-    return objective(img, txt, model.scale(), model.logit_bias, batch["labels"])
+def autocast(device: str):
+    """bf16 autocast on CUDA (what ``precision: bf16-mixed`` runs), nothing on a CPU."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else contextlib.nullcontext()
 
 
-def step_flops(model, objective, batch: dict, device: str) -> float:
+def training_setup(case: "Case", text: Path, device: str, smoke: bool):
+    """``(config, module, optimizer, batches)`` for ``case``: medalign's ``PretrainModule`` (its
+    ``training_step`` is the step timed: uint8 batch -> unit float and jitter -> towers -> loss) and
+    its own AdamW groups, on ``device``."""
+    from medalign.models import DualEncoder
+    from medalign.train.module import PretrainModule
+
+    config = pretrain_config(case.preset, case.encoder, case.options, text, smoke)
+    torch.manual_seed(0)
+    model = DualEncoder(config.model).to(device)
+    if case.channels_last:
+        model.image.to(memory_format=torch.channels_last_3d)
+    module = PretrainModule(model, config)
+    optimizer = module.configure_optimizers()["optimizer"]
+    batches = make_batches(model, 2, case.batch, case.size, 18, device, 12 if smoke else 180, case.channels_last)
+    return config, module, optimizer, batches
+
+
+def step_flops(module, batch: dict, device: str) -> float:
     """FLOPs of one forward + backward, counted by ``torch.utils.flop_counter`` (not estimated);
     under the run's autocast, so that counting takes no more memory than the step."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from medalign.models.image import PhaseStemConv3d
 
+    model = module.model
     stems = [m for m in model.modules() if isinstance(m, PhaseStemConv3d)]
     for m in stems:  # the model's FLOPs: the stem as the direct convolution (its phase form does 1.5x the multiply-adds)
         m.phases = False
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else contextlib.nullcontext()
     with FlopCounterMode(display=False) as counter:
-        with autocast:
-            loss = training_loss(model, objective, batch)
+        with autocast(device):
+            loss = module.training_step(batch, 0)
         loss.backward()
     for m in stems:
         m.phases = True
@@ -221,18 +231,18 @@ def step_flops(model, objective, batch: dict, device: str) -> float:
     return float(counter.get_total_flops())
 
 
-def plain_steps(model, objective, optimizer, batches, device: str, warmup: int, steps: int) -> tuple[float, float]:
+def plain_steps(module, optimizer, batches, device: str, warmup: int, steps: int) -> tuple[float, float]:
     """``(seconds of the first step, mean seconds per step after warm-up)`` of the plain loop:
     bf16 autocast (fp32 on CPU), backward, clip 1.0, AdamW, clamp of the logit scale."""
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else contextlib.nullcontext()
+    model = module.model
     first = 0.0
     for i in range(warmup + steps):
         if i == warmup:
             sync(device)
             t0 = time.perf_counter()
         t = time.perf_counter()
-        with autocast:
-            loss = training_loss(model, objective, batches[i % len(batches)])
+        with autocast(device):
+            loss = module.training_step(batches[i % len(batches)], i)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -256,33 +266,23 @@ def free(device: str) -> None:
 
 def run_case(case: Case, text: Path, device: str, rec: Recorder, smoke: bool, peak_tflops: float | None) -> dict | None:
     """Build the preset's dual encoder, time ``case`` and record its figures (``OOM`` when it does not fit)."""
-    from medalign.losses import ContrastiveObjective
-    from medalign.models import DualEncoder
-    from medalign.train.module import parameter_groups
-
     config = pretrain_config(case.preset, case.encoder, case.options, text, smoke)
     row = {"section": case.section, "preset": case.preset, "encoder": case.encoder, "size": list(case.size), "batch": case.batch,
            "channels_last": case.channels_last, "compile": case.compile, "label": case.label, "precision": "bf16-mixed" if device == "cuda" else "32-true",
            "text_max_length": config.model.text.max_length}
     free(device)
-    model = optimizer = batches = None
+    module = optimizer = batches = None
     try:
-        torch.manual_seed(0)
-        model = DualEncoder(config.model).to(device)
-        if case.channels_last:
-            model.image.to(memory_format=torch.channels_last_3d)
-        objective = ContrastiveObjective(config.loss.name, config.loss.mix)
-        batches = make_batches(model, 2, case.batch, case.size, 18, device, 12 if smoke else 180, case.channels_last)
+        _, module, optimizer, batches = training_setup(case, text, device, smoke)
         row["text_tokens"] = int(batches[0]["tokens"]["attention_mask"].sum(1).float().mean())
-        if not case.compile:
-            row["flops_per_step"] = step_flops(model, objective, batches[0], device)
         if case.compile:
             # as `trainer.compile: true` does (in place); the smoke run traces without generating code
-            model.image.compile(**({"backend": "eager"} if smoke else {}))
-        optimizer = torch.optim.AdamW([{"params": p, "lr": lr, "weight_decay": wd} for p, lr, wd in parameter_groups(model, config.optim)])
+            module.model.image.compile(**({"backend": "eager"} if smoke else {}))
+        else:
+            row["flops_per_step"] = step_flops(module, batches[0], device)
         free(device)
         warmup, steps = (1, 2) if smoke else (3, 8 if case.batch >= 32 else 12)
-        first, sec = plain_steps(model, objective, optimizer, batches, device, warmup, steps)
+        first, sec = plain_steps(module, optimizer, batches, device, warmup, steps)
         row.update(first_step_s=round(first, 2), step_s=round(sec, 4), volumes_per_s=round(case.batch / sec, 1))
         if device == "cuda":
             row["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
@@ -291,7 +291,7 @@ def run_case(case: Case, text: Path, device: str, rec: Recorder, smoke: bool, pe
     except Exception as e:  # a failing configuration is a figure too; the rest still runs
         row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
     finally:
-        del model, optimizer, batches
+        del module, optimizer, batches
         free(device)
     rec.data["train"].append(row)
     rec.save()
@@ -307,22 +307,11 @@ def profile_step(case: Case, text: Path, device: str, rec: Recorder, smoke: bool
     import torch.nn.functional as F
 
     from medalign.data.augment import jitter_intensity
-    from medalign.data.dataset import as_unit_float
-    from medalign.losses import ContrastiveObjective
-    from medalign.models import DualEncoder
-    from medalign.train.module import parameter_groups
 
-    config = pretrain_config(case.preset, case.encoder, case.options, text, smoke)
     free(device)
-    torch.manual_seed(0)
-    model = DualEncoder(config.model).to(device)
-    if case.channels_last:
-        model.image.to(memory_format=torch.channels_last_3d)
-    objective = ContrastiveObjective(config.loss.name, config.loss.mix)
-    batches = make_batches(model, 2, case.batch, case.size, 18, device, 12 if smoke else 180, case.channels_last)
-    optimizer = torch.optim.AdamW([{"params": p, "lr": lr, "weight_decay": wd} for p, lr, wd in parameter_groups(model, config.optim)])
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else contextlib.nullcontext()
-    plain_steps(model, objective, optimizer, batches, device, 2, 1)
+    _, module, optimizer, batches = training_setup(case, text, device, smoke)
+    model = module.model
+    plain_steps(module, optimizer, batches, device, 2, 1)
 
     def timed(fn, reps: int = 2 if smoke else 6) -> float:
         fn()
@@ -334,12 +323,12 @@ def profile_step(case: Case, text: Path, device: str, rec: Recorder, smoke: bool
         return (time.perf_counter() - t) / reps
 
     def image_only():
-        with autocast:
-            out = model.encode_image(jitter_intensity(as_unit_float(batches[0]["image"]), batches[0]["intensity_jitter"]))
+        with autocast(device):
+            out = model.encode_image(jitter_intensity(batches[0]["image"], batches[0]["intensity_jitter"]))
         out.float().sum().backward()
 
     def text_only():
-        with autocast:
+        with autocast(device):
             out = F.normalize(model.text.proj(model.text.pooled(**batches[0]["tokens"])), dim=-1)
         out.float().sum().backward()
 
@@ -347,15 +336,15 @@ def profile_step(case: Case, text: Path, device: str, rec: Recorder, smoke: bool
         stem = model.image.backbone.conv1 if hasattr(model.image.backbone, "conv1") else None
         if stem is None:
             return
-        with autocast:
-            out = stem(as_unit_float(batches[0]["image"]))
+        with autocast(device):
+            out = stem(batches[0]["image"].float() / 255.0)
         out.float().mean().backward()
 
     split = {"image_tower_fwd_bwd_s": timed(image_only), "text_tower_fwd_bwd_s": timed(text_only), "stem_conv_fwd_bwd_s": timed(stem_only)}
     model.zero_grad(set_to_none=True)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
     with profile(activities=activities) as prof:
-        plain_steps(model, objective, optimizer, batches, device, 0, 2)
+        plain_steps(module, optimizer, batches, device, 0, 2)
     sort = "self_cuda_time_total" if device == "cuda" else "self_cpu_time_total"
     table = prof.key_averages().table(sort_by=sort, row_limit=40, max_name_column_width=90)
     (rec.out / "profile.txt").write_text(f"{case}\n{json.dumps(split)}\n\n{table}\n")
@@ -364,7 +353,7 @@ def profile_step(case: Case, text: Path, device: str, rec: Recorder, smoke: bool
     rec.save()
     print(json.dumps(rec.data["profile"]), flush=True)
     print(table[:6000], flush=True)
-    del model, optimizer, batches
+    model = module = optimizer = batches = None  # the device memory back before the next section
     free(device)
 
 
@@ -387,25 +376,17 @@ def lightning_overhead(case: Case, text: Path, device: str, rec: Recorder, smoke
     clip 1.0): seconds per step against the plain loop's (bench/train.py's method on the device)."""
     import importlib.util
 
-    from medalign.models import DualEncoder
-
     spec = importlib.util.spec_from_file_location("bench_train", REPO / "bench" / "train.py")
     bench_train = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench_train)
-    config = pretrain_config(case.preset, case.encoder, case.options, text, smoke)
-    config.trainer.precision = "bf16-mixed" if device == "cuda" else "32-true"
     free(device)
-    torch.manual_seed(0)
-    model = DualEncoder(config.model).to(device)
+    config, module, optimizer, batches = training_setup(case, text, device, smoke)
+    config.trainer.precision = "bf16-mixed" if device == "cuda" else "32-true"
     steps = 3 if smoke else 15
-    batches = make_batches(model, 2, case.batch, case.size, 18, device, 12 if smoke else 180, False)
-    from medalign.losses import ContrastiveObjective
-    from medalign.train.module import parameter_groups
-
     # the plain loop first, on the same model and batches (both then run warm)
-    optimizer = torch.optim.AdamW([{"params": p, "lr": lr, "weight_decay": wd} for p, lr, wd in parameter_groups(model, config.optim)])
-    _, plain = plain_steps(model, ContrastiveObjective(config.loss.name, config.loss.mix), optimizer, batches, device, 3, steps)
-    del optimizer
+    _, plain = plain_steps(module, optimizer, batches, device, 3, steps)
+    model = module.model
+    del optimizer, module
     sec = bench_train.lightning_loop(model, config, [batches[i % 2] for i in range(steps + 3)], device)
     row = {"preset": case.preset, "encoder": case.encoder, "batch": case.batch, "lightning_step_s": round(sec, 4),
            "lightning_volumes_per_s": round(case.batch / sec, 1), "plain_step_s": round(plain, 4),
@@ -547,11 +528,10 @@ def inference_rates(dataset: Path, text: Path, device: str, smoke: bool, workers
         rows.append({"path": "embed_studies (fp32, main process)", "batch": batch, "studies": len(manifest),
                      "studies_per_s": round(len(manifest) / (time.perf_counter() - t), 1)})
         loader = torch.utils.data.DataLoader(StudyDataset(manifest), batch_size=batch, num_workers=workers, pin_memory=device == "cuda")
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else contextlib.nullcontext()
         for rep in range(2):  # the first pass warms the workers and the page cache
             sync(device)
             t = time.perf_counter()
-            with torch.no_grad(), autocast:
+            with torch.no_grad(), autocast(device):
                 for b in loader:
                     model.encode_image(b["image"].to(device, non_blocking=True)).float().cpu()
             sync(device)

@@ -16,7 +16,7 @@ def test_gpu_bench_smoke_writes_every_section(prepared_ct, tmp_path):
     out = tmp_path / "gpu"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     done = subprocess.run([sys.executable, str(REPO / "bench" / "gpu.py"), "--smoke", "--out", str(out),
-                           "--sections", "stem,largest,profile,loader,inference,compile", "--data", str(prepared_ct)],
+                           "--sections", "stem,largest,profile,lightning,loader,inference,compile", "--data", str(prepared_ct)],
                           capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     data = json.loads((out / "gpu.json").read_text())
