@@ -11,7 +11,7 @@ Per tool: PHI recall (share of identifier strings gone), clinical sentences dama
 all: must be 0), and sentences per second on one core.
 
 Tools:
-  medalign   ``medalign.prep.deid.redact_identifiers`` (rules)
+  medalign   ``medalign.reports.deid.redact_identifiers`` (rules)
   presidio   Presidio Analyzer 2.2 (spaCy ``en_core_web_sm`` NER + its pattern recognisers), every
              entity it finds replaced; score threshold 0.35 (its default is 0)
   philter    philter-lite 0.6 (philter-ucsf's fork) with its shipped ``philter_delta`` filters;
@@ -39,13 +39,18 @@ sys.path.insert(0, str(ROOT / "tests"))  # the generated sets
 def medalign_tool(rev: str | None = None):
     """medalign's redactor as it is, or as it was at git revision ``rev`` (``medalign@6515ed9``)."""
     if rev is None:
-        from medalign.prep.deid import redact_identifiers
+        from medalign.reports.deid import redact_identifiers
 
         return redact_identifiers
     import subprocess
     import types
 
-    source = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:medalign/prep/deid.py"], capture_output=True, text=True, check=True).stdout
+    # the file lived in prep/ before the report NLP moved to reports/
+    shown = [subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:medalign/{room}/deid.py"], capture_output=True, text=True)
+             for room in ("reports", "prep")]
+    source = next((s.stdout for s in shown if s.returncode == 0), None)
+    if source is None:
+        raise SystemExit(f"deid.py not found at {rev}")
     module = types.ModuleType(f"deid_{rev}")
     exec(compile(source, f"deid@{rev}", "exec"), module.__dict__)  # noqa: S102 - the project's own file at an earlier commit
     return module.redact_identifiers
@@ -121,7 +126,7 @@ def measure(name: str, redact, phi, clinical) -> dict:
 
 
 def real_reports(redact, data: Path) -> dict[str, int]:
-    from medalign.prep.report_text import clean_report
+    from medalign.reports.report_text import clean_report
 
     out = {}
     for name in ("ctrate_reports", "openi_reports"):

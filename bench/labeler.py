@@ -8,7 +8,7 @@
    split (NegBio's gold marks no report as ``hernia``, though 46 mention a hiatal hernia: its F1 is
    undefined and reported apart). Vocabulary: ``bench/openi_vocab.yaml`` (not a shipped preset).
    Three labelers, each on the same vocabulary:
-   - medalign: concept patterns and clause-aware cue scopes (``medalign.prep.labeler``);
+   - medalign: concept patterns and clause-aware cue scopes (``medalign.reports.labeler``);
    - keyword baseline: any synonym match means present;
    - medspaCy ConText (``medspacy.load()``'s default rules, PyRuSH sentences) applied to *the same
      mention spans* medalign found, so the two scope engines differ and nothing else: negated -> 0,
@@ -84,7 +84,7 @@ class MedspacyContext:
 
 def _mention_spans(labeler, text: str) -> list[tuple[int, int, str]]:
     """medalign's mention spans as character offsets into ``text`` (the reported sections)."""
-    from medalign.prep.labeler import labeler_sentences
+    from medalign.reports.labeler import labeler_sentences
 
     out, pos = [], 0
     for sentence in labeler_sentences(text):
@@ -104,9 +104,9 @@ def f1(gold: list[bool], pred: list[bool]) -> float:
 
 
 def openi(directory: Path, use_medspacy: bool, repeats: int) -> None:
-    from medalign.prep.labeler import ReportLabeler
-    from medalign.prep.report_text import clean_report, reported_text
-    from medalign.prep.vocab import load_vocabulary
+    from medalign.reports.labeler import ReportLabeler
+    from medalign.reports.report_text import clean_report, reported_text
+    from medalign.reports.vocabulary import load_vocabulary
 
     reports = list(csv.DictReader(open(directory / "reports.csv", encoding="utf-8")))
     truth = {r["study_id"]: r for r in csv.DictReader(open(directory / "truth.csv", encoding="utf-8"))}
@@ -190,8 +190,8 @@ def openi(directory: Path, use_medspacy: bool, repeats: int) -> None:
 
 
 def hand_written_gold() -> None:
-    from medalign.prep.labeler import ReportLabeler
-    from medalign.prep.vocab import load_vocabulary
+    from medalign.reports.labeler import ReportLabeler
+    from medalign.reports.vocabulary import load_vocabulary
 
     vocab = load_vocabulary("chest_ct")
     labeler, baseline = ReportLabeler(vocab), keyword_baseline(vocab)

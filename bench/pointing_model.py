@@ -147,8 +147,8 @@ def build(work: Path, out: Path) -> None:
 
     from medalign.data.manifest import read_manifest
     from medalign.models.dual import DualEncoder
-    from medalign.prep.report_text import split_sentences
-    from medalign.prep.vocab import load_vocabulary
+    from medalign.reports.report_text import split_sentences
+    from medalign.reports.vocabulary import load_vocabulary
     from medalign.train.export import export_model, write_validation_files
 
     run = lambda *args: subprocess.run(MEDALIGN + list(args), check=True, cwd=ROOT)  # noqa: E731

@@ -26,7 +26,7 @@ def main() -> None:
     from sklearn.metrics import roc_auc_score
 
     from medalign.data.manifest import read_manifest
-    from medalign.prep.vocab import load_vocabulary
+    from medalign.reports.vocabulary import load_vocabulary
     from medalign.models.inference import embed_studies
     from medalign.tasks.model_io import load_model
     from medalign.metrics import binary_labels

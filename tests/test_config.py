@@ -7,7 +7,7 @@ import pytest
 from medalign.config import apply_overrides, load_config
 from medalign.errors import ConfigError
 from medalign.prep.config import PrepConfig
-from medalign.prep.vocab import load_vocabulary
+from medalign.reports.vocabulary import load_vocabulary
 from medalign.train.config import PretrainConfig
 
 

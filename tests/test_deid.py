@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from medalign.cli.main import main as cli
-from medalign.prep.deid import redact_identifiers
+from medalign.reports.deid import redact_identifiers
 
 
 @pytest.mark.parametrize("text, gone, kept", [
@@ -61,7 +61,7 @@ def test_real_reports_keep_their_clinical_words():
     import re
     from pathlib import Path
 
-    from medalign.prep.report_text import clean_report
+    from medalign.reports.report_text import clean_report
 
     data = Path(__file__).resolve().parents[2] / "shared" / "data"
     if not (data / "openi_reports" / "reports.csv").is_file():

@@ -6,9 +6,9 @@ import csv
 
 import pytest
 
-from medalign.prep.labeler import ReportLabeler
-from medalign.prep.report_text import clean_report, split_sections, split_sentences
-from medalign.prep.vocab import load_vocabulary
+from medalign.reports.labeler import ReportLabeler
+from medalign.reports.report_text import clean_report, split_sections, split_sentences
+from medalign.reports.vocabulary import load_vocabulary
 
 CT = load_vocabulary("chest_ct")
 LAB = ReportLabeler(CT)

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from sklearn.metrics import f1_score
 
-from medalign.prep.labeler import ReportLabeler
-from medalign.prep.vocab import load_vocabulary
+from medalign.reports.labeler import ReportLabeler
+from medalign.reports.vocabulary import load_vocabulary
 
 DATA = Path(__file__).parent / "data"
 

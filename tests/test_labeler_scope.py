@@ -19,9 +19,9 @@ from medalign.config import load_config
 from medalign.data.dataset import soft_labels
 from medalign.errors import ConfigError
 from medalign.losses import targets_from_labels
-from medalign.prep.labeler import ReportLabeler
-from medalign.prep.lexicon import lemma
-from medalign.prep.vocab import load_vocabulary
+from medalign.reports.labeler import ReportLabeler
+from medalign.reports.lexicon import lemma
+from medalign.reports.vocabulary import load_vocabulary
 from medalign.train.config import PretrainConfig
 from medalign.cli.main import main as cli
 
@@ -165,16 +165,16 @@ def test_oct_vocabulary(text, expected):
     ("22 mm in long axis", (22.0,), "=", "long"),
 ])
 def test_measurements(text, dims, bound, axis):
-    from medalign.prep.lexicon import tokenize
-    from medalign.prep.measure import find_measurements
+    from medalign.reports.lexicon import tokenize
+    from medalign.reports.measure import find_measurements
 
     (m,) = find_measurements(tokenize(text))
     assert m.dims_mm == pytest.approx(dims) and m.bound == bound and m.axis == axis
 
 
 def test_numbers_without_a_unit_are_no_size():
-    from medalign.prep.lexicon import tokenize
-    from medalign.prep.measure import find_measurements
+    from medalign.reports.lexicon import tokenize
+    from medalign.reports.measure import find_measurements
 
     assert find_measurements(tokenize("T12 vertebra, 3 levels, segment 6, 2 nodes")) == []
 

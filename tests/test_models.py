@@ -72,7 +72,7 @@ def test_text_model_must_be_local():
 def test_prompt_ensemble_is_the_mean_of_its_prompts(tmp_path):
     import numpy as np
 
-    from medalign.prep.vocab import load_vocabulary
+    from medalign.reports.vocabulary import load_vocabulary
     from medalign.tasks.zeroshot import finding_probabilities
 
     cfg = ModelConfig(embed_dim=16, image=ImageModelConfig("resnet10_3d", {"widen_factor": 0.25}))

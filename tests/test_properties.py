@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from medalign.io.dicom import _Slice, volume_from_slices
 from medalign.losses import soft_label_contrastive, targets_from_labels
-from medalign.prep.labeler import ReportLabeler
-from medalign.prep.vocab import load_vocabulary
+from medalign.reports.labeler import ReportLabeler
+from medalign.reports.vocabulary import load_vocabulary
 
 LAB = ReportLabeler(load_vocabulary("chest_ct"))
 

@@ -191,7 +191,7 @@ def cmd_prep(a: argparse.Namespace) -> int:
     from medalign.config import load_config
     from medalign.prep.build import merge_shards, prepare_dataset
     from medalign.prep.config import PrepConfig
-    from medalign.prep.vocab import load_vocabulary
+    from medalign.reports.vocabulary import load_vocabulary
 
     if a.merge:
         with _one_writer(a.out, "prep"):
@@ -208,12 +208,12 @@ def cmd_prep(a: argparse.Namespace) -> int:
     vocab = load_vocabulary(a.vocab or config.vocab)
     given = None
     if a.labels is not None:
-        from medalign.prep.given_labels import read_given_labels
+        from medalign.reports.given_labels import read_given_labels
 
         given = read_given_labels(a.labels, vocab)  # a column naming no finding stops here, before any work
     key = None
     if a.hash_ids is not None:
-        from medalign.prep.deid import read_key
+        from medalign.reports.deid import read_key
 
         key = read_key(a.hash_ids)
     if a.group_by != "folder" and key is None:
@@ -244,10 +244,10 @@ def cmd_label(a: argparse.Namespace) -> int:
 
     from medalign.io.atomic import atomic_write
     from medalign.io.reports import read_reports
-    from medalign.prep.deid import redact_identifiers
-    from medalign.prep.labeler import ReportLabeler
-    from medalign.prep.report_text import clean_report
-    from medalign.prep.vocab import load_vocabulary
+    from medalign.reports.deid import redact_identifiers
+    from medalign.reports.labeler import ReportLabeler
+    from medalign.reports.report_text import clean_report
+    from medalign.reports.vocabulary import load_vocabulary
 
     vocab = load_vocabulary(a.vocab or "chest_ct")
     reports, problems, key_column = read_reports(a.reports, a.columns)
@@ -273,7 +273,7 @@ def cmd_label(a: argparse.Namespace) -> int:
     atomic_write(a.out, _write)
     print(f"labelled {len(reports)} reports -> {a.out}")
     if a.audit is not None:
-        from medalign.prep.audit import audit_labels
+        from medalign.reports.audit import audit_labels
 
         audit_labels(kept, labeler, a.audit, per_class=a.audit_samples)
         print(f"audit: {a.audit / 'audit.html'}, {a.audit / 'audit.csv'}, {a.audit / 'audit_sentences.csv'}")
@@ -357,7 +357,7 @@ def cmd_embed(a: argparse.Namespace) -> int:
 
 def _key(a: argparse.Namespace) -> bytes | None:
     """The ``--hash-ids`` secret a labels file's ids are pseudonymised with, as prep did the dataset's."""
-    from medalign.prep.deid import read_key
+    from medalign.reports.deid import read_key
 
     return read_key(a.hash_ids) if getattr(a, "hash_ids", None) is not None else None
 

@@ -8,7 +8,7 @@ from torch.utils.data import Dataset
 
 from medalign.data.augment import draw_intensity_jitter
 from medalign.data.manifest import Manifest
-from medalign.prep.report_text import split_sections, split_sentences
+from medalign.reports.report_text import split_sections, split_sentences
 
 
 def as_unit_float(image: torch.Tensor) -> torch.Tensor:

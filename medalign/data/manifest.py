@@ -102,7 +102,7 @@ def read_manifest(dataset: Path) -> Manifest:
     """Open ``DATASET/manifest.parquet`` and the vocabulary saved beside it."""
     import pyarrow.parquet as pq
 
-    from medalign.prep.vocab import load_vocabulary
+    from medalign.reports.vocabulary import load_vocabulary
 
     dataset = Path(dataset)
     path = dataset / MANIFEST

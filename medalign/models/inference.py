@@ -11,7 +11,7 @@ import torch
 from medalign.data.dataset import StudyDataset
 from medalign.data.manifest import Manifest
 from medalign.models.dual import DualEncoder
-from medalign.prep.vocab import Vocabulary
+from medalign.reports.vocabulary import Vocabulary
 
 
 @torch.no_grad()

@@ -35,11 +35,11 @@ from medalign.io.nifti import is_nifti, load_nifti
 from medalign.io.oct_vendor import best_vendor_scan, describe_vendor_scan, is_vendor_oct, load_vendor_oct, mirror_to_right_eye
 from medalign.io.reports import read_reports
 from medalign.prep.config import PrepConfig
-from medalign.prep.given_labels import GivenLabels, agreement_table, merge_labels
-from medalign.prep.labeler import ReportLabeler
-from medalign.prep.deid import pseudonym, redact_identifiers
-from medalign.prep.report_text import clean_report, split_sections
-from medalign.prep.vocab import Vocabulary
+from medalign.reports.given_labels import GivenLabels, agreement_table, merge_labels
+from medalign.reports.labeler import ReportLabeler
+from medalign.reports.deid import pseudonym, redact_identifiers
+from medalign.reports.report_text import clean_report, split_sections
+from medalign.reports.vocabulary import Vocabulary
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.parquet"
@@ -517,7 +517,7 @@ def prepare_dataset(
     the manifest, errors and log carry a ``.shard-i-of-n`` suffix; :func:`merge_shards` joins them.
     With ``id_key`` every study id is replaced by :func:`pseudonym` (a keyed hash) before anything
     is written, and study folder paths are withheld from errors and logs.
-    ``given_labels`` (:func:`~medalign.prep.given_labels.read_given_labels`) win over the labeler;
+    ``given_labels`` (:func:`~medalign.reports.given_labels.read_given_labels`) win over the labeler;
     ``prep.log`` gets a per-finding agreement table between the two.
     With ``group_by`` ``study_uid`` or ``accession`` the images folder may be any tree: its DICOM files
     are grouped into studies by that key (:func:`~medalign.io.dicom_groups.group_dicom_files`), and

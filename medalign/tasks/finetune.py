@@ -35,7 +35,7 @@ from medalign.errors import ConfigError, InputError
 from medalign.io.atomic import atomic_write, atomic_write_json
 from medalign.metrics import finding_aurocs, has_both_classes, macro_auroc
 from medalign.models.image import ImageEncoder
-from medalign.prep.vocab import load_vocabulary
+from medalign.reports.vocabulary import load_vocabulary
 from medalign.tasks.model_io import load_model, resolve_device
 from medalign.train.runner import fit, make_trainer, quiet_lightning
 from medalign.train.schedule import warmup_cosine

@@ -28,7 +28,7 @@ from medalign.io.atomic import atomic_write, atomic_write_json
 from medalign.metrics import known_rows
 from medalign.models.image import ImageEncoder
 from medalign.models.inference import embed_studies
-from medalign.prep.vocab import load_vocabulary
+from medalign.reports.vocabulary import load_vocabulary
 from medalign.tasks.model_io import load_model
 
 

@@ -11,7 +11,7 @@ from medalign.data.manifest import read_manifest
 from medalign.errors import InputError
 from medalign.metrics import validation_thresholds
 from medalign.models.inference import embed_studies
-from medalign.prep.vocab import Vocabulary, load_vocabulary
+from medalign.reports.vocabulary import Vocabulary, load_vocabulary
 from medalign.tasks.model_io import load_model
 from medalign.tasks.ood import out_of_distribution
 from medalign.tasks.raw_study import embed_raw_study, load_raw_study

@@ -63,7 +63,7 @@ def write_validation_files(model: DualEncoder, val: Manifest, dataset: Path, fol
     studies' embeddings ``(M, D)``."""
     from medalign.metrics import binary_labels, bootstrap_auroc_ci, finding_aurocs, validation_thresholds
     from medalign.models.inference import embed_studies, finding_probabilities
-    from medalign.prep.vocab import load_vocabulary
+    from medalign.reports.vocabulary import load_vocabulary
 
     vocab = load_vocabulary(Path(dataset) / "vocab.yaml")
     model.eval()

@@ -134,7 +134,7 @@ def pretrain(
     services, preemption, history = run_callbacks(run, static, per_device_batch=d.batch_size, progress=progress, command=command)
     callbacks = [TrainingStateCallback(sampler), history, LearningRateMonitor(logging_interval="step")]
     if validates:
-        from medalign.prep.vocab import load_vocabulary
+        from medalign.reports.vocabulary import load_vocabulary
         from medalign.train.validation import ZeroShotValidation
 
         callbacks.append(ZeroShotValidation(val, load_vocabulary(Path(dataset) / "vocab.yaml"), v.every_n_steps, d.text_field,

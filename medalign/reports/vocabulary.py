@@ -73,7 +73,7 @@ class ConceptPattern:
 
 
 def _check_phrases(phrases: list[str], where: str) -> None:
-    from medalign.prep.lexicon import compile_phrase
+    from medalign.reports.lexicon import compile_phrase
 
     for p in phrases:
         try:

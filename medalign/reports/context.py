@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from medalign.prep.lexicon import PhraseMatcher, Tokens
+from medalign.reports.lexicon import PhraseMatcher, Tokens
 
 NEGATED, UNCERTAIN, IGNORED = "negated", "uncertain", "ignored"
 

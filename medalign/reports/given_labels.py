@@ -14,7 +14,7 @@ from pathlib import Path
 
 from medalign.errors import InputError
 from medalign.io.tables import read_table
-from medalign.prep.vocab import Vocabulary
+from medalign.reports.vocabulary import Vocabulary
 
 ID_COLUMNS = ("study_id", "accession_number", "VolumeName")
 _VALUES = {"1": 1, "1.0": 1, "0": 0, "0.0": 0, "-1": -1, "-1.0": -1, "": None}

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from medalign.io.atomic import atomic_write_text
-from medalign.prep.labeler import Mention, ReportLabeler
+from medalign.reports.labeler import Mention, ReportLabeler
 
 CLASSES = ((1, "present"), (0, "negated"), (-1, "uncertain"))
 

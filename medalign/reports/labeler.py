@@ -2,8 +2,8 @@
 
 Each sentence of the FINDINGS and IMPRESSION sections is read as lemmas; a finding is mentioned
 by one of its phrases or by one of its concept patterns (an observation at a site, see
-:class:`~medalign.prep.vocab.ConceptPattern`), and the cue whose scope holds the mention decides
-its label (:mod:`medalign.prep.context`). Negation and uncertainty never reach across a sentence.
+:class:`~medalign.reports.vocabulary.ConceptPattern`), and the cue whose scope holds the mention decides
+its label (:mod:`medalign.reports.context`). Negation and uncertainty never reach across a sentence.
 Over a report a present mention wins, then an uncertain one, then a negated one.
 """
 
@@ -12,11 +12,11 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from medalign.prep.context import IGNORED, NEGATED, UNCERTAIN, ContextEngine, Cue
-from medalign.prep.lexicon import PhraseMatcher, Tokens, tokenize
-from medalign.prep.measure import Measurement, find_measurements
-from medalign.prep.report_text import reported_text
-from medalign.prep.vocab import Vocabulary
+from medalign.reports.context import IGNORED, NEGATED, UNCERTAIN, ContextEngine, Cue
+from medalign.reports.lexicon import PhraseMatcher, Tokens, tokenize
+from medalign.reports.measure import Measurement, find_measurements
+from medalign.reports.report_text import reported_text
+from medalign.reports.vocabulary import Vocabulary
 
 _LABEL = {NEGATED: 0, UNCERTAIN: -1}
 #: sentence ends: . ! (not inside decimals), line breaks, and a "?" that a capitalised sentence follows

@@ -2,7 +2,7 @@
 
 Some findings are defined by a size rather than a word: a lymph node is pathological from 10 mm in
 short axis (the usual CT criterion), whatever adjective the report uses. This module finds the
-measurements of a tokenized sentence; :class:`~medalign.prep.vocab.ConceptPattern`'s ``min_size_mm``
+measurements of a tokenized sentence; :class:`~medalign.reports.vocabulary.ConceptPattern`'s ``min_size_mm``
 compares them with a threshold.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from medalign.prep.lexicon import Tokens
+from medalign.reports.lexicon import Tokens
 
 #: one token holding a number, optionally "AxB[xC]" and a unit glued on ("16x11mm", "12mm", "1.5")
 _NUMBER = re.compile(r"^(\d+(?:\.\d+)?)((?:x\d+(?:\.\d+)?)*)(mm|cm)?$")

@@ -1,0 +1,1 @@
+"""Report text to findings: vocabulary, sentence context, labeling, de-identification (no volumes here)."""
