@@ -1,7 +1,7 @@
 """Which reader reads which vendor OCT format, and what medalign's Topcon reader costs.
 
 1. Correctness per format and reader: every file below is read with eyepy (0.21), oct-converter
-   (0.7.0, as shipped) and medalign (``load_vendor_oct``), under this project's pins (NumPy 2.4).
+   (0.7.0, as shipped) and medalign (``read_volumes``), under this project's pins (NumPy 2.4).
    A reading counts when its pixels, B-scan count and eye equal what the file holds. Files: the real
    Spectralis ``.vol`` of the tests; an ``.e2e`` written with eyepy's structures; ``.fda``
    (JPEG 2000 slices, raw 16-bit) and ``.fds`` written with oct-converter's structures; a Cirrus
@@ -88,10 +88,10 @@ def _oct_converter(path: Path):
 
 
 def _medalign(path: Path):
-    from medalign.io.oct_vendor import load_vendor_oct
+    from medalign.io.readers import read_volumes
 
-    vol = load_vendor_oct(path)[0]
-    return vol.array, vol.info["laterality"]
+    vol = read_volumes(path)[0]
+    return vol.array, vol.laterality
 
 
 def _verdict(read, truth: dict) -> str:

@@ -218,7 +218,7 @@ def test_retrieve_explain_shows_the_regions_behind_each_hit(trained_run, prepare
 
 def test_figures_show_no_relevance_in_the_padding_around_the_scanned_field():
     """A study covering slices 3..6 of a 10-slice model grid (known geometry): the field is exactly those."""
-    from medalign.io.dicom import Volume
+    from medalign.io.volume import Volume
     from medalign.tasks.explain_run import scanned_field
     from medalign.tasks.raw_study import RawStudy
 

@@ -266,7 +266,8 @@ def test_a_blank_uid_series_scattered_over_folders_stays_one_series(tmp_path):
     """A real series (CT5N) with its SeriesInstanceUID blanked and no SeriesNumber, its files spread over
     three folders of one study: one series of 5 slices, the same volume as the intact series; a second
     blank series of another geometry (pixel spacing) beside it stays a series of its own."""
-    from medalign.io.dicom import SeriesSelection, load_dicom_study, scan_series
+    from medalign.io.dicom import load_dicom_study, scan_series
+    from medalign.io.volume import SeriesSelection
 
     intact = copy_real_series(tmp_path / "intact")
     study = tmp_path / "study"

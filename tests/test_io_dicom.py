@@ -17,7 +17,6 @@ from pydicom.pixels import apply_rescale
 
 from medalign.errors import InputError
 from medalign.io.dicom import (
-    SeriesSelection,
     _slices_from_file,
     is_secondary_capture,
     load_dicom_study,
@@ -25,6 +24,7 @@ from medalign.io.dicom import (
     select_series,
     volume_from_slices,
 )
+from medalign.io.volume import SeriesSelection
 
 ANY = SeriesSelection(modalities=[], planes=[], min_slices=1)
 TESTDATA = Path(get_testdata_file("CT_small.dcm", download=False)).parent

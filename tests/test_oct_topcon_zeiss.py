@@ -17,7 +17,7 @@ from topcon_files import write_topcon
 
 from medalign.cli.main import main as cli
 from medalign.errors import InputError
-from medalign.io.oct_vendor import is_vendor_oct, load_vendor_oct
+from medalign.io.readers import read_volumes, reader_for
 
 PATIENT = {"patient_id": "MRN-5521-T", "first_name": "Johanna", "last_name": "Topconpatient", "birth_date": [1941, 2, 3]}
 CONFIG = ("modality: oct\nvocab: oct\nmirror_left_eyes: true\nsteps:\n  - percentile_window: {lower: 1.0, upper: 99.5}\n"
@@ -51,7 +51,7 @@ def test_topcon_files_read_as_oct_converter_reads_them(tmp_path, monkeypatch, ki
     fundus = rng.integers(0, 255, (48, 64, 3)).astype(np.uint8)
     path = tmp_path / f"scan.{suffix}"
     write_topcon(path, bscans, eye=1, size_mm=(6.0, 7.0), z_um=2.6, patient=PATIENT, pixels=pixels, fundus=fundus, box=(10, 12, 42, 40))
-    (vol,) = load_vendor_oct(path)
+    (vol,) = read_volumes(path)
     scan, reference_fundus = _oct_converter_reading(path, monkeypatch)
     reference = np.stack(scan.volume, axis=-1).transpose(1, 0, 2)  # its B-scans (depth, A-scans), laid out as ours
     top = np.iinfo(dtype).max
@@ -60,9 +60,9 @@ def test_topcon_files_read_as_oct_converter_reads_them(tmp_path, monkeypatch, ki
     width_mm, height_mm, axial_mm = scan.pixel_spacing  # oct-converter's order: A-scan, B-scan, axial
     np.testing.assert_allclose(vol.spacing, (width_mm, axial_mm, height_mm))
     np.testing.assert_allclose(vol.spacing, (6.0 / 32, 0.0026, 7.0 / 4))
-    assert scan.laterality == "L" and vol.info["laterality"] == "OS" and vol.info["scan_pattern"] == "volume"
-    np.testing.assert_allclose(vol.info["localizer"], np.asarray(reference_fundus.image, np.float32).mean(-1) / 255, atol=1e-6)
-    np.testing.assert_allclose(vol.info["localizer_spacing"], (6.0 / 32, 7.0 / 28))  # scan size over its box on the fundus
+    assert scan.laterality == "L" and vol.laterality == "OS" and vol.scan_pattern == "volume"
+    np.testing.assert_allclose(vol.localizer, np.asarray(reference_fundus.image, np.float32).mean(-1) / 255, atol=1e-6)
+    np.testing.assert_allclose(vol.localizer_spacing, (6.0 / 32, 7.0 / 28))  # scan size over its box on the fundus
 
 
 def test_topcon_files_that_are_not_volumes_are_one_line(tmp_path):
@@ -75,7 +75,7 @@ def test_topcon_files_that_are_not_volumes_are_one_line(tmp_path):
     reasons = {}
     for name in ("radial.fds", "cylinder.fda", "cut.fda", "foreign.fds"):
         with pytest.raises(InputError) as e:
-            load_vendor_oct(tmp_path / name)
+            read_volumes(tmp_path / name)
         reasons[name] = str(e.value)
         assert "\n" not in reasons[name] and reasons[name].startswith(name)
     assert "radial scan's B-scans do not stack" in reasons["radial.fds"]
@@ -94,22 +94,22 @@ def test_zeiss_cirrus_cube_reads_with_its_protocols_geometry(tmp_path):
     rng = np.random.default_rng(5)
     path = tmp_path / CIRRUS.format(eye="OS")
     cube = _cirrus(path, rng)
-    (vol,) = load_vendor_oct(path)
+    (vol,) = read_volumes(path)
     assert vol.array.shape == (512, 1024, 128)  # (A-scans, depth, B-scans)
     np.testing.assert_array_equal(np.rint(vol.array[:, :, 7] * 255), cube[7])
     np.testing.assert_allclose(vol.spacing, (6.0 / 512, 2.0 / 1024, 6.0 / 128))  # Cirrus 6 x 6 mm cube, 2 mm deep
-    assert vol.info["laterality"] == "OS" and "macular cube 512x128" in vol.info["geometry_note"]
+    assert vol.laterality == "OS" and "macular cube 512x128" in vol.geometry_note
     wrong = tmp_path / "P1_Macular Cube 200x200_1-2-2020_1-2-3_OD_sn1_cube_z.img"
     wrong.write_bytes(path.read_bytes())  # a 512x128 cube under a 200x200 name
     with pytest.raises(InputError, match="cut short or another protocol"):
-        load_vendor_oct(wrong)
+        read_volumes(wrong)
     unnamed = tmp_path / "scan.img"
     unnamed.write_bytes(b"\x00" * 1024)
     with pytest.raises(InputError, match="names no Cirrus cube protocol"):
-        load_vendor_oct(unnamed)
+        read_volumes(unnamed)
     (tmp_path / "brain.img").write_bytes(b"\x00" * 64)  # half of an Analyze pair: nibabel's, not Zeiss's
     (tmp_path / "brain.hdr").write_bytes(b"\x00" * 348)
-    assert not is_vendor_oct(tmp_path / "brain.img") and is_vendor_oct(unnamed)
+    assert not reader_for(tmp_path / "brain.img") and reader_for(unnamed) is not None
 
 
 def test_prep_reads_topcon_and_zeiss_files_and_writes_no_phi(tmp_path):

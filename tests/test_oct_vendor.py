@@ -14,7 +14,7 @@ import pytest
 
 from medalign.cli.main import main as cli
 from medalign.errors import InputError
-from medalign.io.oct_vendor import load_heyex_vol
+from medalign.io.oct_heidelberg import load_heyex_vol
 
 VOL = Path(__file__).parent / "data" / "oct" / "heyex_valid.vol"
 SCAN_POSITION = slice(84, 88)  # HSF-OCT-103 header: ScanPosition, 4 bytes ("OD\0\0")
@@ -26,11 +26,11 @@ def test_the_real_vol_reads_with_the_files_geometry():
     vol = load_heyex_vol(VOL)
     assert vol.array.shape == (768, 496, 1) and vol.array.dtype == np.float32
     np.testing.assert_allclose(vol.spacing[:2], (0.01789099909, 0.00387166976), rtol=1e-6)  # ScaleX, ScaleZ of the header
-    assert vol.info["laterality"] == "OD" and vol.info["scan_pattern"] == "circle"
-    assert "one B-scan" in vol.info["geometry_note"]
+    assert vol.laterality == "OD" and vol.scan_pattern == "circle"
+    assert "one B-scan" in vol.geometry_note
     assert 0.0 <= vol.array.min() and vol.array.max() <= 1.0 and vol.array.std() > 0.05  # a real B-scan, not a blank
-    assert vol.info["localizer"].shape == (768, 768)
-    np.testing.assert_allclose(vol.info["localizer_spacing"], (0.0142372, 0.0142372), rtol=1e-5)
+    assert vol.localizer.shape == (768, 768)
+    np.testing.assert_allclose(vol.localizer_spacing, (0.0142372, 0.0142372), rtol=1e-5)
 
 
 def test_convert_writes_the_volume_and_its_fundus_image(tmp_path):
@@ -70,7 +70,7 @@ def test_prep_mirrors_left_eyes_and_writes_no_header_phi(tmp_path):
     paths = {sid: manifest.fundus_path(i) for i, sid in enumerate(manifest.columns["study_id"])}
     assert paths["right"] == out / "volumes" / "right.fundus.npy"
     fundus_right, fundus_left = np.load(paths["right"]), np.load(paths["left"])
-    slo = load_heyex_vol(VOL).info["localizer"]
+    slo = load_heyex_vol(VOL).localizer
     assert fundus_right.shape == slo.shape == (768, 768) and fundus_right.dtype == np.float16
     np.testing.assert_allclose(fundus_right, slo / 255.0, atol=1e-3)
     np.testing.assert_array_equal(fundus_left, fundus_right[:, ::-1])
@@ -108,12 +108,12 @@ def _scan(rng, n: int, laterality: str = "OS", pattern: int = 3, field=(20.0, 15
 def test_e2e_scans_read_with_geometry_eye_and_pixels(tmp_path):
     from e2e_files import write_e2e
 
-    from medalign.io.oct_vendor import load_vendor_oct
+    from medalign.io.readers import read_volumes
 
     rng = np.random.default_rng(0)
     volume_scan, line_scan = _scan(rng, 5), _scan(rng, 1, pattern=1)
     write_e2e(tmp_path / "eye.e2e", [volume_scan, line_scan], PATIENT)
-    volumes = load_vendor_oct(tmp_path / "eye.e2e")
+    volumes = read_volumes(tmp_path / "eye.e2e")
     assert [v.array.shape for v in volumes] == [(48, 40, 5), (48, 40, 1)]
     vol = volumes[0]
     for i in range(5):  # each B-scan as written, laid out (A-scans, depth)
@@ -121,9 +121,9 @@ def test_e2e_scans_read_with_geometry_eye_and_pixels(tmp_path):
     dx = 20.0 / 48 * UM_PER_DEGREE / 1000  # 20 degrees over 48 A-scans
     dy = 15.0 / 4 * UM_PER_DEGREE / 1000  # 5 B-scans over 15 degrees
     np.testing.assert_allclose(vol.spacing, (dx, 0.0039, dy), rtol=1e-6)
-    assert vol.info["laterality"] == "OS" and vol.info["scan_pattern"] == "volume"
-    assert "standard eye" in vol.info["geometry_note"] and vol.info["localizer"].shape == (32, 32)
-    assert volumes[1].info["scan_pattern"] == "line" and "one B-scan" in volumes[1].info["geometry_note"]
+    assert vol.laterality == "OS" and vol.scan_pattern == "volume"
+    assert "standard eye" in vol.geometry_note and vol.localizer.shape == (32, 32)
+    assert volumes[1].scan_pattern == "line" and "one B-scan" in volumes[1].geometry_note
 
 
 @pytest.mark.parametrize("select", ["best", "all"])

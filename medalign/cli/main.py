@@ -100,7 +100,8 @@ def cmd_synth(a: argparse.Namespace) -> int:
 
 
 def cmd_convert(a: argparse.Namespace) -> int:
-    from medalign.io.dicom import SeriesSelection, load_dicom_study
+    from medalign.io.dicom import load_dicom_study
+    from medalign.io.volume import SeriesSelection
     from medalign.io.nifti import save_nifti
 
     if not str(a.output).endswith((".nii", ".nii.gz")):
@@ -111,25 +112,23 @@ def cmd_convert(a: argparse.Namespace) -> int:
                              min_slices=1, on_missing_frame_positions="frame_order")
     import numpy as np
 
-    from medalign.io.oct_vendor import best_vendor_scan, describe_vendor_scan, is_vendor_oct, load_vendor_oct
+    from medalign.io.readers import read_file, reader_for, suffix_list
+    from medalign.io.volume import Volume
 
-    if is_vendor_oct(a.series_dir):  # a vendor OCT file; its SLO fundus image is written beside the volume
-        volume, why = best_vendor_scan(load_vendor_oct(a.series_dir))
-        reason = f"{describe_vendor_scan(volume)}, eye {volume.info['laterality'] or 'unknown'}" + (f"; {why}" if why else "")
-        localizer = volume.info.pop("localizer", None)
-        if localizer is not None:
-            from medalign.io.dicom import Volume
-
-            spacing = volume.info.get("localizer_spacing")
-            sx, sy = spacing or (1.0, 1.0)  # the pixel-size-unknown case is said below, not hidden
-            slo = Volume(array=np.ascontiguousarray(localizer.T[:, :, None]), affine=np.diag([sx, sy, 1.0, 1.0]), info={})
+    if reader_for(a.series_dir) is not None:  # a file of a registered format; an OCT file's fundus image is written beside the volume
+        volume, reason = read_file(a.series_dir)[0]
+        if volume.laterality or volume.modality == "OCT":
+            reason += f", eye {volume.laterality or 'unknown'}"
+        if volume.localizer is not None:
+            sx, sy = volume.localizer_spacing or (1.0, 1.0)  # the pixel-size-unknown case is said below, not hidden
+            slo = Volume(array=np.ascontiguousarray(volume.localizer.T[:, :, None]), affine=np.diag([sx, sy, 1.0, 1.0]))
             slo_path = Path(str(a.output).replace(".nii", "_localizer.nii", 1))
             save_nifti(slo, slo_path)
-            reason += f"; fundus image -> {slo_path}" + ("" if spacing else " (pixel size unknown: written as 1 mm)")
+            reason += f"; fundus image -> {slo_path}" + ("" if volume.localizer_spacing else " (pixel size unknown: written as 1 mm)")
     elif a.series_dir.is_dir():
         volume, reason = load_dicom_study(a.series_dir, policy)
     else:
-        raise MedalignError(f"{a.series_dir}: neither a DICOM series folder nor a vendor OCT file (.vol, .e2e, .fda, .fds, Zeiss .img)")
+        raise MedalignError(f"{a.series_dir}: neither a DICOM series folder nor a file medalign reads ({suffix_list()})")
     save_nifti(volume, a.output)
     print(f"{a.output}: {volume.array.shape} voxels of {', '.join(f'{s:.3g}' for s in volume.spacing)} mm ({reason})")
     return 0
@@ -140,15 +139,16 @@ def default_prep_preset(images: Path) -> tuple[str, str]:
     otherwise; the 2-core demo presets (8 mm voxels) only for medalign's own phantom, never for
     hospital data."""
     from medalign.io.dicom import read_header
-    from medalign.io.oct_vendor import is_vendor_oct
+    from medalign.io.readers import reader_for
     from medalign.synth.dicom_writer import PHANTOM_MANUFACTURER
 
     for n, p in enumerate(sorted(images.rglob("*"))):
         if n > 2000:
             break
-        if is_vendor_oct(p):
-            return "oct", f"vendor OCT files found ({p.suffix})"
-        if p.is_file():
+        reader = reader_for(p)
+        if reader is not None and reader.modality == "OCT":
+            return "oct", f"OCT files found ({reader.description})"
+        if reader is None and p.is_file():
             ds = read_header(p)
             if ds is not None and "Rows" in ds:
                 oct_ = str(ds.get("Modality", "")).upper() in ("OPT", "OCT")
@@ -486,6 +486,9 @@ def _model_data_out(s: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from medalign.io.readers import suffix_list
+
+    suffixes = suffix_list()  # the registered formats (medalign.io.readers), named once
     p = _Parser(prog="medalign", description="3D medical vision-language pretraining, zero-shot diagnosis and case retrieval.")
     from medalign import __version__
 
@@ -502,13 +505,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_synth)
 
-    s = sub.add_parser("convert", help="one DICOM series folder or vendor OCT file (.vol, .e2e, .fda, .fds, .img) -> NIfTI (world geometry as dcm2niix)")
-    s.add_argument("series_dir", type=_existing_path, metavar="SERIES_DIR|FILE.vol|.e2e|.fda|.fds|.img")
+    what = f"one DICOM series folder or image file ({suffixes}) -> NIfTI (world geometry as dcm2niix)"
+    s = sub.add_parser("convert", help=what, description=what)
+    s.add_argument("series_dir", type=_existing_path, metavar="SERIES_DIR|FILE")
     s.add_argument("output", type=Path, metavar="OUT.nii.gz")
     s.set_defaults(func=cmd_convert)
 
     s = sub.add_parser("prep", parents=[progress], help="DICOM/NIfTI studies + reports -> dataset")
-    s.add_argument("--images", type=_existing_dir, help="one sub-folder (or NAME.nii[.gz]) per study; any DICOM tree with --group-by")
+    s.add_argument("--images", type=_existing_dir, help=f"one sub-folder (or a file NAME{{{suffixes.replace(' ', '')}}}) per study; any DICOM tree with --group-by")
     s.add_argument("--reports", type=_existing_file, help="CSV (, ; tab or | between fields; UTF-8 or cp1252) or JSONL with study_id (or accession_number), report [, split]; other names: --columns")
     s.add_argument("--columns", type=_columns, default=None, metavar="ROLE=COLUMN,...",
                    help="the reports file's own column names: id, accession, report (or text), split, e.g. id=AccNo,report=ReportText")

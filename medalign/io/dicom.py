@@ -20,7 +20,8 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from medalign.errors import ConfigError, InputError
+from medalign.errors import InputError
+from medalign.io.volume import LPS_TO_RAS, SeriesSelection, Volume, acquisition_plane
 
 log = logging.getLogger(__name__)
 
@@ -42,83 +43,6 @@ def is_secondary_capture(sop_class_uid: str) -> bool:
 MAX_VOXELS = 2048 * 2048 * 4096
 #: no CT, MR or OCT frame is wider than this; larger Rows/Columns are corrupt headers
 MAX_SIDE = 8192
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
-#: acquisition planes by the patient axis (LPS x, y, z) the slice normal follows
-PLANES = ("sagittal", "coronal", "axial", "oblique")
-#: a normal within ~37 degrees of a patient axis names that plane (gantry-tilted axial CT stays axial)
-PLANE_COSINE = 0.8
-
-
-def acquisition_plane(iop: Any) -> str:
-    """``axial``, ``coronal``, ``sagittal`` or ``oblique`` from ImageOrientationPatient (6 cosines)."""
-    iop = np.asarray(iop, dtype=float)
-    normal = np.cross(iop[:3], iop[3:])
-    normal = normal / (np.linalg.norm(normal) or 1.0)
-    axis = int(np.argmax(np.abs(normal)))
-    return PLANES[axis] if abs(normal[axis]) >= PLANE_COSINE else "oblique"
-
-
-@dataclasses.dataclass
-class Volume:
-    """A 3D image in world space.
-
-    ``array`` is ``(X, Y, Z)`` float32 indexed (column, row, slice); ``affine`` is the
-    ``(4, 4)`` voxel-to-RAS-millimetre matrix; ``info`` holds pseudonymous provenance only.
-    """
-
-    array: np.ndarray
-    affine: np.ndarray
-    info: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-    @property
-    def spacing(self) -> tuple[float, float, float]:
-        """Voxel size in mm along each array axis."""
-        return tuple(float(v) for v in np.linalg.norm(self.affine[:3, :3], axis=0))
-
-
-@dataclasses.dataclass
-class SeriesSelection:
-    """Which series of a study becomes its volume."""
-
-    modalities: list[str] = dataclasses.field(default_factory=lambda: ["CT"])
-    skip_image_types: list[str] = dataclasses.field(default_factory=lambda: ["LOCALIZER", "DERIVED", "SECONDARY"])
-    skip_secondary_capture: bool = True
-    #: acquisition planes allowed (axial, coronal, sagittal, oblique; from the slice normal); empty: any
-    planes: list[str] = dataclasses.field(default_factory=lambda: ["axial"])
-    min_slices: int = 8
-    #: series covering at least this fraction of the study's longest coverage count as full
-    #: coverage; among those the thinnest slices win (then the most slices)
-    min_coverage_fraction: float = 0.9
-    #: relative deviation of slice steps from their median above which spacing counts as uneven
-    max_spacing_deviation: float = 0.2
-    #: uneven spacing (missing slices): refuse the series, or interpolate onto the regular grid
-    on_uneven_spacing: str = "reject"
-    #: gantry tilt (slice origins drift within the slice plane): shift each slice back onto an
-    #: orthogonal grid as dcm2niix does, or refuse the series
-    on_gantry_tilt: str = "resample"
-    #: a multi-frame object whose frames lack positions or share one (some OCT exports): refuse it,
-    #: or stack the frames in their in-stack order at the slice spacing its pixel measures give
-    on_missing_frame_positions: str = "reject"
-    #: ``best``: one volume per study, the series chosen above; ``all``: every series with full
-    #: coverage becomes a volume of its own (several reconstructions of one study, as CT-RATE keeps)
-    select: str = "best"
-
-    def validate(self, where: str) -> None:
-        unknown = sorted(set(self.planes) - set(PLANES))
-        if unknown:
-            raise ConfigError.at(where, "planes", f"{', '.join(unknown)} not among {', '.join(PLANES)}")
-        if not 0.0 < self.min_coverage_fraction <= 1.0:
-            raise ConfigError.at(where, "min_coverage_fraction", f"{self.min_coverage_fraction} is not in (0, 1]")
-        if self.on_uneven_spacing not in ("reject", "resample"):
-            raise ConfigError.at(where, "on_uneven_spacing", f"'{self.on_uneven_spacing}' is not reject or resample")
-        if self.on_gantry_tilt not in ("reject", "resample"):
-            raise ConfigError.at(where, "on_gantry_tilt", f"'{self.on_gantry_tilt}' is not reject or resample")
-        if self.select not in ("best", "all"):
-            raise ConfigError.at(where, "select", f"'{self.select}' is not best or all")
-        if self.on_missing_frame_positions not in ("reject", "frame_order"):
-            raise ConfigError.at(where, "on_missing_frame_positions", f"'{self.on_missing_frame_positions}' is not reject or frame_order")
-
-
 @dataclasses.dataclass
 class SeriesInfo:
     """Headers of one series, enough to choose between series and to load it."""
@@ -622,10 +546,8 @@ def volume_from_slices(slices: list[_Slice], policy: SeriesSelection | None = No
     array = np.stack([s.pixels.T for s in slices], axis=-1)  # (cols, rows, Z), C order: the transforms run faster on it
     if not np.isfinite(array).all():
         raise InputError("volume holds NaN or infinite values")
-    info = {"n_slices": len(slices)}
-    if len(slices) > 1 and note:
-        info["geometry_note"] = note
-    return Volume(array=array, affine=LPS_TO_RAS @ lps, info=info)
+    return Volume(array=array, affine=LPS_TO_RAS @ lps, source="dicom", n_slices=len(slices),
+                  geometry_note=note if len(slices) > 1 else "")
 
 
 def _resample_to_regular_grid(slices: list[_Slice], positions: np.ndarray, step: float) -> tuple[list[_Slice], str]:
@@ -707,11 +629,8 @@ def load_series(series: SeriesInfo, policy: SeriesSelection | None = None, root:
     if gap:
         raise InputError(f"series {series.name}: {gap}")
     vol = volume_from_slices(slices, policy)
-    vol.info.update({"series_key": series.key, "modality": series.modality})
-    note = "; ".join(n for n in [*dict.fromkeys(n for n in notes if n), vol.info.get("geometry_note", "")] if n)
-    if note:
-        vol.info["geometry_note"] = note
-    return vol
+    note = "; ".join(n for n in [*dict.fromkeys(n for n in notes if n), vol.geometry_note] if n)
+    return dataclasses.replace(vol, series_key=series.key, modality=series.modality, geometry_note=note)
 
 
 def instance_number_gap(slices: list[_Slice], root: Path | None = None) -> str:
@@ -787,12 +706,7 @@ def _load_chosen(chosen: SeriesInfo, reason: str, series: list[SeriesInfo], poli
         if apart:
             raise InputError(f"{e}; {apart} file{'s' if apart > 1 else ''} of this series set apart for another orientation or size") from None
         raise
-    if "geometry_note" in volume.info:
-        reason += f"; {volume.info['geometry_note']}"
-    if patient_id:
-        volume.info["patient_id"] = patient_id
-    if manufacturer:  # the model card's training-data summary counts studies per scanner maker
-        volume.info["manufacturer"] = manufacturer
-    if eye:
-        volume.info["laterality"] = eye
-    return volume, reason
+    if volume.geometry_note:
+        reason += f"; {volume.geometry_note}"
+    # the model card's training-data summary counts studies per scanner maker
+    return dataclasses.replace(volume, patient_id=patient_id, manufacturer=manufacturer, laterality=eye), reason

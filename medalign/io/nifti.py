@@ -1,25 +1,21 @@
-"""NIfTI volumes through nibabel."""
+"""NIfTI volumes through nibabel (imported when a file is read or written: ``--help`` stays fast)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
 from medalign.errors import InputError
 from medalign.io.atomic import atomic_write
-from medalign.io.dicom import Volume
-
-
-def is_nifti(path: Path) -> bool:
-    """True for ``.nii`` and ``.nii.gz`` file names."""
-    name = Path(path).name.lower()
-    return name.endswith(".nii") or name.endswith(".nii.gz")
+from medalign.io.readers import register_reader
+from medalign.io.volume import Volume
 
 
 def load_nifti(path: Path) -> Volume:
     """Read a 3D NIfTI (a trailing singleton 4th axis is dropped) as a :class:`Volume`."""
+    import nibabel as nib
+
     path = Path(path)
     try:
         img = nib.load(str(path))
@@ -35,11 +31,13 @@ def load_nifti(path: Path) -> Volume:
         raise InputError(f"{path}: singular affine")
     if not np.isfinite(data).all():
         raise InputError(f"{path}: volume holds NaN or infinite values")
-    return Volume(array=data, affine=affine, info={"source": "nifti"})
+    return Volume(array=data, affine=affine, source="nifti")
 
 
 def save_nifti(volume: Volume, path: Path) -> None:
     """Write ``volume`` as NIfTI-1 (float32, or int16 when values are whole numbers in range), atomically."""
+    import nibabel as nib
+
     data = volume.array
     rounded = np.round(data)
     if np.allclose(data, rounded) and data.min() >= -32768 and data.max() <= 32767:
@@ -54,3 +52,9 @@ def save_nifti(volume: Volume, path: Path) -> None:
         Path(str(tmp) + suffix).replace(tmp)
 
     atomic_write(Path(path), _write)
+
+
+@register_reader("nifti", suffixes=(".nii", ".nii.gz"), description="nifti")
+def read_nifti(path: Path, name: str) -> list[Volume]:
+    """The registry's entry for ``.nii``/``.nii.gz``: the file's one volume (:func:`load_nifti`)."""
+    return [load_nifti(path)]

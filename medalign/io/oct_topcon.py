@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from medalign.errors import InputError
-from medalign.io.dicom import Volume
+from medalign.io.readers import register_reader
+from medalign.io.volume import Volume
 
 #: ``@IMG_JPEG`` type field (uocte): which patterns stack into a volume
 _FDA_PATTERNS = {0: "line", 2: "volume", 3: "cylindrical", 7: "7-line raster", 11: "two 5-line rasters"}
@@ -34,8 +35,8 @@ _EYE = {0: "OD", 1: "OS"}
 def load_topcon(path: Path, name: str | None = None) -> Volume:
     """A Topcon ``.fda``/``.fds`` file's OCT scan as a :class:`Volume` ``(A-scans, depth, B-scans)`` in
     [0, 1], laid out as the ``.vol`` reader lays one out; spacings from ``@PARAM_SCAN`` (scan width and
-    height in mm over the A-scan and B-scan counts, axial resolution in µm). ``info`` as for
-    :func:`medalign.io.oct_vendor.load_heyex_vol`; ``info["localizer"]`` is the fundus photograph
+    height in mm over the A-scan and B-scan counts, axial resolution in µm). fields as for
+    :func:`medalign.io.oct_heidelberg.load_heyex_vol`; ``localizer`` is the fundus photograph
     (``@IMG_FUNDUS``/``@IMG_OBS``, luminance in [0, 1]) when the file holds one."""
     name = name or Path(path).name
     try:
@@ -88,7 +89,7 @@ def load_topcon(path: Path, name: str | None = None) -> Volume:
             info["localizer_spacing"] = spacing
     if notes:
         info["geometry_note"] = "; ".join(notes)
-    return Volume(array=array, affine=np.diag([dx, dz, dy, 1.0]), info=info)
+    return Volume(array=array, affine=np.diag([dx, dz, dy, 1.0]), **info)
 
 
 def _chunks(data: bytes, structs) -> dict[bytes, tuple[int, int]]:
@@ -217,3 +218,10 @@ def _fundus_spacing(box, scan, pattern: str) -> tuple[float, float] | None:
     if x1 <= x0 or y1 <= y0:
         return None
     return float(scan.x_dimension_mm) / (x1 - x0), float(scan.y_dimension_mm) / (y1 - y0)
+
+
+@register_reader("topcon-fds", suffixes=(".fds",), description="Topcon .fds", modality="OCT")
+@register_reader("topcon-fda", suffixes=(".fda",), description="Topcon .fda", modality="OCT")
+def read_topcon(path: Path, name: str) -> list[Volume]:
+    """The registry's entry for ``.fda`` and ``.fds``: the file's one volume (:func:`load_topcon`)."""
+    return [load_topcon(path, name)]

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from medalign.errors import InputError
-from medalign.io.dicom import Volume
+from medalign.io.readers import register_reader
+from medalign.io.volume import Volume
 
 #: Cirrus cube protocols: (A-scans per B-scan, B-scans, scan width mm, scan height mm) by name
 CIRRUS_CUBES = {
@@ -54,7 +55,7 @@ def names_identifiers(filename: str) -> bool:
 
 def load_zeiss_img(path: Path, name: str | None = None) -> Volume:
     """A Cirrus cube ``.img`` as a :class:`Volume` ``(A-scans, depth, B-scans)`` in [0, 1], laid out as
-    the ``.vol`` reader lays one out, with the protocol's geometry; ``info["geometry_note"]`` says
+    the ``.vol`` reader lays one out, with the protocol's geometry; ``geometry_note`` says
     where geometry and eye came from."""
     path = Path(path)
     name = name or path.name
@@ -82,4 +83,11 @@ def load_zeiss_img(path: Path, name: str | None = None) -> Volume:
             f"{CIRRUS_DEPTH_MM:g} mm deep, Zeiss's specification)" + ("" if laterality else "; eye not in the file name"))
     info = {"source": "zeiss-img", "manufacturer": "Carl Zeiss Meditec", "modality": "OCT", "laterality": laterality, "scan_pattern": "volume", "geometry_note": note}
     affine = np.diag([width_mm / width, CIRRUS_DEPTH_MM / CIRRUS_DEPTH_SAMPLES, height_mm / n, 1.0])
-    return Volume(array=array, affine=affine, info=info)
+    return Volume(array=array, affine=affine, **info)
+
+
+@register_reader("zeiss-img", suffixes=(".img",), description="Zeiss .img", modality="OCT", sniff=is_zeiss_img,
+                 names_identifiers=names_identifiers)
+def read_zeiss_img(path: Path, name: str) -> list[Volume]:
+    """The registry's entry for Cirrus ``.img``: the file's one cube (:func:`load_zeiss_img`)."""
+    return [load_zeiss_img(path, name)]

@@ -30,9 +30,9 @@ import numpy as np
 from medalign.config import save_yaml, to_dict
 from medalign.errors import InputError, MedalignError, StorageError
 from medalign.io.atomic import atomic_save_npy, atomic_write, atomic_write_json, storage_error
-from medalign.io.dicom import Volume, load_dicom_volumes
-from medalign.io.nifti import is_nifti, load_nifti
-from medalign.io.oct_vendor import best_vendor_scan, describe_vendor_scan, is_vendor_oct, load_vendor_oct, mirror_to_right_eye
+from medalign.io.dicom import load_dicom_volumes
+from medalign.io.readers import read_file, reader_for
+from medalign.io.volume import Volume, mirror_to_right_eye
 from medalign.io.reports import read_reports
 from medalign.prep.config import PrepConfig
 from medalign.reports.given_labels import GivenLabels, agreement_table, merge_labels
@@ -82,7 +82,8 @@ class PrepSummary:
 
 
 def discover_studies(images: Path) -> dict[str, Path]:
-    """``{study_id: path}``: each sub-folder is a study; a bare ``NAME.nii[.gz]`` is study ``NAME``.
+    """``{study_id: path}``: each sub-folder is a study; a bare file of a registered format
+    (:mod:`medalign.io.readers`: ``NAME.nii.gz``, ``NAME.vol``, ...) is study ``NAME``.
     DICOM files lying loose in ``images`` belong to no study folder: they stop the run with one line
     (never dropped without a word) suggesting ``--group-by``; other loose files (a CSV, a README) are left alone."""
     from medalign.io.dicom import read_header
@@ -95,12 +96,11 @@ def discover_studies(images: Path) -> dict[str, Path]:
     for p in sorted(images.iterdir()):
         if p.name.startswith("."):
             continue
+        reader = None if p.is_dir() else reader_for(p)
         if p.is_dir():
             studies[p.name] = p
-        elif is_vendor_oct(p):
-            studies[p.stem] = p
-        elif is_nifti(p):
-            studies[p.name[: -len(".nii.gz")] if p.name.lower().endswith(".gz") else p.name[: -len(".nii")]] = p
+        elif reader is not None:
+            studies[reader.study_name(p)] = p
         elif p.is_file() and p.suffix.lower() not in (".csv", ".jsonl", ".json", ".txt", ".md", ".yaml", ".yml", ".log", ".xml", ".pdf"):
             loose.append(p)
     dicom = [p for p in loose if read_header(p) is not None]
@@ -133,60 +133,43 @@ def load_study_volumes(path: Path, config: PrepConfig, files: list[Path] | None 
 
 def _finish(volume: Volume, provenance: str, config: PrepConfig) -> tuple[Volume, str]:
     """A loaded volume as preparation keeps it: left eyes mirrored when the preset says (their fundus
-    image with them). A vendor OCT file's fundus image (SLO/IR) stays in ``info["localizer"]``: it is
+    image with them). A vendor OCT file's fundus image (SLO/IR) stays in ``volume.localizer``: it is
     written beside the volume, never into it."""
-    if config.mirror_left_eyes and volume.info.get("laterality") == "OS":
+    if config.mirror_left_eyes and volume.laterality == "OS":
         volume = mirror_to_right_eye(volume)
         provenance += "; left eye (OS) mirrored to right-eye orientation"
-    elif volume.info.get("laterality"):
-        provenance += f"; {volume.info['laterality']}"
+    elif volume.laterality:
+        provenance += f"; {volume.laterality}"
     return volume, provenance
 
 
 def _read_study(path: Path, config: PrepConfig) -> list[tuple[Volume, str]]:
-    """A study file or folder: its one NIfTI or vendor OCT volume, else its DICOM series (``series.select``)."""
+    """A study file or folder: the one file of a registered format it is or holds (a NIfTI, a vendor
+    OCT file; ``series.select`` over the scans in it), else its DICOM series (``series.select``)."""
     if path.is_file():
-        if is_vendor_oct(path):
-            return _vendor(path, path.name, config)
-        return [(load_nifti(path), "nifti")]
+        return read_file(path, path.name, config.series.select)
     files = [p for p in sorted(path.rglob("*")) if p.is_file()]  # one listing of the folder
-    vendor = [p for p in files if is_vendor_oct(p)]
-    if len(vendor) == 1:
-        return _vendor(vendor[0], f"{path.name}/{vendor[0].relative_to(path)}", config)
-    if len(vendor) > 1:
-        raise InputError(f"{path}: {len(vendor)} vendor OCT files; one study is one eye's volume scan")
-    niftis = [p for p in files if is_nifti(p)]
-    if len(niftis) == 1:
-        return [(load_nifti(niftis[0]), "nifti")]
-    if len(niftis) > 1:
-        raise InputError(f"{path}: {len(niftis)} NIfTI files, expected one")
     if not files:
         raise InputError(f"{path}: empty study folder")
+    readable = [(p, r) for p in files if (r := reader_for(p)) is not None]
+    if len(readable) == 1:
+        return read_file(readable[0][0], f"{path.name}/{readable[0][0].relative_to(path)}", config.series.select)
+    if len(readable) > 1:
+        kinds = ", ".join(sorted({r.description for _, r in readable}))
+        raise InputError(f"{path}: {len(readable)} image files ({kinds}), expected one: a study is one volume file "
+                         "(one eye's OCT scan, one NIfTI) or one DICOM folder")
     return load_dicom_volumes(path, config.series, files=files)
 
 
 def _refuse_identifying_names(studies: dict[str, Path], id_key: bytes | None) -> None:
-    """Zeiss Cirrus exports are named after the patient and the scan date, and prep names studies
-    after their files: without ``--hash-ids`` those names would reach every output."""
-    from medalign.io.oct_zeiss import names_identifiers
-
+    """Some formats' exports are named after the patient (Zeiss Cirrus: patient id and scan date),
+    and prep names studies after their files: without ``--hash-ids`` those names would reach every output."""
     if id_key is not None:
         return
-    named = [p for p in studies.values() if p.is_file() and p.suffix.lower() == ".img" and names_identifiers(p.name)]
+    named = [(p, r) for p in studies.values() if (r := reader_for(p)) is not None and r.names_identifiers and r.names_identifiers(p.name)]
     if named:
-        raise InputError(f"{named[0]}: Zeiss Cirrus file names hold the patient id and scan date ({len(named)} such files), and "
+        raise InputError(f"{named[0][0]}: {named[0][1].description} file names hold the patient id and scan date ({len(named)} such files), and "
                          "studies are named after their files; prepare them with --hash-ids KEYFILE")
-
-
-def _vendor(path: Path, name: str, config: PrepConfig) -> list[tuple[Volume, str]]:
-    """A vendor OCT file's scans under ``series.select`` (``name``: as errors call it, relative to
-    the images folder): ``all`` keeps every OCT scan of the file, ``best`` the one with the most B-scans."""
-    volumes = load_vendor_oct(path, name=name)
-    if config.series.select == "all":
-        return [(v, describe_vendor_scan(v) + (f"; scan {k + 1} of {len(volumes)} in the file" if len(volumes) > 1 else ""))
-                for k, v in enumerate(volumes)]
-    volume, why = best_vendor_scan(volumes)
-    return [(volume, describe_vendor_scan(volume) + (f"; {why}" if why else ""))]
 
 
 def _grouped_studies(images: Path, group_by: str, report_rows: dict, report_key: str, pool: "_WorkerPool"):
@@ -343,26 +326,25 @@ def _write_study(out: Path, name: str, prepared: list, study_id: str, config: Pr
     for k, (cached, affine, volume, provenance) in enumerate(prepared):
         rel = f"volumes/{name}.npy" if k == 0 else f"volumes/{name}.{k}.npy"
         atomic_save_npy(out / rel, cached)
-        fundus = volume.info.pop("localizer", None)
-        fundus_rel = ""
+        fundus, fundus_rel = volume.localizer, ""
         if fundus is not None:  # a vendor OCT file's SLO/IR image: an optional second input beside the volume
             fundus_rel = rel[: -len(".npy")] + ".fundus.npy"
             atomic_save_npy(out / fundus_rel, _unit_image(fundus))
         entries.append({
             "volume": rel,
             "fundus": fundus_rel,
-            "series": volume.info.get("series_key", ""),
+            "series": volume.series_key,
             "shape": list(cached.shape),
             "spacing": [round(float(v), 4) for v in np.linalg.norm(affine[:3, :3], axis=0)],
             "source_shape": list(volume.array.shape),
             "source_spacing": [round(v, 4) for v in volume.spacing],
             "provenance": provenance,
-            "manufacturer": volume.info.get("manufacturer", ""),
+            "manufacturer": volume.manufacturer,
         })
     record = {"study_id": study_id, **entries[0]}
     if len(entries) > 1:
         record["volumes"] = entries
-    patient = prepared[0][2].info.pop("patient_id", "")
+    patient = prepared[0][2].patient_id
     if patient:  # the split of the patient, never the PatientID: studies of one patient never straddle train and test
         record["patient_split"] = assign_split("patient:" + patient, config.val_fraction, config.test_fraction)
     atomic_write_json(out / "records" / f"{name}.json", record)

@@ -6,7 +6,7 @@ import dataclasses
 from typing import Any, Literal
 
 from medalign.errors import ConfigError
-from medalign.io.dicom import SeriesSelection
+from medalign.io.volume import SeriesSelection
 
 
 #: the preprocessing steps a preset may list (each one MONAI dictionary transform, see prep/transforms.py)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from medalign.errors import ConfigError
-from medalign.io.dicom import Volume
+from medalign.io.volume import Volume
 
 KEY = "image"
 

@@ -31,7 +31,7 @@ def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
 def write_lesion_masks(masks: dict[str, np.ndarray], grid: CTGrid, folder: Path) -> None:
     """Each drawn finding's ``(Z, Y, X)`` mask as ``folder/<finding>.nii.gz`` (spaces as ``_``) on the
     study's own scanner grid: the geometry ``medalign convert`` gives its DICOM series."""
-    from medalign.io.dicom import LPS_TO_RAS, Volume
+    from medalign.io.volume import LPS_TO_RAS, Volume
     from medalign.io.nifti import save_nifti
 
     dz, dy, dx = grid.spacing

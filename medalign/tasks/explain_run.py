@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from medalign.io.atomic import atomic_write, atomic_write_json
-from medalign.io.dicom import Volume
+from medalign.io.volume import Volume
 from medalign.io.nifti import save_nifti
 from medalign.progress import Progress
 from medalign.tasks.explain import explain_image, resample_to_grid

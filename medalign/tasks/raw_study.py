@@ -10,7 +10,7 @@ import torch
 
 from medalign.config import from_dict, read_yaml
 from medalign.errors import InputError
-from medalign.io.dicom import Volume
+from medalign.io.volume import Volume
 from medalign.prep.build import load_study_volumes
 from medalign.prep.config import PrepConfig
 from medalign.prep.transforms import apply_preprocessing, build_preprocessing
@@ -33,21 +33,21 @@ class RawStudy:
 def load_raw_study(path: Path, model_dir: Path, modality: str | None = None) -> RawStudy:
     """A raw study prepared exactly as the model's training data was (``model_dir/prep_config.yaml``),
     keeping the geometry of its first volume. A DICOM study must hold a series of the model's
-    modality; a NIfTI file says none, so ``modality`` must confirm it."""
+    modality; a file that names none (NIfTI) needs ``modality`` to confirm it."""
     cfg_path = Path(model_dir) / "prep_config.yaml"
     if not cfg_path.is_file():
         raise InputError(f"{model_dir}: exported model has no prep_config.yaml to prepare a raw study with")
     config = from_dict(PrepConfig, read_yaml(cfg_path), where=str(cfg_path))
     loaded = load_study_volumes(Path(path), config)
-    if loaded[0][1] == "nifti" and modality != config.modality:
-        raise InputError(f"{path}: a NIfTI file carries no modality and the model was trained on {config.modality}: "
+    if not loaded[0][0].modality and modality != config.modality:
+        raise InputError(f"{path}: a {loaded[0][0].source or 'image'} file carries no modality and the model was trained on {config.modality}: "
                          f"pass --modality {config.modality} to confirm the study is one"
                          + (f" (--modality {modality} given)" if modality else ""))
     pipeline = build_preprocessing(config.steps)
     prepared = [apply_preprocessing(volume, pipeline) for volume, _ in loaded]
     volume = loaded[0][0]
-    mirrored = "mirrored" in volume.info
-    source = Volume(np.ascontiguousarray(volume.array[::-1]) if mirrored else volume.array, volume.affine, volume.info)
+    mirrored = bool(volume.mirrored)
+    source = dataclasses.replace(volume, array=np.ascontiguousarray(volume.array[::-1]), mirrored="") if mirrored else volume
     return RawStudy(array=prepared[0][0], affine=prepared[0][1], source=source, mirrored=mirrored,
                     arrays=[a for a, _ in prepared], provenance=[p for _, p in loaded])
 

@@ -1,6 +1,6 @@
-"""Retinal OCT in the device makers' formats: Heidelberg Spectralis ``.vol`` (HSF-OCT-103) and
-Heidelberg Eye Explorer ``.e2e`` here; Topcon ``.fda``/``.fds`` (:mod:`medalign.io.oct_topcon`) and
-Zeiss Cirrus ``.img`` (:mod:`medalign.io.oct_zeiss`) dispatched from :func:`load_vendor_oct`.
+"""Heidelberg retinal OCT: Spectralis ``.vol`` (HSF-OCT-103) and Heidelberg Eye Explorer ``.e2e``
+(Topcon: :mod:`medalign.io.oct_topcon`, Zeiss: :mod:`medalign.io.oct_zeiss`; all found through
+:mod:`medalign.io.readers`).
 
 Heidelberg files are read with eyepy's parsers (``eyepy.io.he``), the readers the field uses;
 oct-converter has no ``.vol`` reader. Only geometry, laterality and the pixel data are taken from a
@@ -18,66 +18,20 @@ from pathlib import Path
 import numpy as np
 
 from medalign.errors import InputError
-from medalign.io.dicom import Volume
+from medalign.io.readers import register_reader
+from medalign.io.volume import Volume
 
-VENDOR_OCT_SUFFIXES = (".vol", ".e2e", ".fda", ".fds", ".img")
 #: HSF-OCT scan patterns (Heidelberg's numbering)
 SCAN_PATTERNS = {1: "line", 2: "circle", 3: "volume", 4: "fast volume", 5: "star", 6: "radial"}
 #: values above this mark invalid pixels in a .vol B-scan (the format writes 3.4e38)
 _INVALID = 1e30
 
 
-def is_vendor_oct(path: Path) -> bool:
-    """A file in a vendor OCT format medalign reads (an ``.img`` beside an Analyze ``.hdr`` is not one)."""
-    from medalign.io.oct_zeiss import is_zeiss_img
-
-    path = Path(path)
-    suffix = path.suffix.lower()
-    return path.is_file() and suffix in VENDOR_OCT_SUFFIXES and (suffix != ".img" or is_zeiss_img(path))
-
-
-def load_vendor_oct(path: Path, name: str | None = None) -> list[Volume]:
-    """Every OCT volume scan of a vendor file (``.e2e``: one per series that holds B-scans; the other
-    formats: one), each as :func:`load_heyex_vol` describes it."""
-    suffix = Path(path).suffix.lower()
-    if suffix == ".e2e":
-        return load_heyex_e2e(path, name)
-    if suffix in (".fda", ".fds"):
-        from medalign.io.oct_topcon import load_topcon
-
-        return [load_topcon(path, name)]
-    if suffix == ".img":
-        from medalign.io.oct_zeiss import load_zeiss_img
-
-        return [load_zeiss_img(path, name)]
-    return [load_heyex_vol(path, name)]
-
-
-def best_vendor_scan(volumes: list[Volume]) -> tuple[Volume, str]:
-    """The scan ``series.select: best`` takes from a vendor file: the one with the most B-scans
-    (a volume scan over a line scan), the first on a tie; and why."""
-    best = max(range(len(volumes)), key=lambda k: (volumes[k].array.shape[2], -k))
-    if len(volumes) == 1:
-        return volumes[0], ""
-    counts = ", ".join(f"{v.info['scan_pattern']} {v.array.shape[2]}" for v in volumes)
-    return volumes[best], f"scan {best + 1} of {len(volumes)} in the file, the most B-scans ({counts})"
-
-
-def describe_vendor_scan(volume: Volume) -> str:
-    """One line for a vendor OCT volume's provenance: format, pattern, size and any geometry note."""
-    kind = {"heidelberg-vol": "Heidelberg .vol", "heidelberg-e2e": "Heidelberg .e2e", "topcon-fda": "Topcon .fda",
-            "topcon-fds": "Topcon .fds", "zeiss-img": "Zeiss .img"}.get(volume.info.get("source"), "vendor OCT")
-    x, y, z = volume.array.shape
-    note = f"; {volume.info['geometry_note']}" if volume.info.get("geometry_note") else ""
-    return f"{kind}, {volume.info['scan_pattern']} scan, {z} B-scans of {x} A-scans x {y}{note}"
-
-
 def load_heyex_vol(path: Path, name: str | None = None) -> Volume:
-    """A Spectralis ``.vol`` file as a :class:`Volume` ``(A-scans, depth, B-scans)`` in [0, 1]; ``info``
-    holds laterality (``OD``/``OS``), the scan pattern and a note on any geometry the file leaves open;
-    ``info["localizer"]`` is the SLO fundus image ``(H, W)`` when present (``info["localizer_spacing"]``: its
-    pixel size in mm, column then row). ``name``: the file as
-    errors should name it."""
+    """A Spectralis ``.vol`` file as a :class:`Volume` ``(A-scans, depth, B-scans)`` in [0, 1] with its
+    laterality (``OD``/``OS``), scan pattern and a note on any geometry the file leaves open;
+    ``localizer`` is the SLO fundus image ``(H, W)`` when present (``localizer_spacing``: its pixel size
+    in mm, column then row). ``name``: the file as errors should name it."""
     name = name or Path(path).name
     try:
         from eyepy.io.he.vol_reader import HeVolReader
@@ -121,7 +75,7 @@ def load_heyex_vol(path: Path, name: str | None = None) -> Volume:
     if localizer is not None and localizer.size:
         info["localizer"] = localizer
         info["localizer_spacing"] = (float(header["scale_x_slo"]), float(header["scale_y_slo"]))
-    return Volume(array=array, affine=np.diag([dx, dz, dy, 1.0]), info=info)
+    return Volume(array=array, affine=np.diag([dx, dz, dy, 1.0]), **info)
 
 
 #: laterality codes of an E2E file (ASCII "R" and "L")
@@ -135,7 +89,7 @@ def load_heyex_e2e(path: Path, name: str | None = None) -> list[Volume]:
     The file gives the axial spacing in mm (``scale_y`` of each B-scan's metadata) but the lateral
     extent in degrees of scan angle: A-scan spacing and B-scan distance are those angles times
     eyepy's standard-eye factor (µm per degree), as Heidelberg's own viewer does without an axial
-    length; ``info["geometry_note"]`` says so. A file holding scans of both eyes is refused (one
+    length; ``geometry_note`` says so. A file holding scans of both eyes is refused (one
     study is one eye), and so is a radial (star) scan, whose B-scans do not stack into a volume."""
     name = name or Path(path).name
     try:
@@ -209,17 +163,17 @@ def load_heyex_e2e(path: Path, name: str | None = None) -> list[Volume]:
             # eyepy's E2E reader takes the fundus image as a 30-degree field (the file does not say)
             info["geometry_note"] += "; the fundus image taken as a 30-degree field"
             info["localizer_spacing"] = (30.0 / localizer.shape[1] * mm_per_degree, 30.0 / localizer.shape[0] * mm_per_degree)
-        volumes.append(Volume(array=array, affine=np.diag([dx, dz, dy, 1.0]), info=info))
+        volumes.append(Volume(array=array, affine=np.diag([dx, dz, dy, 1.0]), **info))
     return volumes
 
 
-def mirror_to_right_eye(volume: Volume) -> Volume:
-    """A left eye's (OS) volume mirrored along its lateral axis so the nasal side lies where a right
-    eye's does, its fundus image (``info["localizer"]``, columns along the same axis) with it; other
-    volumes as they are."""
-    if volume.info.get("laterality") != "OS":
-        return volume
-    info = {**volume.info, "mirrored": "left eye mirrored to right-eye orientation"}
-    if info.get("localizer") is not None:
-        info["localizer"] = np.ascontiguousarray(info["localizer"][:, ::-1])
-    return Volume(array=np.ascontiguousarray(volume.array[::-1]), affine=volume.affine.copy(), info=info)
+@register_reader("heidelberg-vol", suffixes=(".vol",), description="Heidelberg .vol", modality="OCT")
+def read_heyex_vol(path: Path, name: str) -> list[Volume]:
+    """The registry's entry for ``.vol``: the file's one volume (:func:`load_heyex_vol`)."""
+    return [load_heyex_vol(path, name)]
+
+
+@register_reader("heidelberg-e2e", suffixes=(".e2e",), description="Heidelberg .e2e", modality="OCT")
+def read_heyex_e2e(path: Path, name: str) -> list[Volume]:
+    """The registry's entry for ``.e2e``: every OCT series in the file (:func:`load_heyex_e2e`)."""
+    return load_heyex_e2e(path, name)
