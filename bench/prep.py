@@ -275,7 +275,7 @@ def spacing_step(volume) -> None:
 
     import torch
 
-    from medalign.prep.transforms import AxisAlignedSpacingd
+    from medalign.prep.spacing import AxisAlignedSpacingd
 
     options = {"pixdim": (1.5, 1.5, 3.0), "mode": "bilinear", "padding_mode": "border"}
     image = MetaTensor(torch.from_numpy(np.ascontiguousarray(volume.array))[None], affine=torch.as_tensor(volume.affine))

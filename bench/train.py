@@ -148,7 +148,7 @@ def main() -> None:
     a = p.parse_args()
 
     from medalign.config import load_config
-    from medalign.losses import ContrastiveObjective
+    from medalign.losses import create_loss
     from medalign.models import DualEncoder
     from medalign.prep.config import PrepConfig
     from medalign.train.config import PretrainConfig
@@ -167,7 +167,7 @@ def main() -> None:
         for name in ("plain PyTorch loop", "medalign (Lightning)"):
             torch.manual_seed(0)
             model = DualEncoder(config.model).to(a.device)
-            objective = ContrastiveObjective(config.loss.name, config.loss.mix)
+            objective = create_loss(config.loss.name, config.loss.mix)
             batches = make_batches(model, a.steps + 3, batch, list(size), 5, a.device)
             if a.device == "cuda":
                 torch.cuda.reset_peak_memory_stats()

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from conftest import run_gloo_ranks
 from torch import nn
 
-from medalign.losses import ContrastiveObjective
+from medalign.losses import ContrastiveLoss, create_loss
 
 GLOBAL_BATCH, WORLD = 8, 2
 CASES = [("info_nce", False), ("siglip", False), ("soft_labels", False), ("soft_labels", True), ("cwcl", True)]
@@ -43,7 +43,7 @@ def _batch() -> dict[str, torch.Tensor]:
     }
 
 
-def _loss_and_grads(model: nn.Module, objective: ContrastiveObjective, batch: dict, rows: slice, with_frozen: bool):
+def _loss_and_grads(model: nn.Module, objective: ContrastiveLoss, batch: dict, rows: slice, with_frozen: bool):
     img, txt, scale, bias = model(batch["x_img"][rows], batch["x_txt"][rows])
     loss = objective(img, txt, scale, bias, batch["labels"][rows], batch["frozen"][rows] if with_frozen else None)
     loss.backward()
@@ -60,7 +60,7 @@ def _worker(rank: int, out: str) -> None:
             model = nn.parallel.DistributedDataParallel(TinyDualEncoder(name == "siglip").double())
             key = f"{name}:{with_frozen}:{local_loss}" + ("" if with_grad else ":nograd")
             results[key] = _loss_and_grads(
-                model, ContrastiveObjective(name, mix=0.6, local_loss=local_loss, gather_with_grad=with_grad), batch,
+                model, create_loss(name, mix=0.6, local_loss=local_loss, gather_with_grad=with_grad), batch,
                 slice(rank * local, (rank + 1) * local), with_frozen
             )
             del model  # no DDP reducer outlives the process group
@@ -79,7 +79,7 @@ def ranks(tmp_path_factory):
 def test_two_ranks_equal_one_process(ranks, name, with_frozen, local_loss):
     torch.manual_seed(0)
     single = TinyDualEncoder(name == "siglip").double()
-    loss, grads = _loss_and_grads(single, ContrastiveObjective(name, mix=0.6), _batch(), slice(None), with_frozen)
+    loss, grads = _loss_and_grads(single, create_loss(name, mix=0.6), _batch(), slice(None), with_frozen)
     rank_losses = torch.stack([ranks[r][f"{name}:{with_frozen}:{local_loss}"][0] for r in range(WORLD)])
     if local_loss:  # each rank's loss is its rows' share: their mean is the global loss, and they differ
         assert torch.allclose(rank_losses.mean(), loss, rtol=1e-10, atol=0), (rank_losses, float(loss))
@@ -101,7 +101,7 @@ def test_gathering_without_grad_gives_the_gradient_over_world_size(ranks, name, 
     gradient over W; the logit scale and bias, which every rank's whole loss reads, keep theirs."""
     torch.manual_seed(0)
     single = TinyDualEncoder(name == "siglip").double()
-    loss, grads = _loss_and_grads(single, ContrastiveObjective(name, mix=0.6), _batch(), slice(None), with_frozen)
+    loss, grads = _loss_and_grads(single, create_loss(name, mix=0.6), _batch(), slice(None), with_frozen)
     for r in range(WORLD):
         r_loss, r_grads = ranks[r][f"{name}:{with_frozen}:False:nograd"]
         assert torch.allclose(r_loss, loss, rtol=1e-5, atol=0)
@@ -121,7 +121,7 @@ def test_every_loss_is_a_module_of_its_own():
                                  (SoftLabelLoss(mix=0.6), "soft_labels", {"labels": batch["labels"]}),
                                  (CWCLLoss(mix=0.6), "cwcl", {"frozen_text": batch["frozen"]})):
         assert isinstance(module, nn.Module)
-        expected = ContrastiveObjective(name, mix=0.6)(img, txt, scale, **kwargs)
+        expected = create_loss(name, mix=0.6)(img, txt, scale, **kwargs)
         assert torch.allclose(module(img, txt, scale, **kwargs), expected), name
 
 
@@ -129,7 +129,7 @@ def test_a_local_only_loss_differs(ranks):
     """The check has teeth: the loss of one rank's half alone is not the global loss."""
     torch.manual_seed(0)
     single = TinyDualEncoder(False).double()
-    half, _ = _loss_and_grads(single, ContrastiveObjective("info_nce"), _batch(), slice(0, GLOBAL_BATCH // WORLD), False)
+    half, _ = _loss_and_grads(single, create_loss("info_nce"), _batch(), slice(0, GLOBAL_BATCH // WORLD), False)
     global_loss = ranks[0]["info_nce:False:False"][0]
     assert abs(float(half) - float(global_loss)) > 1e-3
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from medalign.config import load_config
 from medalign.data.sampler import ResumableSampler
 from medalign.errors import ConfigError, InputError
-from medalign.losses import ContrastiveObjective
+from medalign.losses import create_loss
 from medalign.train.config import LossConfig, PretrainConfig
 
 
@@ -25,7 +25,7 @@ def test_loss_under_bf16_autocast_is_the_fp32_loss(name):
     txt = F.normalize(img + 0.3 * torch.randn(16, 32, generator=g), dim=1)
     labels = (torch.rand(16, 5, generator=g) < 0.3).float()
     scale, bias = torch.tensor(100.0), torch.tensor(-10.0)
-    objective = ContrastiveObjective(name)
+    objective = create_loss(name)
     ref = objective(img, txt, scale, bias, labels)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         got = objective(img, txt, scale, bias, labels)
@@ -34,7 +34,7 @@ def test_loss_under_bf16_autocast_is_the_fp32_loss(name):
 
 
 def test_one_default_for_the_label_mix():
-    assert ContrastiveObjective().mix == LossConfig().mix
+    assert create_loss("soft_labels").mix == LossConfig().mix
 
 
 def _demo_model():

@@ -10,7 +10,8 @@ from monai.data import MetaTensor
 from monai.transforms import Spacingd
 from nibabel.testing import data_path
 
-from medalign.prep.transforms import AxisAlignedSpacingd, build_preprocessing
+from medalign.prep.spacing import AxisAlignedSpacingd
+from medalign.prep.transforms import build_preprocessing
 
 OPTIONS = {"mode": "bilinear", "padding_mode": "border"}
 
@@ -68,8 +69,13 @@ def test_a_real_nifti_through_a_preset_matches_the_plain_monai_pipeline():
     np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-4 * float(np.abs(array).max()))
 
 
-def test_every_step_name_a_preset_may_use_has_a_transform():
-    from medalign.prep.config import STEP_NAMES
-    from medalign.prep.transforms import _registry
+def test_every_registered_step_builds_its_transform():
+    from monai.transforms import MapTransform
 
-    assert set(_registry()) == set(STEP_NAMES)
+    from medalign.prep.spacing import AxisAlignedSpacingd
+    from medalign.prep.steps import get_step, list_steps
+
+    assert list_steps() == ["orientation", "spacing", "window", "percentile_window", "crop_or_pad", "resize", "crop_foreground"]
+    for name in list_steps():
+        cls = get_step(name).transform()
+        assert issubclass(cls, MapTransform) or cls is AxisAlignedSpacingd, name

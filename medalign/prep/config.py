@@ -7,10 +7,7 @@ from typing import Any, Literal
 
 from medalign.errors import ConfigError
 from medalign.io.volume import SeriesSelection
-
-
-#: the preprocessing steps a preset may list (each one MONAI dictionary transform, see prep/transforms.py)
-STEP_NAMES = ("orientation", "spacing", "window", "percentile_window", "crop_or_pad", "resize", "crop_foreground")
+from medalign.prep.steps import list_steps
 
 
 @dataclasses.dataclass
@@ -21,7 +18,7 @@ class PrepConfig:
     #: vocabulary preset or path used when ``--vocab`` is not given
     vocab: str = "chest_ct"
     series: SeriesSelection = dataclasses.field(default_factory=SeriesSelection)
-    #: MONAI dictionary transforms in order: ``[{name: {options}}]``
+    #: registered steps (:mod:`medalign.prep.steps`, MONAI dictionary transforms) in order: ``[{name: {options}}]``
     steps: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     #: dtype of cached volumes (values are in [0, 1] after windowing)
     #: uint8 stores the [0, 1] window in 256 levels (half float16's bytes, ~10x faster to read; bench/cache_format.py)
@@ -40,5 +37,5 @@ class PrepConfig:
         if not 0 <= self.val_fraction + self.test_fraction < 1:
             raise ConfigError.at(where, "test_fraction", "val_fraction + test_fraction must lie in [0, 1)")
         for i, step in enumerate(self.steps):
-            if not isinstance(step, dict) or len(step) != 1 or next(iter(step)) not in STEP_NAMES:
-                raise ConfigError.at(where, f"steps[{i}]", f"expected one of {', '.join(STEP_NAMES)} as {{name: {{options}}}}, got {step!r}")
+            if not isinstance(step, dict) or len(step) != 1 or next(iter(step)) not in list_steps():
+                raise ConfigError.at(where, f"steps[{i}]", f"expected one of {', '.join(list_steps())} as {{name: {{options}}}}, got {step!r}")

@@ -13,7 +13,8 @@ from medalign.models.config import ModelConfig
 class LossConfig:
     """Which objective; ``mix`` blends soft targets with the identity (0: plain InfoNCE targets)."""
 
-    name: Literal["info_nce", "siglip", "soft_labels", "cwcl"] = "soft_labels"
+    #: a registered loss (:func:`medalign.losses.registry.list_losses`: info_nce, siglip, soft_labels, cwcl, ...)
+    name: str = "soft_labels"
     mix: float = 0.5
     #: soft_labels only: average the label targets with CWCL similarity targets from the frozen text tower
     with_similarity: bool = False
@@ -114,6 +115,10 @@ class PretrainConfig:
     validation: ValidationConfig = dataclasses.field(default_factory=ValidationConfig)
 
     def validate(self, where: str) -> None:
+        from medalign.losses.registry import list_losses
+
+        if self.loss.name not in list_losses():
+            raise ConfigError.at(where, "loss.name", f"'{self.loss.name}' is not one of {', '.join(list_losses())}")
         if not 0.0 <= self.loss.mix <= 1.0:
             raise ConfigError.at(where, "loss.mix", f"must lie in [0, 1], got {self.loss.mix}")
         if not 0.5 <= self.data.crop_scale <= 1.0:
@@ -124,5 +129,13 @@ class PretrainConfig:
             raise ConfigError.at(where, "validation.every_n_steps", "must be >= 1 or null")
         if self.trainer.max_steps < 1:
             raise ConfigError.at(where, "trainer.max_steps", "must be >= 1")
-        if self.loss.name == "siglip" and not self.model.logit_bias:
-            self.model.logit_bias = True
+
+
+def with_loss_needs(config: PretrainConfig) -> PretrainConfig:
+    """``config`` with what its loss needs from the model (:class:`~medalign.losses.registry.LossEntry`):
+    a learnable logit bias for SigLIP. The run saves this config, so an export rebuilds the same model."""
+    from medalign.losses.registry import loss_entry
+
+    if loss_entry(config.loss.name).needs_bias and not config.model.logit_bias:
+        return dataclasses.replace(config, model=dataclasses.replace(config.model, logit_bias=True))
+    return config

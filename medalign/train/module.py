@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from medalign.data.augment import jitter_intensity
-from medalign.losses import ContrastiveObjective
+from medalign.losses.registry import loss_entry
 from medalign.models import DualEncoder
 from medalign.train.config import PretrainConfig
 from medalign.train.schedule import warmup_cosine
@@ -23,7 +23,7 @@ def needs_report_embeddings(config: PretrainConfig) -> bool:
 
 def uses_similarity_targets(config: PretrainConfig) -> bool:
     """CWCL targets, alone (``cwcl``) or beside the label targets (``soft_labels`` + ``with_similarity``)."""
-    return config.loss.name == "cwcl" or (config.loss.name == "soft_labels" and config.loss.with_similarity)
+    return loss_entry(config.loss.name).uses_report_embeddings(config.loss.with_similarity)
 
 
 def uses_cached_text(config: PretrainConfig) -> bool:
@@ -42,7 +42,7 @@ class PretrainModule(L.LightningModule):
         super().__init__()
         self.model = model
         self.config = config
-        self.objective = ContrastiveObjective(config.loss.name, config.loss.mix, config.loss.local_loss, config.loss.gather_with_grad)
+        self.objective = loss_entry(config.loss.name).create(config.loss.mix, config.loss.local_loss, config.loss.gather_with_grad)
         self.report_texts = report_texts if needs_report_embeddings(config) else None
         self.report_cache = report_cache
         # a plain attribute, not a buffer: DDP would broadcast a buffer every step

@@ -29,7 +29,7 @@ from medalign.data.sampler import ResumableLoader, ResumableSampler
 from medalign.errors import ConfigError, InputError
 from medalign.io.lock import is_launching_process
 from medalign.models import DualEncoder
-from medalign.train.config import PretrainConfig
+from medalign.train.config import PretrainConfig, with_loss_needs
 from medalign.train.export import DATASET_FILES, EXPORT, export_checkpoint, export_run, keep_dataset_files  # noqa: F401 - export_checkpoint: API
 from medalign.train.module import PretrainModule, make_collate, uses_cached_text
 
@@ -64,6 +64,7 @@ def pretrain(
     from medalign.train.state import TrainingStateCallback
 
     quiet_lightning()
+    config = with_loss_needs(config)  # e.g. SigLIP's logit bias: in the saved config, so the export builds the same model
     run = Path(run)
     manifest = read_manifest(dataset)
     train = manifest.subset("train")
