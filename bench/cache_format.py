@@ -36,7 +36,7 @@ def main() -> None:
     import zarr
     from scipy.ndimage import zoom
 
-    from medalign.data.manifest import read_manifest
+    from medalign.prep.manifest import read_manifest
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, required=True)

@@ -429,7 +429,7 @@ def loader_rate(dataset: Path, preset: str, batch: int, workers: int, seconds: f
 
     from medalign.data.augment import build_augmentation
     from medalign.data.dataset import StudyDataset
-    from medalign.data.manifest import read_manifest
+    from medalign.prep.manifest import read_manifest
     from medalign.train.module import make_collate
 
     from transformers import AutoTokenizer
@@ -509,7 +509,7 @@ def inference_rates(dataset: Path, text: Path, device: str, smoke: bool, workers
     """Studies/s of the image tower over the prepared set: ``embed_studies`` as zeroshot/index call it,
     and batched through a DataLoader with bf16 autocast (fp32 on CPU)."""
     from medalign.data.dataset import StudyDataset
-    from medalign.data.manifest import read_manifest
+    from medalign.prep.manifest import read_manifest
     from medalign.models import DualEncoder
     from medalign.models.inference import embed_studies
 
@@ -668,7 +668,7 @@ def main() -> None:
         # 3. the loader against the step's demand, 4. the command end to end, 5. inference
         dataset = None
         if a.data is not None:
-            from medalign.data.manifest import read_manifest
+            from medalign.prep.manifest import read_manifest
 
             dataset = a.data
             rec.data["loader"].update(studies=len(read_manifest(dataset)), prepared="given (--data)")

@@ -72,15 +72,15 @@ def run(a, tmp: Path) -> None:
 
     from medalign.data.augment import build_augmentation
     from medalign.data.dataset import StudyDataset
-    from medalign.data.manifest import read_manifest
+    from medalign.prep.manifest import read_manifest
 
     manifest = read_manifest(a.data)
     manifest = manifest.subset_rows(range(min(a.studies, len(manifest))))
     if a.shape:  # resample into a cache of that size, laid out as prep writes it
         from scipy.ndimage import zoom
 
-        from medalign.data.manifest import Manifest
-        from medalign.prep.build import to_cache_dtype
+        from medalign.prep.manifest import Manifest
+        from medalign.prep.pipeline import to_cache_dtype
 
         names = []
         for i in range(len(manifest)):

@@ -145,7 +145,7 @@ def build(work: Path, out: Path) -> None:
     """Teacher, distilled text tower, export (steps 1-3 of the module docstring)."""
     import torch
 
-    from medalign.data.manifest import read_manifest
+    from medalign.prep.manifest import read_manifest
     from medalign.models.dual import DualEncoder
     from medalign.reports.report_text import split_sentences
     from medalign.reports.vocabulary import load_vocabulary

@@ -44,7 +44,7 @@ def main() -> None:
     from medalign.config import load_config
     from medalign.data.dataset import as_unit_array
     from medalign.io.dicom import load_dicom_study
-    from medalign.prep.build import to_cache_dtype
+    from medalign.prep.pipeline import to_cache_dtype
     from medalign.io.nifti import save_nifti
     from medalign.prep.config import PrepConfig
     from medalign.prep.transforms import apply_preprocessing, build_preprocessing
@@ -211,7 +211,8 @@ def end_to_end(n: int, shape: tuple[int, int, int], workers: int) -> None:
     in one warm process (what dominates a large export once start-up is paid)."""
     from medalign.config import load_config
     from medalign.io.atomic import atomic_save_npy
-    from medalign.prep.build import load_study, to_cache_dtype
+    from medalign.prep.pipeline import to_cache_dtype
+    from medalign.prep.studies import load_study
     from medalign.prep.config import PrepConfig
     from medalign.prep.transforms import apply_preprocessing, build_preprocessing
 

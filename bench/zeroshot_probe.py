@@ -25,7 +25,7 @@ def main() -> None:
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
 
-    from medalign.data.manifest import read_manifest
+    from medalign.prep.manifest import read_manifest
     from medalign.reports.vocabulary import load_vocabulary
     from medalign.models.inference import embed_studies
     from medalign.tasks.model_io import load_model

@@ -9,7 +9,7 @@ from monai.transforms import ScaleIntensity, ShiftIntensity
 
 from medalign.data.augment import build_augmentation, jitter_intensity
 from medalign.data.dataset import StudyDataset, as_unit_float
-from medalign.data.manifest import read_manifest
+from medalign.prep.manifest import read_manifest
 
 
 def test_device_jitter_equals_monai_scale_then_shift():

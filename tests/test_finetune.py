@@ -95,7 +95,7 @@ def test_finetune_runs_data_parallel_on_two_cpu_processes(trained_run, prepared_
     from sklearn.metrics import roc_auc_score
 
     from medalign.data.dataset import StudyDataset
-    from medalign.data.manifest import read_manifest
+    from medalign.prep.manifest import read_manifest
     from medalign.models.image import ImageEncoder
     from medalign.tasks.finetune import FindingClassifier
     from medalign.tasks.zeroshot import read_label_csv

@@ -214,7 +214,7 @@ def test_labels_keyed_by_accession_carry_through_label_prep_and_the_tasks(tmp_pa
     """``label`` on an accession-keyed RIS export writes ``accession_number``; ``prep --labels`` takes that
     file for a ``--group-by accession --hash-ids`` dataset, and so does the tasks' labels reader
     (probe, zeroshot, finetune, retrieval-eval) given the same key; without it, one line says why."""
-    from medalign.data.manifest import read_manifest
+    from medalign.prep.manifest import read_manifest
     from medalign.errors import InputError
     from medalign.tasks.zeroshot import read_label_csv
 

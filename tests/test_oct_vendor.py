@@ -64,7 +64,7 @@ def test_prep_mirrors_left_eyes_and_writes_no_header_phi(tmp_path):
     right, left = np.load(out / rows["right"]["volume"]), np.load(out / rows["left"]["volume"])
     np.testing.assert_allclose(left, right[::-1], atol=1e-6)  # the same scan, mirrored along the lateral axis
     # the SLO fundus image is kept beside the volume as an optional second input, mirrored with its eye
-    from medalign.data.manifest import read_manifest
+    from medalign.prep.manifest import read_manifest
 
     manifest = read_manifest(out)
     paths = {sid: manifest.fundus_path(i) for i, sid in enumerate(manifest.columns["study_id"])}

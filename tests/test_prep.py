@@ -20,7 +20,7 @@ from nibabel.testing import data_path
 from medalign.cli.main import main as cli
 from medalign.data.dataset import as_unit_array
 from medalign.errors import InputError
-from medalign.prep.build import assign_split
+from medalign.prep.splits import assign_split
 
 
 def test_manifest_rows_labels_and_volumes(prepared_ct, phantom_ct):

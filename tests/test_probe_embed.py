@@ -33,7 +33,7 @@ def test_subsample_sizes():
 
 
 def test_embed_is_cached_and_matches_the_model(trained_run, prepared_ct, tmp_path):
-    from medalign.data.manifest import read_manifest
+    from medalign.prep.manifest import read_manifest
     from medalign.tasks.embeddings import EMBEDDINGS, load_embeddings
     from medalign.tasks.model_io import load_model
 
@@ -86,7 +86,7 @@ def test_finetune_reports_the_auroc_of_the_classifier_it_saves(trained_run, prep
     from sklearn.metrics import roc_auc_score
 
     from medalign.data.dataset import StudyDataset
-    from medalign.data.manifest import read_manifest
+    from medalign.prep.manifest import read_manifest
     from medalign.models.image import ImageEncoder
     from medalign.tasks.finetune import FindingClassifier
     from medalign.tasks.zeroshot import read_label_csv

@@ -16,7 +16,7 @@ from conftest import copy_real_series as _copy_series
 from conftest import write_reports as _reports
 
 from medalign.cli.main import main as cli
-from medalign.prep.build import assign_split
+from medalign.prep.splits import assign_split
 
 
 def test_an_export_with_broken_studies(tmp_path):
@@ -126,7 +126,7 @@ def test_series_select_all_keeps_each_reconstruction_and_evaluation_averages_the
     import numpy as np
     import torch
 
-    from medalign.data.manifest import read_manifest
+    from medalign.prep.manifest import read_manifest
     from medalign.models.inference import embed_studies
     from medalign.tasks.model_io import load_model
 

@@ -17,13 +17,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-import torch
 from torch import nn
 
 from medalign import config as config_module
 from medalign.cli.main import build_parser, default_prep_preset
 from medalign.cli.main import main as cli
 from medalign.data.dataset import as_unit_array
+from medalign.errors import InputError
 from medalign.io import readers
 from medalign.io.volume import Volume
 from medalign.losses import registry as losses
@@ -183,5 +183,5 @@ def test_reader_from_another_package_entry_point(tmp_path):
 def test_file_of_no_registered_format_is_refused_in_one_line(tmp_path):
     odd = tmp_path / "scan.xyz"
     odd.write_bytes(b"\0" * 64)
-    with pytest.raises(Exception, match=r"scan.xyz: not a file format medalign reads \(.nii, .nii.gz, .vol"):
+    with pytest.raises(InputError, match=r"scan.xyz: not a file format medalign reads \(.e2e, .vol, .nii, .nii.gz, .fda, .fds, .img, or a DICOM series folder\)$"):
         readers.read_volumes(odd)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from medalign.data.manifest import read_manifest
+from medalign.prep.manifest import read_manifest
 
 MEDALIGN = [sys.executable, "-m", "medalign.cli.main"]
 SMALL = ["--max-steps", "3", "data.batch_size=6", "model.image.options.widen_factor=0.25", "trainer.log_every_n_steps=1"]

@@ -77,7 +77,7 @@ def test_training_items_are_plain_tensors(prepared_ct):
     """MONAI's augmentation returns MetaTensors; the dataset hands the model plain tensors."""
     from medalign.data.augment import build_augmentation
     from medalign.data.dataset import StudyDataset
-    from medalign.data.manifest import read_manifest
+    from medalign.prep.manifest import read_manifest
 
     manifest = read_manifest(prepared_ct)
     shape = np.load(manifest.volume_path(0), mmap_mode="r").shape

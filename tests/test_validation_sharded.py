@@ -30,7 +30,7 @@ def test_shards_are_gathered_back_in_row_order(tmp_path):
 
 
 def test_validation_runs_in_the_training_precision(trained_run, prepared_ct):
-    from medalign.data.manifest import read_manifest
+    from medalign.prep.manifest import read_manifest
     from medalign.reports.vocabulary import load_vocabulary
     from medalign.tasks.model_io import load_model
     from medalign.train.validation import ZeroShotValidation

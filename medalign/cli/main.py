@@ -189,7 +189,8 @@ def _shard(value: str) -> tuple[int, int]:
 
 def cmd_prep(a: argparse.Namespace) -> int:
     from medalign.config import load_config
-    from medalign.prep.build import merge_shards, prepare_dataset
+    from medalign.prep.build import prepare_dataset
+    from medalign.prep.shards import merge_shards
     from medalign.prep.config import PrepConfig
     from medalign.reports.vocabulary import load_vocabulary
 
@@ -213,7 +214,7 @@ def cmd_prep(a: argparse.Namespace) -> int:
         given = read_given_labels(a.labels, vocab)  # a column naming no finding stops here, before any work
     key = None
     if a.hash_ids is not None:
-        from medalign.reports.deid import read_key
+        from medalign.prep.pseudonyms import read_key
 
         key = read_key(a.hash_ids)
     if a.group_by != "folder" and key is None:
@@ -357,7 +358,7 @@ def cmd_embed(a: argparse.Namespace) -> int:
 
 def _key(a: argparse.Namespace) -> bytes | None:
     """The ``--hash-ids`` secret a labels file's ids are pseudonymised with, as prep did the dataset's."""
-    from medalign.reports.deid import read_key
+    from medalign.prep.pseudonyms import read_key
 
     return read_key(a.hash_ids) if getattr(a, "hash_ids", None) is not None else None
 

@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import Dataset
 
 from medalign.data.augment import draw_intensity_jitter
-from medalign.data.manifest import Manifest
+from medalign.prep.manifest import Manifest
 from medalign.reports.report_text import split_sections, split_sentences
 
 

@@ -102,6 +102,12 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
 
 
+def atomic_write_text_lines(path: Path, lines: list[str]) -> None:
+    """Write lines (newline-terminated) atomically."""
+    atomic_text = "".join(line + "\n" for line in lines)
+    atomic_write_text(path, atomic_text)
+
+
 def json_safe(obj: Any) -> Any:
     """``obj`` with every non-finite float (NaN, ±inf) as ``None``: JSON has no NaN, and a metric
     that does not exist is null, not a number."""

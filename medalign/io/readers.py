@@ -100,9 +100,9 @@ def _load_readers() -> None:
 
 
 def list_readers() -> list[str]:
-    """Names of the registered readers, in registration order."""
+    """Names of the registered readers, sorted."""
     _load_readers()
-    return list(_READERS)
+    return sorted(_READERS)
 
 
 def get_reader(name: str) -> ImageReader:
@@ -130,7 +130,7 @@ def reader_for(path: Path) -> ImageReader | None:
 def suffix_list() -> str:
     """The registered suffixes for help text and error lines (``".nii, .nii.gz, .vol, ..."``)."""
     _load_readers()
-    return ", ".join(dict.fromkeys(s for r in _READERS.values() for s in r.suffixes))
+    return ", ".join(dict.fromkeys(s for name in sorted(_READERS) for s in _READERS[name].suffixes))
 
 
 def describe_scan(volume: Volume, kind: str) -> str:

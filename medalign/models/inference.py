@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from medalign.data.dataset import StudyDataset
-from medalign.data.manifest import Manifest
+from medalign.prep.manifest import Manifest
 from medalign.models.dual import DualEncoder
 from medalign.reports.vocabulary import Vocabulary
 

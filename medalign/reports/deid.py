@@ -11,8 +11,6 @@ were supposed to be de-identified already, not a certified de-identification too
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import re
 
 _MONTHS = r"(?:jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|jun(?:e)?|jul(?:y)?|aug(?:ust)?|sep(?:t(?:ember)?)?|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?)"
@@ -68,22 +66,3 @@ def redact_identifiers(text: str) -> str:
     for pattern, repl in _PATTERNS:
         text = pattern.sub(repl, text)
     return text
-
-
-def pseudonym(study_id: str, key: bytes) -> str:
-    """A pseudonymous study id (``prep --hash-ids``): HMAC-SHA256 of the id under the user's secret
-    ``key`` (20 hex digits). The same key gives the same ids on every run; without the key they
-    cannot be reversed or recomputed."""
-    return "s" + hmac.new(key, study_id.encode("utf-8"), hashlib.sha256).hexdigest()[:20]
-
-
-def read_key(path) -> bytes:
-    """The secret of ``--hash-ids KEYFILE`` (at least 16 bytes, surrounding whitespace dropped)."""
-    from pathlib import Path
-
-    from medalign.errors import InputError
-
-    key = Path(path).read_bytes().strip()
-    if len(key) < 16:
-        raise InputError(f"--hash-ids {path}: the key must hold at least 16 bytes of secret")
-    return key

@@ -11,7 +11,7 @@ from pydicom.uid import generate_uid
 
 from medalign.errors import InputError
 from medalign.io.atomic import atomic_write
-from medalign.prep.build import assign_split
+from medalign.prep.splits import assign_split
 from medalign.synth.ct import CT_FINDINGS, CTGrid, make_ct_case
 from medalign.synth.dicom_writer import FakePatient, write_ct_series, write_oct_volume
 from medalign.synth.oct import OCT_FINDINGS, OCT_SPACING, make_oct_case

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medalign.data.manifest import MANIFEST, read_manifest
+from medalign.prep.manifest import MANIFEST, read_manifest
 from medalign.io.atomic import atomic_write, atomic_write_json
 from medalign.io.fingerprint import file_sha256
 from medalign.models.dual import export_fingerprint

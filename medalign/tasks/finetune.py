@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from medalign.data.augment import build_augmentation
 from medalign.data.dataset import StudyDataset, as_unit_float
-from medalign.data.manifest import read_manifest
+from medalign.prep.manifest import read_manifest
 from medalign.data.sampler import ResumableLoader, ResumableSampler, ShardSampler
 from medalign.errors import ConfigError, InputError
 from medalign.io.atomic import atomic_write, atomic_write_json

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medalign.data.manifest import read_manifest
+from medalign.prep.manifest import read_manifest
 from medalign.errors import InputError
 from medalign.io.atomic import atomic_write, atomic_write_json
 from medalign.metrics import known_rows

@@ -11,7 +11,7 @@ import torch
 from medalign.config import from_dict, read_yaml
 from medalign.errors import InputError
 from medalign.io.volume import Volume
-from medalign.prep.build import load_study_volumes
+from medalign.prep.studies import load_study_volumes
 from medalign.prep.config import PrepConfig
 from medalign.prep.transforms import apply_preprocessing, build_preprocessing
 

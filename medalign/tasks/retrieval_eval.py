@@ -69,7 +69,7 @@ def map_at_k(emb: np.ndarray, relevant: np.ndarray, k: int = 10, seed: int = 0, 
 def evaluate_retrieval(index: Path, dataset: Path, out: Path, split: str = "test", labels: Path | None = None,
                        id_key: bytes | None = None) -> dict:
     """Write ``out/metrics.json`` with report->study, study->report Recall@1/5/10 and study->study mAP@10."""
-    from medalign.data.manifest import read_manifest
+    from medalign.prep.manifest import read_manifest
     from medalign.tasks.zeroshot import read_label_csv
 
     idx = StudyIndex(index)

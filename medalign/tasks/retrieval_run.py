@@ -9,7 +9,7 @@ import torch
 
 from medalign.config import read_yaml
 from medalign.data.dataset import as_unit_array
-from medalign.data.manifest import read_manifest
+from medalign.prep.manifest import read_manifest
 from medalign.errors import InputError
 from medalign.io.atomic import atomic_write_json
 from medalign.models.inference import embed_studies, embed_texts

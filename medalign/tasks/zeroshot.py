@@ -64,7 +64,7 @@ def read_label_csv(path: Path, study_ids: list[str], findings: list[str], id_key
 
 
 def _pseudonym(study_id: str, key: bytes) -> str:
-    from medalign.reports.deid import pseudonym
+    from medalign.prep.pseudonyms import pseudonym
 
     return pseudonym(study_id, key)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medalign.data.manifest import read_manifest
+from medalign.prep.manifest import read_manifest
 from medalign.errors import InputError
 from medalign.metrics import validation_thresholds
 from medalign.models.inference import embed_studies

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medalign.data.manifest import MANIFEST, Manifest, read_manifest
+from medalign.prep.manifest import MANIFEST, Manifest, read_manifest
 from medalign.errors import InputError
 from medalign.io.atomic import atomic_write_json
 from medalign.io.fingerprint import file_sha256

@@ -24,7 +24,7 @@ import torch
 from medalign.config import save_yaml
 from medalign.data.augment import build_augmentation
 from medalign.data.dataset import StudyDataset
-from medalign.data.manifest import read_manifest
+from medalign.prep.manifest import read_manifest
 from medalign.data.sampler import ResumableLoader, ResumableSampler
 from medalign.errors import ConfigError, InputError
 from medalign.io.lock import is_launching_process

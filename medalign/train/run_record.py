@@ -23,7 +23,7 @@ from typing import Any
 
 import lightning as L
 
-from medalign.data.manifest import MANIFEST, Manifest
+from medalign.prep.manifest import MANIFEST, Manifest
 from medalign.io.atomic import atomic_write_json
 from medalign.io.fingerprint import file_sha256
 from medalign.train.validation import ValidationHistory

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import phantom_export
 
-import medalign.prep.build as build
+import medalign.prep.pipeline as pipeline
 from medalign.cli.main import main as cli
 
 
@@ -26,7 +26,7 @@ def test_storage_errors_are_one_line(phantom_ct, tmp_path, monkeypatch, capsys, 
     def refuse(path, array):
         raise OSError(code, os.strerror(code), str(path))
 
-    monkeypatch.setattr(build, "atomic_save_npy", refuse)  # workers=1 prepares in this process
+    monkeypatch.setattr(pipeline, "atomic_save_npy", refuse)  # workers=1 prepares in this process
     out = tmp_path / "ds"
     rc = cli(["prep", "--images", str(images), "--reports", str(tmp_path / "reports.csv"), "--out", str(out), "--config", "demo_ct", "--workers", "1"])
     err = capsys.readouterr().err.strip().splitlines()

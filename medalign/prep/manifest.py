@@ -1,13 +1,16 @@
-"""Reading a prepared dataset's manifest."""
+"""The dataset's manifest (``manifest.parquet``): its columns, its writer and its reader in one place.
+``prep`` writes it; ``data``, ``train`` and ``tasks`` read it through :func:`read_manifest`."""
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from medalign.errors import InputError
+from medalign.io.atomic import atomic_write
 
 MANIFEST = "manifest.parquet"
 
@@ -118,3 +121,30 @@ def read_manifest(dataset: Path) -> Manifest:
     if missing:
         raise InputError(f"{path}: no label column for finding '{missing[0]}'")
     return Manifest(dataset, columns, vocab.names)
+
+
+def manifest_table(rows: list[dict], finding_names: list[str]):
+    """The manifest as a pyarrow table: one row per prepared volume, fixed columns then an int8
+    column per finding (1 present, 0 negated, -1 uncertain, null not mentioned; docs/data_format.md)."""
+    import pyarrow as pa
+
+    columns: dict[str, Any] = {}
+    for key in ("study_id", "split", "volume", "report", "findings", "impression", "provenance"):
+        columns[key] = pa.array([r[key] for r in rows], pa.string())
+    columns["series"] = pa.array([r.get("series", "") for r in rows], pa.string())
+    columns["fundus"] = pa.array([r.get("fundus", "") for r in rows], pa.string())
+    columns["manufacturer"] = pa.array([r.get("manufacturer", "") for r in rows], pa.string())
+    columns["shape"] = pa.array([r["shape"] for r in rows], pa.list_(pa.int32()))
+    columns["spacing"] = pa.array([r["spacing"] for r in rows], pa.list_(pa.float32()))
+    columns["source_spacing"] = pa.array([r["source_spacing"] for r in rows], pa.list_(pa.float32()))
+    for name in finding_names:
+        columns[name] = pa.array([r["labels"][name] for r in rows], pa.int8())
+    return pa.table(columns)
+
+
+def write_manifest(rows: list[dict], finding_names: list[str], out: Path, name: str = MANIFEST) -> None:
+    """Write ``manifest.parquet`` (or a shard's manifest) atomically."""
+    import pyarrow.parquet as pq
+
+    table = manifest_table(rows, finding_names)
+    atomic_write(out / name, lambda tmp: pq.write_table(table, tmp))
