@@ -1,10 +1,8 @@
 """medalign: 3D medical vision-language pretraining.
 
-Stages, each a subpackage, data flowing one way::
+Rooms, each a subpackage, data flowing one way (docs/architecture.md)::
 
-    io -> prep -> data -> models + losses -> train -> tasks -> cli
-
-``synth`` writes phantom DICOM data sets for demos and tests and sits beside ``io``.
+    io -> config -> reports -> prep -> synth -> data -> models, losses -> train -> tasks -> cli
 """
 
 __version__ = "0.1.0"

@@ -16,14 +16,8 @@ from pydicom.data import get_testdata_file
 from pydicom.pixels import apply_rescale
 
 from medalign.errors import InputError
-from medalign.io.dicom import (
-    _slices_from_file,
-    is_secondary_capture,
-    load_dicom_study,
-    scan_series,
-    select_series,
-    volume_from_slices,
-)
+from medalign.io.dicom import is_secondary_capture, load_dicom_study, scan_series, select_series
+from medalign.io.dicom_slices import slices_from_file, volume_from_slices
 from medalign.io.volume import SeriesSelection
 
 ANY = SeriesSelection(modalities=[], planes=[], min_slices=1)
@@ -61,7 +55,7 @@ def test_ct_small_values_and_geometry():
     path = Path(get_testdata_file("CT_small.dcm", download=False))
     ds = pydicom.dcmread(path)
     # the one file on its own: the test-data folder holds many unrelated objects
-    vol = volume_from_slices(_slices_from_file(path)[0])
+    vol = volume_from_slices(slices_from_file(path)[0])
     expected = apply_rescale(ds.pixel_array, ds).astype(np.float32)
     assert vol.array.shape == (ds.Columns, ds.Rows, 1)
     np.testing.assert_allclose(vol.array[:, :, 0], expected.T)
@@ -156,7 +150,7 @@ def test_duplicate_position_and_size_mismatch_are_refused(phantom_ct, tmp_path):
     with pytest.raises(InputError, match="uneven slice spacing .*; 1 file of this series set apart for another orientation or size"):
         load_dicom_study(tmp_path / "size")
     # stacking slices directly still checks their size
-    slices = [sl for f in sorted((tmp_path / "size").iterdir()) for sl in _slices_from_file(f)[0]]
+    slices = [sl for f in sorted((tmp_path / "size").iterdir()) for sl in slices_from_file(f)[0]]
     with pytest.raises(InputError, match="slice size"):
         volume_from_slices(slices)
 
@@ -181,8 +175,8 @@ def test_junk_and_truncated_files(tmp_path):
 )
 def test_compressed_and_legacy_encodings_decode_to_the_same_volume(name):
     """pydicom's real MR_small in every encoding (pylibjpeg decoders) equals the uncompressed file."""
-    ref = volume_from_slices(_slices_from_file(TESTDATA / "MR_small.dcm")[0])
-    got = volume_from_slices(_slices_from_file(TESTDATA / name)[0])
+    ref = volume_from_slices(slices_from_file(TESTDATA / "MR_small.dcm")[0])
+    got = volume_from_slices(slices_from_file(TESTDATA / name)[0])
     np.testing.assert_array_equal(got.array, ref.array)
     np.testing.assert_allclose(got.affine, ref.affine)
 
@@ -312,7 +306,7 @@ def test_repeated_instance_files_are_read_once(phantom_ct, tmp_path):
      ((1, 0, 0, 0, np.cos(np.radians(45)), -np.sin(np.radians(45))), "oblique")],
 )
 def test_acquisition_plane_from_the_slice_normal(iop, plane):
-    from medalign.io.dicom import acquisition_plane
+    from medalign.io.volume import acquisition_plane
 
     assert acquisition_plane(iop) == plane
 

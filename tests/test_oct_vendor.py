@@ -171,7 +171,7 @@ def test_prep_reads_e2e_files_under_the_series_policy_and_writes_no_phi(tmp_path
 def test_convert_and_the_default_preset_know_e2e(tmp_path, capsys):
     from e2e_files import write_e2e
 
-    from medalign.cli.main import default_prep_preset
+    from medalign.prep.presets import default_prep_preset
 
     rng = np.random.default_rng(2)
     write_e2e(tmp_path / "eye.e2e", [_scan(rng, 1, pattern=1), _scan(rng, 5)], PATIENT)

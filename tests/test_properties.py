@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from medalign.io.dicom import _Slice, volume_from_slices
+from medalign.io.dicom_slices import Slice, volume_from_slices
 from medalign.losses import soft_label_contrastive, targets_from_labels
 from medalign.reports.labeler import ReportLabeler
 from medalign.reports.vocabulary import load_vocabulary
@@ -18,11 +18,11 @@ from medalign.reports.vocabulary import load_vocabulary
 LAB = ReportLabeler(load_vocabulary("chest_ct"))
 
 
-def _series(n: int, iop: np.ndarray) -> list[_Slice]:
+def _series(n: int, iop: np.ndarray) -> list[Slice]:
     normal = np.cross(iop[:3], iop[3:])
     rng = np.random.default_rng(n)
     return [
-        _Slice(pixels=rng.normal(size=(4, 5)).astype(np.float32), ipp=np.array([10.0, -5.0, 2.0]) + k * 2.5 * normal,
+        Slice(pixels=rng.normal(size=(4, 5)).astype(np.float32), ipp=np.array([10.0, -5.0, 2.0]) + k * 2.5 * normal,
                iop=iop, spacing=(0.7, 0.8), source=Path(f"s{k}"))
         for k in range(n)
     ]

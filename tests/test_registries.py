@@ -20,7 +20,7 @@ import pytest
 from torch import nn
 
 from medalign import config as config_module
-from medalign.cli.main import build_parser, default_prep_preset
+from medalign.cli.main import build_parser
 from medalign.cli.main import main as cli
 from medalign.data.dataset import as_unit_array
 from medalign.errors import InputError
@@ -30,6 +30,7 @@ from medalign.losses import registry as losses
 from medalign.losses.base import ContrastiveLoss
 from medalign.models import image as encoders
 from medalign.prep import steps
+from medalign.prep.presets import default_prep_preset
 
 TOY_SPACING = (2.0, 3.0, 4.0)
 

@@ -8,22 +8,24 @@ import shutil
 import time
 from pathlib import Path
 
-from medalign.cli.main import main as cli_main
+from typing import Callable
 
 DEFAULT_STUDIES = {"ct": 300, "oct": 300}
 
 
-def _step(title: str, argv: list[str], timings: dict[str, float]) -> None:
+def _step(cli: Callable[[list[str]], int], title: str, argv: list[str], timings: dict[str, float]) -> None:
     print(f"\n== {title}: medalign {' '.join(argv)}", flush=True)
     t = time.time()
-    code = cli_main(argv)
+    code = cli(argv)
     timings[title] = time.time() - t
     if code not in (0,):
         raise SystemExit(f"medalign demo: step '{title}' exited with {code}")
 
 
-def run_demo(out: Path, modality: str = "ct", studies: int | None = None, max_steps: int | None = None) -> int:
-    """Run synth, prep, pretrain, zeroshot, index and retrieve under ``out``; print a summary."""
+def run_demo(out: Path, modality: str = "ct", studies: int | None = None, max_steps: int | None = None,
+             *, cli: Callable[[list[str]], int]) -> int:
+    """Run synth, prep, pretrain, zeroshot, index and retrieve under ``out``; print a summary. ``cli``:
+    the command line's entry point (:func:`medalign.cli.main.main`), each step one call of it."""
     out = Path(out)
     studies = studies or DEFAULT_STUDIES[modality]
     raw, data, run, zs, index, ret_study, ret_text, ret_eval = (
@@ -34,21 +36,21 @@ def run_demo(out: Path, modality: str = "ct", studies: int | None = None, max_st
     preset = f"demo_{modality}"
     timings: dict[str, float] = {}
     t0 = time.time()
-    _step("synth", ["synth", "--out", str(raw), "--modality", modality, "--studies", str(studies), "--seed", "0"], timings)
-    _step("prep", ["prep", "--images", str(raw / "images"), "--reports", str(raw / "reports.csv"), "--out", str(data), "--config", preset], timings)
+    _step(cli, "synth", ["synth", "--out", str(raw), "--modality", modality, "--studies", str(studies), "--seed", "0"], timings)
+    _step(cli, "prep", ["prep", "--images", str(raw / "images"), "--reports", str(raw / "reports.csv"), "--out", str(data), "--config", preset], timings)
     pre = ["pretrain", "--data", str(data), "--out", str(run), "--config", preset]
     if max_steps:
         pre += ["--max-steps", str(max_steps)]
-    _step("pretrain", pre, timings)
-    _step("zeroshot", ["zeroshot", "--checkpoint", str(run), "--data", str(data), "--labels", str(raw / "labels.csv"), "--split", "test", "--out", str(zs)], timings)
-    _step("index", ["index", "--checkpoint", str(run), "--data", str(data), "--out", str(index)], timings)
+    _step(cli, "pretrain", pre, timings)
+    _step(cli, "zeroshot", ["zeroshot", "--checkpoint", str(run), "--data", str(data), "--labels", str(raw / "labels.csv"), "--split", "test", "--out", str(zs)], timings)
+    _step(cli, "index", ["index", "--checkpoint", str(run), "--data", str(data), "--out", str(index)], timings)
     with open(zs / "scores.csv", newline="") as f:
         test_ids = [r["study_id"] for r in csv.DictReader(f)]
     query_study = raw / "images" / test_ids[0]
-    _step("retrieve (study)", ["retrieve", "--index", str(index), "--study", str(query_study), "--k", "5", "--out", str(ret_study)], timings)
+    _step(cli, "retrieve (study)", ["retrieve", "--index", str(index), "--study", str(query_study), "--k", "5", "--out", str(ret_study)], timings)
     query_text = "pleural effusion" if modality == "ct" else "subretinal fluid"
-    _step("retrieve (text)", ["retrieve", "--index", str(index), "--text", query_text, "--k", "5", "--out", str(ret_text)], timings)
-    _step("retrieval-eval", ["retrieval-eval", "--index", str(index), "--data", str(data), "--labels", str(raw / "labels.csv"), "--split", "test", "--out", str(ret_eval)], timings)
+    _step(cli, "retrieve (text)", ["retrieve", "--index", str(index), "--text", query_text, "--k", "5", "--out", str(ret_text)], timings)
+    _step(cli, "retrieval-eval", ["retrieval-eval", "--index", str(index), "--data", str(data), "--labels", str(raw / "labels.csv"), "--split", "test", "--out", str(ret_eval)], timings)
     metrics = json.loads((zs / "metrics.json").read_text())
     reval = json.loads((ret_eval / "metrics.json").read_text())
     recall, s2s = reval["report_to_study"], reval["study_to_study"]

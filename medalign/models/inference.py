@@ -9,8 +9,8 @@ import numpy as np
 import torch
 
 from medalign.data.dataset import StudyDataset
-from medalign.prep.manifest import Manifest
 from medalign.models.dual import DualEncoder
+from medalign.prep.manifest import Manifest
 from medalign.reports.vocabulary import Vocabulary
 
 

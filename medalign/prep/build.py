@@ -31,9 +31,9 @@ from medalign.prep.pseudonyms import pseudonym, pseudonymise, pseudonymise_note,
 from medalign.prep.shards import shard_of
 from medalign.prep.splits import assign_split, patients_per_split, read_patient_hash
 from medalign.prep.studies import discover_studies, grouped_studies, refuse_identifying_names
+from medalign.reports.deid import redact_identifiers
 from medalign.reports.given_labels import GivenLabels, agreement_table, merge_labels
 from medalign.reports.labeler import ReportLabeler
-from medalign.reports.deid import redact_identifiers
 from medalign.reports.report_text import clean_report, split_sections
 from medalign.reports.vocabulary import Vocabulary
 
@@ -124,7 +124,7 @@ def _prepare_dataset(images: Path, reports: Path, out: Path, vocab: Vocabulary, 
         all_studies = discover_studies(images)
         refuse_identifying_names(all_studies, id_key)
     else:
-        all_studies, study_files, report_rows, notes, early_errors = grouped_studies(images, group_by, report_rows, report_key, pool)
+        all_studies, study_files, report_rows, notes, early_errors = grouped_studies(images, group_by, report_rows, report_key, pool.imap)
     if id_key is not None:
         all_studies, report_rows, problems, names = pseudonymise(id_key, all_studies, report_rows, problems)
         study_files = {names[sid]: f for sid, f in study_files.items()}

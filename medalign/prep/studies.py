@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Callable
 
 from medalign.errors import InputError
 from medalign.io.dicom import load_dicom_volumes
 from medalign.io.readers import read_file, reader_for
 from medalign.io.volume import Volume, mirror_to_right_eye
 from medalign.prep.config import PrepConfig
-
-if TYPE_CHECKING:
-    from medalign.prep.pipeline import WorkerPool
 
 
 def discover_studies(images: Path) -> dict[str, Path]:
@@ -108,7 +105,7 @@ def refuse_identifying_names(studies: dict[str, Path], id_key: bytes | None) -> 
                          "studies are named after their files; prepare them with --hash-ids KEYFILE")
 
 
-def grouped_studies(images: Path, group_by: str, report_rows: dict, report_key: str, pool: "WorkerPool"):
+def grouped_studies(images: Path, group_by: str, report_rows: dict, report_key: str, imap: Callable):
     """Studies of a DICOM tree grouped by ``group_by``: ``({study_id: folder}, {study_id: files},
     reports keyed by study id, prep.log notes, early error rows)``. Reports keyed by accession
     number are matched to studies through the AccessionNumber of their files."""
@@ -117,7 +114,7 @@ def grouped_studies(images: Path, group_by: str, report_rows: dict, report_key: 
     images = Path(images)
     if not images.is_dir():
         raise InputError(f"{images}: images folder not found")
-    grouping = group_dicom_files(images, group_by, imap=pool.imap)
+    grouping = group_dicom_files(images, group_by, imap=imap)  # the prep worker pool's
     if not grouping.studies and not grouping.unreadable:
         raise InputError(f"{images}: --group-by {group_by} found no DICOM files ({grouping.not_dicom} other files); "
                          "NIfTI and vendor OCT studies are prepared one per folder or file, without --group-by")

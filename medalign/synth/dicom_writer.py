@@ -12,6 +12,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
 
+from medalign.prep.presets import PHANTOM_MANUFACTURER  # the Manufacturer of every phantom file: prep gives the demo presets only to these
+
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 OPHTHALMIC_TOMOGRAPHY_STORAGE = "1.2.840.10008.5.1.4.1.1.77.1.5.4"
 
@@ -38,9 +40,6 @@ class FakePatient:
             institution=f"{rng.choice(['St', 'General', 'University'])} Hospital {rng.integers(1, 99)}",
         )
 
-
-#: the Manufacturer of every phantom file: ``prep`` without ``--config`` gives the demo presets only to these
-PHANTOM_MANUFACTURER = "medalign phantom"
 
 
 def _base_dataset(sop_class: str, patient: FakePatient, study_uid: str, series_uid: str, modality: str) -> Dataset:

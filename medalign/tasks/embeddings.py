@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medalign.prep.manifest import MANIFEST, read_manifest
 from medalign.io.atomic import atomic_write, atomic_write_json
 from medalign.io.fingerprint import file_sha256
 from medalign.models.dual import export_fingerprint
 from medalign.models.inference import embed_studies, embed_texts
+from medalign.prep.manifest import MANIFEST, read_manifest
 from medalign.tasks.model_io import load_model, resolve_export
 
 EMBEDDINGS = "embeddings.safetensors"

@@ -29,15 +29,18 @@ from torch.utils.data import DataLoader, Dataset
 
 from medalign.data.augment import build_augmentation
 from medalign.data.dataset import StudyDataset, as_unit_float
-from medalign.prep.manifest import read_manifest
 from medalign.data.sampler import ResumableLoader, ResumableSampler, ShardSampler
-from medalign.errors import ConfigError, InputError
+from medalign.config import to_dict
+from medalign.devices import resolve_accelerator, torch_device_of
+from medalign.errors import InputError
 from medalign.io.atomic import atomic_write, atomic_write_json
 from medalign.metrics import finding_aurocs, has_both_classes, macro_auroc
 from medalign.models.image import ImageEncoder
+from medalign.prep.manifest import read_manifest
 from medalign.reports.vocabulary import load_vocabulary
-from medalign.tasks.model_io import load_model, resolve_device
-from medalign.train.runner import fit, make_trainer, quiet_lightning
+from medalign.tasks.model_io import load_model
+from medalign.train.config import FinetuneConfig
+from medalign.train.runner import fit_run, quiet_lightning, start_run
 from medalign.train.schedule import warmup_cosine
 
 
@@ -90,11 +93,12 @@ class FinetuneModule(L.LightningModule):
     (computed on the whole val split gathered from every rank, one score per study)."""
 
     def __init__(self, classifier: FindingClassifier, pos_weight: torch.Tensor, lr: float, total_steps: int, weight_decay: float = 0.01,
-                 val_groups: np.ndarray | None = None) -> None:
+                 val_groups: np.ndarray | None = None, warmup_steps: int | None = None) -> None:
         super().__init__()
         self.classifier = classifier
         self.register_buffer("pos_weight", pos_weight)
         self.lr, self.total_steps, self.weight_decay = lr, total_steps, weight_decay
+        self.warmup_steps = warmup_steps if warmup_steps is not None else max(1, total_steps // 10)
         #: study number of each val row; a study's volumes are averaged before scoring
         self.val_groups = None if val_groups is None else torch.from_numpy(val_groups)
         self._val: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
@@ -121,7 +125,7 @@ class FinetuneModule(L.LightningModule):
 
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        schedule = partial(warmup_cosine, warmup_steps=max(1, self.total_steps // 10), total_steps=self.total_steps)
+        schedule = partial(warmup_cosine, warmup_steps=self.warmup_steps, total_steps=self.total_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, schedule), "interval": "step"}}
 
 
@@ -166,37 +170,22 @@ def predict_studies(model: FindingClassifier, manifest, device: torch.device, ba
     return torch.sigmoid(logits).numpy()
 
 
-def _accelerator(device: str) -> str:
-    """``--device`` (auto, cpu, cuda) as a Lightning accelerator; a GPU request without one is an error."""
-    if device == "auto":
-        return "gpu" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") or device == "gpu":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"--device {device}: no CUDA device is available")
-        return "gpu"
-    if device == "cpu":
-        return "cpu"
-    raise ConfigError(f"--device {device}: expected auto, cpu or cuda")
-
-
-def finetune(checkpoint: Path, dataset: Path, out: Path, labels: Path | None = None, epochs: int = 5, batch_size: int = 16,
-             lr: float = 3e-4, from_scratch: bool = False, device: str = "auto", seed: int = 0, devices: int = 1,
-             num_nodes: int = 1, strategy: str = "auto", precision: str = "auto", num_workers: int = 0,
-             resume: bool = False, progress: bool = False, train_rows: np.ndarray | None = None,
+def finetune(checkpoint: Path, dataset: Path, out: Path, config: FinetuneConfig | None = None, labels: Path | None = None,
+             from_scratch: bool = False, resume: bool = False, progress: bool = False, train_rows: np.ndarray | None = None,
              command: list[str] | None = None, id_key: bytes | None = None) -> dict | None:
-    """Train encoder + head on the train split (``batch_size`` per device), keep the epoch with the best
-    val macro AUROC, report test AUROC. Returns the metrics (``None`` on ranks other than 0).
-    ``train_rows``: only these rows of the train split (a label fraction, as :mod:`medalign.tasks.probe` draws it)."""
-    quiet_lightning()
-    accelerator = _accelerator(device)
-    if precision == "auto":
-        precision = "bf16-mixed" if accelerator == "gpu" else "32-true"
-    from medalign.train.run_folder import checkpoint_step, resume_checkpoint
+    """Train encoder + head on the train split (``config``: ``configs/finetune/default.yaml`` when
+    None; its ``batch_size`` per device), keep the epoch with the best val macro AUROC, report test
+    AUROC. Returns the metrics (``None`` on ranks other than 0). ``train_rows``: only these rows of
+    the train split (a label fraction, as :mod:`medalign.tasks.probe` draws it)."""
+    from medalign.config import load_config
 
+    config = config or load_config(FinetuneConfig, "default", "finetune")
+    quiet_lightning()
+    tc = config.trainer
+    accelerator = resolve_accelerator(tc.accelerator, "--device")
+    precision = ("bf16-mixed" if accelerator == "gpu" else "32-true") if tc.precision == "auto" else tc.precision
     out = Path(out)
-    start_from = resume_checkpoint(out) if resume else None
-    if resume and start_from is None:
-        raise InputError(f"{out}: nothing to resume (no checkpoints/last.ckpt)")
+    start_from = start_run(out, resume, config.seed)
     model_dual, model_dir = load_model(checkpoint, "cpu", dataset)
     vocab_file = Path(model_dir) / "vocab.yaml"
     manifest = read_manifest(dataset)
@@ -215,72 +204,62 @@ def finetune(checkpoint: Path, dataset: Path, out: Path, labels: Path | None = N
     names = [names[k] for k in usable]
     y = {s: v[:, usable] for s, v in y.items()}
 
-    L.seed_everything(seed, workers=True, verbose=False)
     cfg = model_dual.config.image
     encoder = ImageEncoder(cfg.name, model_dual.config.embed_dim, cfg.options, cfg.activation_checkpointing)
     if not from_scratch:
         encoder.load_state_dict(model_dual.image.state_dict())
     classifier = FindingClassifier(encoder, len(names))
     encoder.proj.requires_grad_(False)  # the contrastive projection is not on the classifier's path (DDP needs every trainable weight used)
-    world = max(1, int(devices) * int(num_nodes))
-    per_device = min(batch_size, len(splits["train"]) // world)
+    world = tc.devices * tc.num_nodes
+    per_device = min(config.batch_size, len(splits["train"]) // world)
     if per_device < 1:
         raise InputError(f"{dataset}: {len(splits['train'])} training studies cannot fill a batch on each of {world} devices")
     spatial = np.load(splits["train"].volume_path(0), mmap_mode="r").shape
-    train_ds = LabelledStudies(StudyDataset(splits["train"], augment=build_augmentation([0], 0.05, 0.9, spatial), seed=seed), y["train"])
+    aug = config.augment
+    train_ds = LabelledStudies(StudyDataset(splits["train"], augment=build_augmentation(aug.flip_axes, aug.intensity, aug.crop_scale, spatial),
+                                            seed=config.seed), y["train"])
     known = train_ds.targets >= 0
     positives = (train_ds.targets == 1).sum(0).float()
-    pos_weight = ((known.sum(0).float() - positives) / positives.clamp(min=1)).clamp(max=50)  # class-balanced
-    sampler = ResumableSampler(len(train_ds), per_device, seed=seed)
-    train_loader = ResumableLoader(train_ds, sampler, num_workers=num_workers, persistent_workers=num_workers > 0)
+    pos_weight = ((known.sum(0).float() - positives) / positives.clamp(min=1)).clamp(max=config.max_pos_weight)  # class-balanced
+    sampler = ResumableSampler(len(train_ds), per_device, seed=config.seed)
+    workers = config.num_workers
+    train_loader = ResumableLoader(train_ds, sampler, num_workers=workers, persistent_workers=workers > 0)
     # validation only scores findings both classes represent in val; without any, the last epoch is kept
     has_val = len(y["val"]) >= 2 and any(has_both_classes(y["val"][:, k]) for k in range(len(names)))
     val_loader = None
     val_groups = splits["val"].study_index()
     if has_val:
         val_ds = LabelledStudies(StudyDataset(splits["val"]), y["val"][val_groups])
-        val_loader = DataLoader(val_ds, batch_size=per_device, sampler=ShardSampler(len(val_ds)), num_workers=num_workers)
+        val_loader = DataLoader(val_ds, batch_size=per_device, sampler=ShardSampler(len(val_ds)), num_workers=workers)
 
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
-    from medalign.train.checkpointing import AtomicCheckpointIO, LastCheckpoint
+    from medalign.train.checkpointing import AtomicCheckpointIO
     from medalign.train.run_record import dataset_summary, environment
-    from medalign.train.runner import run_callbacks, stop_if_preempted
-    from medalign.train.state import TrainingStateCallback
 
     steps_per_epoch = len(train_ds) // (per_device * world)
-    module = FinetuneModule(classifier, pos_weight, lr, total_steps=max(1, epochs * steps_per_epoch), val_groups=val_groups)
+    total = max(1, config.epochs * steps_per_epoch)
+    module = FinetuneModule(classifier, pos_weight, config.lr, total_steps=total, weight_decay=config.weight_decay, val_groups=val_groups,
+                            warmup_steps=max(1, int(config.warmup_fraction * total + 1e-9)))
     def static() -> dict:  # rank 0 only: versions, git, the manifest's hash and counts
         return {"kind": "finetune", "checkpoint": str(checkpoint), "from_scratch": from_scratch, **environment(),
-                "dataset": dataset_summary(manifest, dataset, "ignore"),
-                "findings": names, "epochs": epochs, "lr": lr, "precision": precision, "accelerator": accelerator,
+                "dataset": dataset_summary(manifest, dataset, "ignore"), "config": to_dict(config),
+                "findings": names, "epochs": config.epochs, "lr": config.lr, "precision": precision, "accelerator": accelerator,
                 "labels": str(labels) if labels else "labels parsed from reports",
                 "validation": {"every": "epoch", "studies": len(y["val"])} if has_val else {"off": "no finding has both classes in val"}}
 
-    services, preemption, history = run_callbacks(out, static, per_device_batch=per_device, progress=progress, command=command)
-    callbacks = [TrainingStateCallback(sampler), history]
-    if has_val:
-        callbacks.append(ModelCheckpoint(dirpath=str(out / "checkpoints"), filename="best", monitor="val/macro_auroc", mode="max",
-                                         save_top_k=1, enable_version_counter=False))
-    # last: after "best" has taken this epoch's score, so that last.ckpt carries the updated best (exact resume)
-    callbacks.append(LastCheckpoint(out / "checkpoints"))
-    out.mkdir(parents=True, exist_ok=True)
-    trainer = make_trainer(
-        out,
-        callbacks + services,
-        start_step=(checkpoint_step(start_from) or 0) if start_from else 0,
-        max_epochs=epochs,
+    trainer = fit_run(
+        out, module, sampler, train_loader, val_loader,
+        static=static, per_device_batch=per_device, resume_from=start_from, resume_command=f"medalign finetune ... --out {out} --resume",
+        progress=progress, command=command,
+        max_epochs=config.epochs,
         accelerator=accelerator,
-        devices=devices,
-        num_nodes=num_nodes,
-        strategy=strategy,
+        devices=tc.devices,
+        num_nodes=tc.num_nodes,
+        strategy=tc.strategy,
         precision=precision,
-        gradient_clip_val=1.0,
+        gradient_clip_val=config.gradient_clip_val,
         log_every_n_steps=max(1, min(10, steps_per_epoch)),
         num_sanity_val_steps=0,
     )
-    fit(trainer, module, train_loader, val_loader, resume_from=start_from)
-    stop_if_preempted(preemption, trainer, f"medalign finetune ... --out {out} --resume")
     if not trainer.is_global_zero:
         return None
 
@@ -288,10 +267,10 @@ def finetune(checkpoint: Path, dataset: Path, out: Path, labels: Path | None = N
     ckpt = AtomicCheckpointIO().load_checkpoint(chosen, map_location="cpu")
     module.load_state_dict(ckpt["state_dict"])
     model = module.classifier.float()
-    dev = resolve_device("cuda" if accelerator == "gpu" else "cpu")
+    dev = torch_device_of(accelerator)
     probs = predict_studies(model.to(dev), splits["test"], dev)
     per = dict(zip(names, finding_aurocs(probs, y["test"])))
-    result = {"macro_auroc": float(np.mean(list(per.values()))), "per_finding": per, "epoch_chosen": int(ckpt["epoch"]), "epochs": epochs,
+    result = {"macro_auroc": float(np.mean(list(per.values()))), "per_finding": per, "epoch_chosen": int(ckpt["epoch"]), "epochs": config.epochs,
               "from_scratch": from_scratch, "encoder": cfg.name,
               "n_train": len(splits["train"].studies()), "n_train_volumes": len(splits["train"]), "n_test": len(y["test"]),
               "n_test_volumes": len(splits["test"]),

@@ -1,22 +1,13 @@
-"""Finding the exported model behind ``--checkpoint RUN`` and choosing the device."""
+"""Finding the exported model behind ``--checkpoint RUN`` (devices: :mod:`medalign.devices`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 
+from medalign.devices import resolve_device
 from medalign.errors import InputError
 from medalign.models import DualEncoder
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when available, else CPU; ``cuda`` without a GPU is a clear error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"--device {device}: no CUDA device is available")
-    return torch.device(device)
 
 
 def resolve_export(checkpoint: Path) -> Path:

@@ -22,12 +22,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medalign.prep.manifest import read_manifest
 from medalign.errors import InputError
 from medalign.io.atomic import atomic_write, atomic_write_json
 from medalign.metrics import known_rows
 from medalign.models.image import ImageEncoder
 from medalign.models.inference import embed_studies
+from medalign.prep.manifest import read_manifest
 from medalign.reports.vocabulary import load_vocabulary
 from medalign.tasks.model_io import load_model
 
@@ -106,14 +106,18 @@ def probe_dataset(checkpoint: Path, dataset: Path, out: Path, labels: Path | Non
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if supervised_epochs:
+        from medalign.config import load_config
         from medalign.tasks.finetune import finetune
+        from medalign.train.config import FinetuneConfig
+
+        supervised = load_config(FinetuneConfig, "default", "finetune", [f"epochs={supervised_epochs}", f"trainer.accelerator={device}"])
 
         result["supervised_from_scratch"] = {}
         for f in fractions:
             rows = subsample(len(train), f, seed=0)  # the probes' first subsample of this fraction
             try:
-                r = finetune(checkpoint, dataset, out / "supervised" / str(f), labels, epochs=supervised_epochs,
-                             from_scratch=True, device=device, train_rows=rows, id_key=id_key)
+                r = finetune(checkpoint, dataset, out / "supervised" / str(f), supervised, labels, from_scratch=True, train_rows=rows,
+                             id_key=id_key)
             except InputError as e:  # e.g. too few studies to hold both classes of any finding
                 result["supervised_from_scratch"][str(f)] = {"macro_auroc": None, "per_finding": {}, "skipped": str(e)}
                 continue

@@ -9,10 +9,10 @@ import torch
 
 from medalign.config import read_yaml
 from medalign.data.dataset import as_unit_array
-from medalign.prep.manifest import read_manifest
 from medalign.errors import InputError
 from medalign.io.atomic import atomic_write_json
 from medalign.models.inference import embed_studies, embed_texts
+from medalign.prep.manifest import read_manifest
 from medalign.tasks.model_io import load_model
 from medalign.tasks.montage import draw_montage, write_html
 from medalign.tasks.ood import out_of_distribution

@@ -131,6 +131,59 @@ class PretrainConfig:
             raise ConfigError.at(where, "trainer.max_steps", "must be >= 1")
 
 
+@dataclasses.dataclass
+class FinetuneAugmentConfig:
+    """Training-time augmentation of fine-tuning (:func:`medalign.data.augment.build_augmentation`)."""
+
+    flip_axes: list[int] = dataclasses.field(default_factory=lambda: [0])
+    intensity: float = 0.05
+    crop_scale: float = 0.9
+
+
+@dataclasses.dataclass
+class FinetuneTrainerConfig:
+    """Where fine-tuning runs (Lightning's accelerator, devices, nodes, strategy, precision)."""
+
+    accelerator: str = "auto"
+    devices: int = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    #: ``auto``: bf16-mixed on GPU, 32-true on CPU
+    precision: str = "auto"
+
+
+@dataclasses.dataclass
+class FinetuneConfig:
+    """``medalign finetune`` (``configs/finetune/*.yaml``): encoder + linear head on finding labels."""
+
+    epochs: int = 5
+    #: per device
+    batch_size: int = 16
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    #: linear warm-up over this fraction of all steps, then cosine decay
+    warmup_fraction: float = 0.1
+    gradient_clip_val: float = 1.0
+    #: cap of the class-balancing positive weight ((negatives / positives) per finding)
+    max_pos_weight: float = 50.0
+    seed: int = 0
+    num_workers: int = 0
+    augment: FinetuneAugmentConfig = dataclasses.field(default_factory=FinetuneAugmentConfig)
+    trainer: FinetuneTrainerConfig = dataclasses.field(default_factory=FinetuneTrainerConfig)
+
+    def validate(self, where: str) -> None:
+        if self.epochs < 1:
+            raise ConfigError.at(where, "epochs", "must be >= 1")
+        if self.batch_size < 1:
+            raise ConfigError.at(where, "batch_size", "must be >= 1")
+        if not 0.0 <= self.warmup_fraction < 1.0:
+            raise ConfigError.at(where, "warmup_fraction", f"must lie in [0, 1), got {self.warmup_fraction}")
+        if not 0.5 <= self.augment.crop_scale <= 1.0:
+            raise ConfigError.at(where, "augment.crop_scale", f"must lie in [0.5, 1], got {self.augment.crop_scale}")
+        if self.trainer.devices < 1 or self.trainer.num_nodes < 1:
+            raise ConfigError.at(where, "trainer.devices", "devices and num_nodes must be >= 1")
+
+
 def with_loss_needs(config: PretrainConfig) -> PretrainConfig:
     """``config`` with what its loss needs from the model (:class:`~medalign.losses.registry.LossEntry`):
     a learnable logit bias for SigLIP. The run saves this config, so an export rebuilds the same model."""

@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medalign.prep.manifest import MANIFEST, Manifest, read_manifest
 from medalign.errors import InputError
 from medalign.io.atomic import atomic_write_json
 from medalign.io.fingerprint import file_sha256
 from medalign.models import DualEncoder
+from medalign.prep.manifest import MANIFEST, Manifest, read_manifest
 from medalign.train.config import PretrainConfig
 
 EXPORT = "model"

@@ -65,7 +65,7 @@ def model_card(folder: Path, record: dict[str, Any], config: PretrainConfig, che
 
 
 def _trained_on_phantoms(data: dict[str, Any]) -> bool:
-    from medalign.synth.dicom_writer import PHANTOM_MANUFACTURER
+    from medalign.prep.presets import PHANTOM_MANUFACTURER
 
     scanners = data.get("scanners") or {}
     return bool(scanners) and set(scanners) == {PHANTOM_MANUFACTURER}

@@ -24,11 +24,11 @@ import torch
 from medalign.config import save_yaml
 from medalign.data.augment import build_augmentation
 from medalign.data.dataset import StudyDataset
-from medalign.prep.manifest import read_manifest
 from medalign.data.sampler import ResumableLoader, ResumableSampler
-from medalign.errors import ConfigError, InputError
+from medalign.errors import InputError
 from medalign.io.lock import is_launching_process
 from medalign.models import DualEncoder
+from medalign.prep.manifest import read_manifest
 from medalign.train.config import PretrainConfig, with_loss_needs
 from medalign.train.export import DATASET_FILES, EXPORT, export_checkpoint, export_run, keep_dataset_files  # noqa: F401 - export_checkpoint: API
 from medalign.train.module import PretrainModule, make_collate, uses_cached_text
@@ -54,14 +54,11 @@ def pretrain(
     written and raises :class:`~medalign.train.preemption.Preempted`. ``RUN/run.json`` records the
     run; ``preset`` is the configuration's name there, ``command`` the command line (default: this process's).
     """
-    import lightning as L
-    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+    from lightning.pytorch.callbacks import LearningRateMonitor
 
-    from medalign.train.checkpointing import LastCheckpoint
-    from medalign.train.run_folder import checkpoint_step, resume_checkpoint
+    from medalign.devices import resolve_accelerator
     from medalign.train.run_record import dataset_summary, environment
-    from medalign.train.runner import configure_cuda_backends, fit, make_trainer, quiet_lightning, run_callbacks, stop_if_preempted
-    from medalign.train.state import TrainingStateCallback
+    from medalign.train.runner import configure_cuda_backends, fit_run, quiet_lightning, start_run
 
     quiet_lightning()
     config = with_loss_needs(config)  # e.g. SigLIP's logit bias: in the saved config, so the export builds the same model
@@ -74,19 +71,17 @@ def pretrain(
         log.warning("only %d training studies: batch size %d -> %d", len(train), config.data.batch_size, len(train))
         print(f"note: only {len(train)} training studies; batch size lowered from {config.data.batch_size} to {len(train)}", file=sys.stderr)
         config.data.batch_size = len(train)
-    start_from = resume_checkpoint(run) if resume else None
-    if resume and start_from is None:
-        raise InputError(f"{run}: nothing to resume (no checkpoints/last.ckpt)")
+    t = config.trainer
+    accelerator = resolve_accelerator(t.accelerator, "trainer.accelerator")
+    start_from = start_run(run, resume, t.seed)
     run.mkdir(parents=True, exist_ok=True)
     if is_launching_process():  # the other ranks find them written
         save_yaml(config, run / "config.yaml")
         keep_dataset_files(dataset, run / DATASET_FILES)
-    t = config.trainer
     if t.threads:
         torch.set_num_threads(t.threads)
-    L.seed_everything(t.seed, workers=True, verbose=False)
     model = DualEncoder(config.model)
-    on_cuda = torch.cuda.is_available() and t.accelerator in ("auto", "gpu", "cuda")
+    on_cuda = accelerator == "gpu"
     if t.channels_last and on_cuda:  # one input channel: the batch is channels-last already, only the weights change
         model.image.to(memory_format=torch.channels_last_3d)
     if t.compile:
@@ -113,8 +108,6 @@ def pretrain(
                              pin_memory=on_cuda)
     if on_cuda:
         configure_cuda_backends(t.deterministic)
-    if t.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"trainer.accelerator: '{t.accelerator}' but no CUDA GPU is visible here; override with trainer.accelerator=cpu (or auto)")
 
     v = config.validation
     val = manifest.subset("val").studies()  # validated per study (its volumes averaged)
@@ -132,23 +125,21 @@ def pretrain(
         return {"kind": "pretrain", "preset": preset, **environment(), "dataset": dataset_summary(manifest, dataset, config.labels.uncertain),
                 "max_steps": t.max_steps, "precision": t.precision, "accelerator": t.accelerator, "validation": validation}
 
-    services, preemption, history = run_callbacks(run, static, per_device_batch=d.batch_size, progress=progress, command=command)
-    callbacks = [TrainingStateCallback(sampler), history, LearningRateMonitor(logging_interval="step")]
-    if validates:
+    def validators(history) -> list:
         from medalign.reports.vocabulary import load_vocabulary
         from medalign.train.validation import ZeroShotValidation
 
-        callbacks.append(ZeroShotValidation(val, load_vocabulary(Path(dataset) / "vocab.yaml"), v.every_n_steps, d.text_field,
-                                            uncertain=config.labels.uncertain, history=history))
-        callbacks.append(ModelCheckpoint(dirpath=str(run / "checkpoints"), filename="best", monitor="val/macro_auroc", mode="max",
-                                         save_top_k=1, every_n_train_steps=v.every_n_steps, enable_version_counter=False))
-    callbacks.append(LastCheckpoint(run / "checkpoints", every_n_train_steps=t.checkpoint_every))
-    trainer = make_trainer(
-        run,
-        callbacks + services,
-        start_step=(checkpoint_step(start_from) or 0) if start_from else 0,
+        return [ZeroShotValidation(val, load_vocabulary(Path(dataset) / "vocab.yaml"), v.every_n_steps, d.text_field,
+                                   uncertain=config.labels.uncertain, history=history)]
+
+    trainer = fit_run(
+        run, module, sampler, loader,
+        static=static, per_device_batch=d.batch_size, resume_from=start_from,
+        resume_command=f"medalign pretrain --data {dataset} --resume {run}", progress=progress, command=command,
+        callbacks=[LearningRateMonitor(logging_interval="step")], validation_callbacks=validators if validates else None,
+        best_every_n_steps=v.every_n_steps, last_every_n_steps=t.checkpoint_every,
         max_steps=t.max_steps,
-        accelerator=t.accelerator,
+        accelerator=accelerator,
         devices=t.devices,
         num_nodes=t.num_nodes,
         strategy=t.strategy,
@@ -159,8 +150,6 @@ def pretrain(
         deterministic=t.deterministic,
         sync_batchnorm=t.sync_batchnorm,
     )
-    fit(trainer, module, loader, resume_from=start_from)
-    stop_if_preempted(preemption, trainer, f"medalign pretrain --data {dataset} --resume {run}")
     if not trainer.is_global_zero:
         return None
     export = run / EXPORT

@@ -23,9 +23,9 @@ from typing import Any
 
 import lightning as L
 
-from medalign.prep.manifest import MANIFEST, Manifest
 from medalign.io.atomic import atomic_write_json
 from medalign.io.fingerprint import file_sha256
+from medalign.prep.manifest import MANIFEST, Manifest
 from medalign.train.validation import ValidationHistory
 
 RUN_RECORD = "run.json"

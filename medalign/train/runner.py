@@ -145,3 +145,50 @@ def fit(trainer: L.Trainer, module: L.LightningModule, train_loader, val_loader=
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")  # workers are configured
         warnings.filterwarnings("ignore", message=".*GPU available but not used.*")  # a CPU run chosen on purpose
         trainer.fit(module, train_loader, val_loader, ckpt_path=str(resume_from) if resume_from else None)
+
+
+def start_run(folder: Path, resume: bool, seed: int) -> Path | None:
+    """Begin a training job in ``folder``: the checkpoint a ``--resume`` continues from (``None`` for a
+    new run; ``--resume`` with nothing to resume is refused), then every RNG seeded from ``seed``."""
+    from medalign.errors import InputError
+    from medalign.train.run_folder import resume_checkpoint
+
+    start_from = resume_checkpoint(Path(folder)) if resume else None
+    if resume and start_from is None:
+        raise InputError(f"{folder}: nothing to resume (no checkpoints/last.ckpt)")
+    L.seed_everything(seed, workers=True, verbose=False)
+    return start_from
+
+
+def fit_run(folder: Path, module: L.LightningModule, sampler, train_loader, val_loader=None, *, static, per_device_batch: int,
+            resume_from: Path | None, resume_command: str, progress: bool = True, command: list[str] | None = None,
+            callbacks: list | None = None, validation_callbacks=None, best_every_n_steps: int | None = None, last_every_n_steps: int | None = None,
+            **trainer_options) -> L.Trainer:
+    """The one Lightning assembly of every training job: the services (``run.json``, progress, a clean
+    stop on SIGTERM/SIGUSR1), the sampler's state in checkpoints, ``best.ckpt`` by ``val/macro_auroc``
+    (when ``val_loader`` or ``validation_callbacks`` validate; every ``best_every_n_steps`` steps, else
+    every epoch), ``last.ckpt`` (every ``last_every_n_steps`` steps, else every epoch), the trainer
+    (``trainer_options``: steps or epochs, devices, precision, ...), the fit, and
+    :class:`~medalign.errors.Preempted` when a signal stopped it. ``validation_callbacks(history)``
+    returns the callbacks that validate and feed ``history``; ``callbacks``: the job's others. Returns the trainer."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from medalign.train.checkpointing import LastCheckpoint
+    from medalign.train.run_folder import checkpoint_step
+    from medalign.train.state import TrainingStateCallback
+
+    folder = Path(folder)
+    services, preemption, history = run_callbacks(folder, static, per_device_batch=per_device_batch, progress=progress, command=command)
+    validators = validation_callbacks(history) if validation_callbacks else []
+    callbacks = [TrainingStateCallback(sampler), history, *(callbacks or []), *validators]
+    if validators or val_loader is not None:
+        callbacks.append(ModelCheckpoint(dirpath=str(folder / "checkpoints"), filename="best", monitor="val/macro_auroc", mode="max",
+                                         save_top_k=1, every_n_train_steps=best_every_n_steps, enable_version_counter=False))
+    # last: after "best" has taken this validation's score, so that last.ckpt carries the updated best (exact resume)
+    callbacks.append(LastCheckpoint(folder / "checkpoints", every_n_train_steps=last_every_n_steps))
+    folder.mkdir(parents=True, exist_ok=True)
+    trainer = make_trainer(folder, callbacks + services, start_step=(checkpoint_step(resume_from) or 0) if resume_from else 0,
+                           **trainer_options)
+    fit(trainer, module, train_loader, val_loader, resume_from=resume_from)
+    stop_if_preempted(preemption, trainer, resume_command)
+    return trainer

@@ -14,10 +14,10 @@ import logging
 import lightning as L
 import torch
 
-from medalign.prep.manifest import Manifest
 from medalign.losses.distributed import gather_sharded_rows, shard_rows
 from medalign.metrics import macro_auroc, paired_recall_at_k
 from medalign.models.inference import embed_studies, embed_texts, finding_probabilities
+from medalign.prep.manifest import Manifest
 from medalign.reports.vocabulary import Vocabulary
 
 log = logging.getLogger(__name__)
