@@ -103,3 +103,44 @@ def test_vocabulary_duplicate_is_refused(tmp_path):
 
 def test_ct_vocabulary_has_ct_rate_labels():
     assert len(load_vocabulary("chest_ct").names) == 18
+
+
+def _finetune_args(tmp_path, *extra):
+    from medalign.cli.main import build_parser
+
+    for name in ("run", "data"):
+        (tmp_path / name).mkdir(exist_ok=True)
+    return build_parser().parse_args(["finetune", "--checkpoint", str(tmp_path / "run"), "--data", str(tmp_path / "data"),
+                                      "--out", str(tmp_path / "out"), *extra])
+
+
+def test_finetune_preset_overrides_and_flags(tmp_path):
+    """The preset's values, then key=value overrides, then the flags: each wins over the one before."""
+    from medalign.cli.commands import _finetune_config
+    from medalign.train.config import FinetuneConfig
+
+    assert _finetune_config(_finetune_args(tmp_path)) == load_config(FinetuneConfig, "default", "finetune") == FinetuneConfig()
+    cfg = _finetune_config(_finetune_args(tmp_path, "--epochs", "2", "--device", "cpu", "weight_decay=0.05", "epochs=9",
+                                          "augment.flip_axes=[0, 1]"))
+    assert (cfg.epochs, cfg.weight_decay, cfg.augment.flip_axes, cfg.trainer.accelerator, cfg.lr) == (2, 0.05, [0, 1], "cpu", 3e-4)
+    child = tmp_path / "short.yaml"
+    child.write_text("base: default\nepochs: 1\naugment: {intensity: 0.0}\n")
+    cfg = _finetune_config(_finetune_args(tmp_path, "--config", str(child)))
+    assert (cfg.epochs, cfg.augment.intensity, cfg.augment.crop_scale, cfg.batch_size) == (1, 0.0, 0.9, 16)
+    with pytest.raises(ConfigError, match=r"^command line: weight_decy=0.1: unknown key 'weight_decy'"):
+        _finetune_config(_finetune_args(tmp_path, "weight_decy=0.1"))
+    with pytest.raises(ConfigError, match=r"^command line: augment.crop_scale=0.2: must lie in \[0.5, 1\], got 0.2$"):
+        _finetune_config(_finetune_args(tmp_path, "augment.crop_scale=0.2"))
+
+
+def test_device_resolver_refuses_a_missing_gpu(monkeypatch):
+    from medalign import devices
+
+    monkeypatch.setattr(devices, "_cuda_available", lambda: False)
+    assert devices.resolve_accelerator("auto") == "cpu" and str(devices.resolve_device("auto")) == "cpu"
+    with pytest.raises(ConfigError, match=r"^trainer.accelerator gpu: no CUDA device is available; use cpu \(or auto\)$"):
+        devices.resolve_accelerator("gpu", "trainer.accelerator")
+    with pytest.raises(ConfigError, match=r"^--device cuda:1: no CUDA device is available$"):
+        devices.resolve_device("cuda:1")
+    monkeypatch.setattr(devices, "_cuda_available", lambda: True)
+    assert devices.resolve_accelerator("auto") == "gpu" and devices.resolve_accelerator("cuda") == "gpu"
