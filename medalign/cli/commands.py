@@ -46,6 +46,14 @@ def _new_training_folder(folder: Path, what: str, resume_hint: str, overwrite: b
 
 
 def cmd_synth(a: argparse.Namespace) -> int:
+    if a.layout == "ct-rate":
+        from medalign.synth.ct_rate import synthesize_ct_rate
+
+        if a.modality != "ct":
+            raise MedalignError("synth --layout ct-rate writes chest CT (--modality ct)")
+        summary = synthesize_ct_rate(a.out, a.studies, a.seed)
+        print(f"wrote {summary['studies']} CT-RATE-layout scans ({summary['volumes']} volumes) to {summary['images']}; truth {summary['truth']}")
+        return 0
     from medalign.synth.writer import synthesize
 
     summary = synthesize(a.out, a.modality, a.studies, a.seed)
@@ -73,8 +81,8 @@ def cmd_prep(a: argparse.Namespace) -> int:
             rows, errors = merge_shards(a.out)
         print(f"prep --merge: {rows} studies in {a.out / 'manifest.parquet'}, {errors} failed (errors.jsonl)")
         return 3 if errors else 0
-    if a.images is None or a.reports is None:
-        raise MedalignError("prep: --images and --reports are required (except with --merge)")
+    if a.images is None or (a.reports is None and a.layout == "folder"):
+        raise MedalignError("prep: --images and --reports are required (except with --merge; --layout needs no --reports)")
     preset = a.config
     if preset is None:
         from medalign.prep.presets import default_prep_preset
@@ -99,7 +107,7 @@ def cmd_prep(a: argparse.Namespace) -> int:
     lock = "prep" if a.shard is None else f"prep.shard-{a.shard[0]}-of-{a.shard[1]}"  # shards share a folder on purpose
     with _one_writer(a.out, lock):
         s = prepare_dataset(a.images, a.reports, a.out, vocab, config, workers=a.workers, shard=a.shard, id_key=key,
-                            given_labels=given, group_by=a.group_by, columns=a.columns)
+                            given_labels=given, group_by=a.group_by, columns=a.columns, layout=a.layout)
     reasons = "; ".join(f"{k}: {v}" for k, v in s.reasons.items())
     orphans = f", {s.reports_without_images} reports without images" if s.reports_without_images else ""
     print(f"prep (preset {Path(preset).stem}): {s.done} prepared, {s.skipped} already done, {s.failed} failed"

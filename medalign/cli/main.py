@@ -105,6 +105,7 @@ def _model_data_out(s: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from medalign.io.readers import suffix_list
+    from medalign.prep.layouts import list_layouts
 
     suffixes = suffix_list()  # the registered formats (medalign.io.readers), named once
     p = _Parser(prog="medalign", description="3D medical vision-language pretraining, zero-shot diagnosis and case retrieval.")
@@ -121,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--modality", choices=["ct", "oct"], default="ct")
     s.add_argument("--studies", type=int, default=300)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--layout", choices=("folder", *list_layouts()), default="folder",
+                   help="folder: DICOM studies + reports.csv; ct-rate: NIfTI, metadata, reports and labels as CT-RATE publishes them")
     s.set_defaults(func=commands.cmd_synth)
 
     what = f"one DICOM series folder or image file ({suffixes}) -> NIfTI (world geometry as dcm2niix)"
@@ -136,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the reports file's own column names: id, accession, report (or text), split, e.g. id=AccNo,report=ReportText")
     s.add_argument("--group-by", choices=("folder", "study_uid", "accession"), default="folder",
                    help="what makes a study: a sub-folder of --images (default), or the files' StudyInstanceUID or AccessionNumber")
+    s.add_argument("--layout", choices=("folder", *list_layouts()), default="folder",
+                   help="a published data set in its own tree (ct-rate: --images is its dataset/ folder; its reports, released "
+                        "labels, splits, voxel sizes and rescale are read from it: no --reports)")
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--shard", type=_shard, default=None, metavar="I/N", help="prepare only shard I of N (cluster array jobs); then --merge")
     s.add_argument("--merge", action="store_true", help="join the shards' manifests in --out into manifest.parquet")

@@ -79,7 +79,7 @@ class PrepSummary:
 
 def prepare_dataset(
     images: Path,
-    reports: Path,
+    reports: Path | None,
     out: Path,
     vocab: Vocabulary,
     config: PrepConfig,
@@ -90,6 +90,7 @@ def prepare_dataset(
     given_labels: "GivenLabels | None" = None,
     group_by: str = "folder",
     columns: dict[str, str] | None = None,
+    layout: str = "folder",
 ) -> PrepSummary:
     """Prepare every study under ``images`` with its report into dataset folder ``out``.
 
@@ -102,32 +103,51 @@ def prepare_dataset(
     With ``group_by`` ``study_uid`` or ``accession`` the images folder may be any tree: its DICOM files
     are grouped into studies by that key (:func:`~medalign.io.dicom_groups.group_dicom_files`), and
     the reports file may key its rows by ``accession_number``. ``columns`` names the reports file's own
-    columns (:func:`medalign.io.tables.parse_columns`).
+    columns (:func:`medalign.io.tables.parse_columns`). ``layout`` other than ``folder`` reads a
+    published data set in its own tree (:mod:`medalign.prep.layouts`): its studies, reports, released
+    labels (as given labels, unless ``given_labels`` are passed) and splits; ``reports`` is then None.
     """
     with WorkerPool(max(1, workers or config.workers)) as pool:
         return _prepare_dataset(images, reports, Path(out), vocab, config, pool, progress, shard, id_key, given_labels, group_by,
-                                columns)
+                                columns, layout)
 
 
-
-def _prepare_dataset(images: Path, reports: Path, out: Path, vocab: Vocabulary, config: PrepConfig, pool: WorkerPool,
+def _prepare_dataset(images: Path, reports: Path | None, out: Path, vocab: Vocabulary, config: PrepConfig, pool: WorkerPool,
                      progress: bool | None, shard: tuple[int, int] | None, id_key: bytes | None,
-                     given_labels: "GivenLabels | None", group_by: str, columns: dict[str, str] | None = None) -> PrepSummary:
-    report_rows, problems, report_key = read_reports(reports, columns)
+                     given_labels: "GivenLabels | None", group_by: str, columns: dict[str, str] | None = None,
+                     layout: str = "folder") -> PrepSummary:
     notes: list[str] = []
     early_errors: list[dict[str, str]] = []
     study_files: dict[str, list[Path]] = {}
-    if group_by == "folder":
-        if report_key == "accession_number":
-            raise InputError(f"{reports}: rows are keyed by accession_number; prepare with --group-by accession "
-                             "(or study_uid) so that studies are known by their AccessionNumber")
-        all_studies = discover_studies(images)
-        refuse_identifying_names(all_studies, id_key)
+    layout_patients: dict[str, str | None] = {}  # a layout's patients, hashed (a rerun counts them without reading files)
+    if layout != "folder":
+        from medalign.prep.layouts import get_layout
+
+        if group_by != "folder" or reports is not None:
+            raise InputError(f"--layout {layout} reads the data set's own tree and reports: drop --group-by and --reports")
+        chosen = get_layout(layout)
+        found = chosen.find(images, config, vocab)
+        all_studies, study_files, report_rows, notes, problems = found.studies, found.files, found.reports, found.notes, []
+        given_labels = given_labels if given_labels is not None else found.given_labels
+        reports = found.reports_source
+        layout_patients = {sid: chosen.patient_hash(sid) for sid in all_studies}
+    elif reports is None:
+        raise InputError("--reports is required (except with --layout or --merge)")
     else:
-        all_studies, study_files, report_rows, notes, early_errors = grouped_studies(images, group_by, report_rows, report_key, pool.imap)
+        report_rows, problems, report_key = read_reports(reports, columns)
+        if group_by == "folder":
+            if report_key == "accession_number":
+                raise InputError(f"{reports}: rows are keyed by accession_number; prepare with --group-by accession "
+                                 "(or study_uid) so that studies are known by their AccessionNumber")
+            all_studies = discover_studies(images)
+            refuse_identifying_names(all_studies, id_key)
+        else:
+            all_studies, study_files, report_rows, notes, early_errors = grouped_studies(images, group_by, report_rows, report_key,
+                                                                                         pool.imap)
     if id_key is not None:
         all_studies, report_rows, problems, names = pseudonymise(id_key, all_studies, report_rows, problems)
         study_files = {names[sid]: f for sid, f in study_files.items()}
+        layout_patients = {names[sid]: h for sid, h in layout_patients.items()}
         early_errors = [{**e, "study_id": names.get(e["study_id"], e["study_id"])} for e in early_errors]
         notes = [pseudonymise_note(n, names) for n in notes]
         if given_labels is not None:
@@ -162,7 +182,7 @@ def _prepare_dataset(images: Path, reports: Path, out: Path, vocab: Vocabulary, 
             skipped += 1
             done_earlier.append((sid, path, files))
         else:
-            tasks.append((sid, str(path), config, str(out), files, str(images)))
+            tasks.append((sid, str(path), config, str(out), files, str(images), layout))
     orphan_reports = sorted(set(report_rows) - set(all_studies))
     for sid in orphan_reports:
         log_lines.append(f"warning: report for study {sid} has no images; ignored")
@@ -191,7 +211,7 @@ def _prepare_dataset(images: Path, reports: Path, out: Path, vocab: Vocabulary, 
     done = 0
     patient_of = {res["study_id"]: res.pop("patient_hash") for res in results if "patient_hash" in res}
     for sid, path, files in done_earlier:  # a rerun checks and counts every study, not only this run's
-        patient = read_patient_hash(Path(path), files)
+        patient = layout_patients.get(sid) if layout != "folder" else read_patient_hash(Path(path), files)
         if patient:
             patient_of[sid] = patient
     for res in results:
@@ -249,7 +269,7 @@ def _prepare_dataset(images: Path, reports: Path, out: Path, vocab: Vocabulary, 
     log_lines.append(f"done {done}, skipped (already prepared) {skipped}, failed {len(errors)}; manifest rows {len(rows)}; studies per "
                      "split: " + ", ".join(f"{s} {len({r['study_id'] for r in rows if r['split'] == s})}" for s in ("train", "val", "test")))
     if patients:
-        log_lines.append("patients per split (the studies whose DICOM headers carry a PatientID): "
+        log_lines.append("patients per split (the studies whose patient is known: a DICOM PatientID, a layout's patient): "
                          + ", ".join(f"{k} {v}" for k, v in patients.items()))
     previous = logfile.read_text(encoding="utf-8") if logfile.exists() else ""
     atomic_write_text_lines(logfile, [previous.rstrip("\n")] + log_lines if previous else log_lines)

@@ -28,6 +28,9 @@ class PrepConfig:
     test_fraction: float = 0.1
     #: OCT: left eyes (OS) mirrored along the lateral axis, so the nasal side always lies on one side
     mirror_left_eyes: bool = False
+    #: the report sections a layout with sectioned reports takes (``--layout ct-rate``: clinical_information,
+    #: technique, findings, impression), in order
+    report_sections: list[str] = dataclasses.field(default_factory=lambda: ["findings", "impression"])
 
     def validate(self, where: str) -> None:
         if not self.steps:

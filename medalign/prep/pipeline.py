@@ -38,10 +38,11 @@ def safe_name(study_id: str) -> str:
 _PIPELINES: dict[str, Any] = {}
 
 
-def prepare_one(task: tuple[str, str, PrepConfig, str, list[str] | None, str]) -> dict[str, Any]:
-    """Worker: load, preprocess, cache one study; returns a record or ``{"error": reason}``.
-    ``task``: (study id, path, the checked preset, dataset folder, ``--group-by`` files or None, images folder)."""
-    study_id, path, config, out, files, root = task
+def prepare_one(task: tuple[str, str, PrepConfig, str, list[str] | None, str, str]) -> dict[str, Any]:
+    """Worker: load, preprocess, cache one study; returns a record or ``{"error": reason}``. ``task``:
+    (study id, path, the checked preset, dataset folder, the study's files (``--group-by``, a layout) or
+    None, images folder, layout name)."""
+    study_id, path, config, out, files, root, layout = task
     from medalign.prep.transforms import apply_preprocessing, build_preprocessing
 
     key = json.dumps(config.steps, sort_keys=True)
@@ -50,7 +51,8 @@ def prepare_one(task: tuple[str, str, PrepConfig, str, list[str] | None, str]) -
     name = safe_name(study_id)
     prepared = []
     try:
-        for volume, provenance in load_study_volumes(Path(path), config, [Path(f) for f in files] if files is not None else None, Path(root)):
+        for volume, provenance in load_study_volumes(Path(path), config, [Path(f) for f in files] if files is not None else None, Path(root),
+                                                       layout):
             array, affine = apply_preprocessing(volume, _PIPELINES[key])
             if not np.isfinite(array).all():
                 raise InputError("preprocessing produced NaN or infinite values")

@@ -54,10 +54,15 @@ def load_study(path: Path, config: PrepConfig, files: list[Path] | None = None, 
 
 
 def load_study_volumes(path: Path, config: PrepConfig, files: list[Path] | None = None,
-                       root: Path | None = None) -> list[tuple[Volume, str]]:
+                       root: Path | None = None, layout: str = "folder") -> list[tuple[Volume, str]]:
     """:func:`load_study`, one ``(volume, provenance)`` per series that ``series.select`` takes
-    (``all``: every full-coverage DICOM series of the study, best first)."""
-    if files is not None:
+    (``all``: every full-coverage DICOM series of the study, best first). ``layout``: a published
+    data set's (:mod:`medalign.prep.layouts`), whose reader takes the study's ``files`` under ``root``."""
+    if layout != "folder":
+        from medalign.prep.layouts import get_layout
+
+        loaded = get_layout(layout).read(root, files, config)
+    elif files is not None:
         loaded = load_dicom_volumes(path, config.series, files=files, root=root)
     else:
         loaded = _read_study(path, config)

@@ -1,0 +1,165 @@
+"""Published data sets read in their own layouts (``prep --layout NAME``): where a layout's studies,
+volume files, reports, released labels and splits are, and how one of its volumes is read. The default
+``folder`` layout (a study per sub-folder or file, a reports file) is :mod:`medalign.prep.studies`'.
+
+A new layout is a :class:`Layout` subclass registered with :func:`register_layout`, in the manner of the
+reader registry; ``prep --layout`` offers every registered name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from pathlib import Path
+
+from medalign.errors import InputError
+from medalign.io.volume import Volume
+from medalign.prep.config import PrepConfig
+from medalign.prep.splits import assign_split
+from medalign.reports.given_labels import GivenLabels, read_given_labels
+from medalign.reports.vocabulary import Vocabulary
+
+
+@dataclasses.dataclass
+class FoundStudies:
+    """What a layout found under its root."""
+
+    #: study id -> the folder errors name
+    studies: dict[str, Path]
+    #: study id -> its volume files, in reconstruction order
+    files: dict[str, list[Path]]
+    #: study id -> {"report": text, "split": train | val | test}
+    reports: dict[str, dict[str, str]]
+    #: the released labels, by study id (None: the layout has none)
+    given_labels: GivenLabels | None
+    #: prep.log lines (warnings about what was left out)
+    notes: list[str]
+    #: what error rows about reports name
+    reports_source: Path
+
+
+class Layout:
+    """A published data set's tree. Subclasses set ``name`` and write :meth:`find` and :meth:`read`."""
+
+    name = ""
+
+    def find(self, root: Path, config: PrepConfig, vocab: Vocabulary) -> FoundStudies:
+        """Every study under ``root`` with its files, report, split and released labels."""
+        raise NotImplementedError
+
+    def read(self, root: Path, files: list[Path], config: PrepConfig) -> list[tuple[Volume, str]]:
+        """The volumes of one study (``series.select``: ``best`` one, ``all`` each), with provenance."""
+        raise NotImplementedError
+
+    def patient_hash(self, study_id: str) -> str | None:
+        """SHA-256 of the study's patient id (counts patients per split on a rerun), or None."""
+        return None
+
+
+_LAYOUTS: dict[str, type[Layout]] = {}
+
+
+def register_layout(cls: type[Layout]) -> type[Layout]:
+    """Class decorator: ``prep --layout cls.name`` reads data sets laid out as ``cls`` says."""
+    _LAYOUTS[cls.name] = cls
+    return cls
+
+
+def list_layouts() -> list[str]:
+    """The registered layout names, sorted (``folder`` is not among them: it is the default path)."""
+    return sorted(_LAYOUTS)
+
+
+def get_layout(name: str) -> Layout:
+    """A fresh instance of the layout registered as ``name``."""
+    if name not in _LAYOUTS:
+        raise InputError(f"--layout {name}: not one of folder, {', '.join(list_layouts())}")
+    return _LAYOUTS[name]()
+
+
+@register_layout
+class CtRateLayout(Layout):
+    """CT-RATE as published (:mod:`medalign.io.ct_rate`). A study is a scan (``valid_4_a``); its
+    reconstructions (``valid_4_a_1``, ``_2``) are its volumes. The official ``valid`` set is the
+    ``test`` split; ``val`` is a patient-level carve-out of ``train`` (``val_fraction`` of the preset);
+    a patient never spans two splits. Reports are the preset's ``report_sections``; the released
+    labels are given labels (the labeler's agreement goes to prep.log). Voxel size and rescale come
+    from the metadata CSV."""
+
+    name = "ct-rate"
+
+    def find(self, root: Path, config: PrepConfig, vocab: Vocabulary) -> FoundStudies:
+        from medalign.io import ct_rate
+
+        root = Path(root)
+        files: dict[str, list[Path]] = {}
+        folders: dict[str, Path] = {}
+        odd = []
+        for split in ("train", "valid"):
+            for path in sorted((root / split).rglob("*.nii*")) if (root / split).is_dir() else []:
+                parts = ct_rate.parse_volume_name(path.name)
+                if parts is None or parts.split != split:
+                    odd.append(path)
+                    continue
+                files.setdefault(parts.study_id, []).append(path)
+                folders.setdefault(parts.study_id, path.parent)
+        if not files:
+            raise InputError(f"{root}: no CT-RATE volumes (train/train_<P>/train_<P>_<scan>/train_<P>_<scan>_<recon>.nii.gz, "
+                             "or valid/ alike): point --images at the data set's dataset/ folder")
+        files = {sid: sorted(f, key=lambda p: ct_rate.parse_volume_name(p.name).reconstruction) for sid, f in files.items()}
+        notes = [f"--layout ct-rate: {sum(len(f) for f in files.values())} volumes in {len(files)} scans"]
+        if odd:
+            notes.append(f"warning: {len(odd)} NIfTI files not named as CT-RATE names them (e.g. {odd[0].relative_to(root)}); left out")
+        texts = ct_rate.read_reports(root, config.report_sections)
+        reports: dict[str, dict[str, str]] = {}
+        differing = 0
+        for sid, volume_files in files.items():
+            own = [texts[p.name] for p in volume_files if p.name in texts]
+            if not own:
+                continue  # prep names the study "no report for this study"
+            differing += len(set(own)) > 1
+            parts = ct_rate.parse_volume_name(volume_files[0].name)
+            reports[sid] = {"report": own[0], "split": self._split(parts, config)}
+        if differing:
+            notes.append(f"warning: {differing} scans whose reconstructions carry different reports; the first reconstruction's is used")
+        given: GivenLabels | None = None
+        for path in ct_rate.label_files(root):
+            by_volume = read_given_labels(path, vocab)
+            given = given or {}
+            for sid, volume_files in files.items():
+                first = next((by_volume[p.name.split(".nii")[0]] for p in volume_files if p.name.split(".nii")[0] in by_volume), None)
+                if first is not None and sid not in given:
+                    given[sid] = first
+        return FoundStudies(folders, files, reports, given, notes, root / "radiology_text_reports")
+
+    @staticmethod
+    def _split(parts, config: PrepConfig) -> str:
+        if parts.split == "valid":
+            return "test"  # the benchmark's own test set
+        return "val" if assign_split("patient:" + parts.patient_id, config.val_fraction, 0.0) == "val" else "train"
+
+    def read(self, root: Path, files: list[Path], config: PrepConfig) -> list[tuple[Volume, str]]:
+        from medalign.io import ct_rate
+
+        metadata = ct_rate.read_metadata(Path(root))
+        missing = [p.name for p in files if p.name not in metadata]
+        if missing:
+            raise InputError(f"{missing[0]}: no row in the metadata CSV (its voxel size and rescale are unknown)")
+        chosen = list(files)
+        why = ""
+        if config.series.select != "all" and len(files) > 1:  # the thinnest slices, then the first reconstruction
+            chosen = [min(files, key=lambda p: (metadata[p.name].spacing[2], ct_rate.parse_volume_name(p.name).reconstruction))]
+            why = f"; reconstruction {ct_rate.parse_volume_name(chosen[0].name).reconstruction} of {len(files)}, the thinnest slices"
+        out = []
+        for path in chosen:
+            geometry = metadata[path.name]
+            volume = dataclasses.replace(ct_rate.load_ct_rate_volume(path, geometry),
+                                         patient_id=ct_rate.parse_volume_name(path.name).patient_id)
+            spacing = " x ".join(f"{v:g}" for v in geometry.spacing)
+            out.append((volume, f"CT-RATE {path.name}: {spacing} mm and HU = {geometry.slope:g} x value {geometry.intercept:+g} "
+                                f"from the metadata CSV{why}"))
+        return out
+
+    def patient_hash(self, study_id: str) -> str | None:
+        patient = study_id.rsplit("_", 1)[0]  # valid_4_a -> valid_4
+        return hashlib.sha256(patient.encode("utf-8")).hexdigest()
