@@ -95,7 +95,8 @@ _CHANGE_DEGREE = ("significant", "appreciable", "definite", "substantial", "gros
 _CHANGE_TIME = ("interval", "recent", "short term")
 #: phrases that look like cues and are not ("no change in the effusion" means the effusion is still there)
 PSEUDO = [
-    "no change",
+    "no change", "no difference", "no significant difference", "no significant dimensional difference", "not differ",
+    "did not differ", "do not differ", "does not differ",
     *(f"{neg} {w} change" for neg in ("no", "without") for w in _CHANGE_DEGREE + _CHANGE_TIME),
     *(f"{neg} {d} {t} change" for neg in ("no", "without") for d in _CHANGE_DEGREE + ("acute",) for t in _CHANGE_TIME + ("radiographic",)),
     "not only", "no increase", "no decrease", "no significant increase", "no significant decrease", "without change",
@@ -268,7 +269,23 @@ def _scope_back(lemmas: tuple[str, ...], begin: int, stops: list[bool]) -> int:
             return i + 1
         if w in ("and", "or", "nor"):
             listed = True
-        elif w == "," and not listed:
+        elif w == "," and not listed and not _short_list_item(lemmas, i, stops):
             return i + 1
         i -= 1
     return 0
+
+
+def _short_list_item(lemmas: tuple[str, ...], comma: int, stops: list[bool]) -> bool:
+    """Whether the words before ``comma`` (back to the previous comma or the sentence start) are an
+    item of a list written without "and": at most three words, no verb, no clause boundary.
+    "Pericardial, pleural effusion was not detected" and "Pneumonia, pleural effusion, pneumothorax
+    were not detected" negate every item; "Consolidation is present, no effusion was seen" does not."""
+    j, words = comma - 1, 0
+    while j >= 0 and lemmas[j] != ",":
+        if stops[j] or lemmas[j] in _VERBS:
+            return False
+        words += 1
+        if words > 3:
+            return False
+        j -= 1
+    return words > 0

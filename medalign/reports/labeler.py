@@ -209,8 +209,9 @@ def _sized_mentions(tokens: Tokens, sized: list[tuple[int, int, int, float, int]
 
 def _drop_nested(spans: list[tuple[int, int, int, bool]], excluded: dict[int, list[tuple[int, int]]]) -> list[tuple[int, int, int]]:
     """Mentions of a finding that lie inside one of its ``exclude`` phrases or inside a longer
-    phrase ("effusion" inside "pericardial effusion" or "pleural effusion") are dropped, and so is
-    a pattern over words a phrase of its finding already names: one mention per place."""
+    phrase ("effusion" inside "pericardial effusion" or "pleural effusion") or inside another finding's
+    pattern ("effusion ... in the pericardial space") are dropped, and so is a pattern over words a
+    phrase of its finding already names: one mention per place."""
     out = []
     seen = set()
     for a, b, k, is_phrase in spans:
@@ -220,6 +221,8 @@ def _drop_nested(spans: list[tuple[int, int, int, bool]], excluded: dict[int, li
             continue
         if any(phrase and x <= a and b <= y and y - x > b - a for x, y, n, phrase in spans):
             continue
+        if is_phrase and b - a == 1 and any(not phrase and n != k and x <= a and b <= y for x, y, n, phrase in spans):
+            continue  # a one-word phrase inside another finding's pattern ("effusion ... in the pericardial space") is that finding's
         if not is_phrase and any(phrase and n == k and x < b and a < y for x, y, n, phrase in spans):
             continue  # a pattern over words a phrase of the same finding already names: one mention
         seen.add((a, b, k))

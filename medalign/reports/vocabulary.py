@@ -130,6 +130,24 @@ class Vocabulary:
 
 
 def load_vocabulary(name_or_path: str | os.PathLike) -> Vocabulary:
-    """Load a vocabulary YAML file or preset name under ``configs/vocab/`` (strict)."""
+    """Load a vocabulary YAML file or preset name under ``configs/vocab/`` (strict). A ``base:`` key
+    starts from another vocabulary: each finding listed replaces the base's finding of that name
+    (whole), in the base's order; a new name is appended (``configs/vocab/ct_rate.yaml``)."""
     path = resolve_config_path(name_or_path, "vocab")
-    return from_dict(Vocabulary, read_yaml(path), where=Path(path).name)
+    return from_dict(Vocabulary, _vocabulary_data(path, []), where=Path(path).name)
+
+
+def _vocabulary_data(path: Path, chain: list[Path]) -> dict:
+    """The YAML mapping of ``path`` with its ``base:`` chain resolved."""
+    if path in chain:
+        raise ConfigError(f"{Path(path).name}: base chain loops ({' -> '.join(p.name for p in [*chain, path])})")
+    data = read_yaml(path)
+    if "base" not in data:
+        return data
+    base = _vocabulary_data(resolve_config_path(str(data.pop("base")), "vocab"), [*chain, path])
+    own = data.pop("findings", []) or []
+    if not isinstance(own, list) or not all(isinstance(f, dict) and "name" in f for f in own):
+        raise ConfigError.at(Path(path).name, "findings", "expected a list of findings, each with a name")
+    replaced = {str(f["name"]).strip().lower(): f for f in own}
+    merged = [replaced.pop(str(f.get("name", "")).strip().lower(), f) for f in base.get("findings", [])]
+    return {**base, **data, "findings": merged + [f for f in own if str(f["name"]).strip().lower() in replaced]}
