@@ -433,3 +433,22 @@ def test_zeroshot_and_retrieve_say_when_a_study_is_out_of_distribution(trained_r
     query = json.loads((tmp_path / "r" / "query.json").read_text())
     assert query["out_of_distribution"] and query["ood_reasons"] == head["ood_reasons"]
     assert "warning: " in capsys.readouterr().err
+
+
+def test_zeroshot_under_ct_clips_protocol_scores_its_prompts(trained_run, prepared_ct, phantom_ct, tmp_path, capsys):
+    """``--protocol ct-clip``: scores.csv holds the softmax over CT-CLIP's prompt pair, and the
+    protocol's AUROC is scikit-learn's on those scores; medalign's own figures stay beside it."""
+    out = tmp_path / "zs"
+    assert cli(["zeroshot", "--checkpoint", str(trained_run), "--data", str(prepared_ct), "--labels", str(phantom_ct / "labels.csv"),
+                "--split", "all", "--protocol", "ct-clip", "--out", str(out)]) == 0
+    assert "CT-CLIP's protocol" in capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    protocol = metrics["protocol"]
+    scores = list(csv.DictReader(open(out / "scores.csv")))
+    truth = {r["study_id"]: r for r in csv.DictReader(open(phantom_ct / "labels.csv"))}
+    for f in ("pleural effusion", "cardiomegaly"):
+        y = [int(truth[r["study_id"]][f]) for r in scores]
+        assert protocol["per_finding"][f]["auroc"] == pytest.approx(roc_auc_score(y, [float(r[f]) for r in scores]), abs=1e-4)
+        assert protocol["per_finding"][f]["auroc"] == pytest.approx(metrics["per_finding"][f]["auroc"], abs=1e-9)
+    assert protocol["findings_scored"] == metrics["n_findings_evaluated"] == 5 and "CT-CLIP (Hamamci et al. 2024)" in protocol[
+        "published_macro_auroc_ct_rate_valid"]

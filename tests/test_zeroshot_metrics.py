@@ -62,3 +62,40 @@ def test_evaluate_skips_one_class_and_uncertain():
     assert m["per_finding"]["c"]["auroc"] == pytest.approx(roc_auc_score(y[10:], s[10:]))
     assert m["n_findings_evaluated"] == 2
     assert m["macro_auroc"] == pytest.approx(np.mean([m["per_finding"][k]["auroc"] for k in ("a", "c")]))
+
+
+def test_ct_clip_protocol_figures_equal_an_independent_computation():
+    """CT-CLIP's protocol (medalign.tasks.protocols) on one score matrix against scikit-learn and a
+    float64 brute-force re-derivation of its threshold rule, to 1e-6."""
+    from sklearn.metrics import accuracy_score, f1_score, precision_score, roc_auc_score
+
+    from medalign.tasks.protocols import ct_clip_metrics
+
+    rng = np.random.default_rng(11)
+    n, k = 120, 4
+    truth = (rng.random((n, k)) < [0.2, 0.4, 0.5, 0.1]).astype(float)
+    scores = np.clip(0.35 * truth + rng.random((n, k)) * 0.75, 0, 1)
+    truth[:, 3] = 0  # one finding with one class: no figures
+    got = ct_clip_metrics(scores, truth, ["a", "b", "c", "d"])
+    assert got["per_finding"]["d"]["auroc"] is None and got["findings_scored"] == 3
+    for j, name in enumerate("abc"):
+        y, s = truth[:, j].astype(int), scores[:, j].astype(np.float64)
+        grid = np.linspace(0, 1, 100)
+        distances = [np.hypot(1 - np.mean(s[y == 1] > t), np.mean(s[y == 0] > t)) for t in grid]
+        t = grid[len(grid) - 1 - int(np.argmin(distances[::-1]))]  # the later of equally close thresholds
+        called = (s > t).astype(int)
+        mine = got["per_finding"][name]
+        assert mine["threshold"] == pytest.approx(t, abs=1e-12)
+        assert mine["auroc"] == pytest.approx(roc_auc_score(y, s), abs=1e-6)
+        assert mine["f1_weighted"] == pytest.approx(f1_score(y, called, average="weighted"), abs=1e-6)
+        assert mine["accuracy"] == pytest.approx(accuracy_score(y, called), abs=1e-6)
+        assert mine["precision"] == pytest.approx(precision_score(y, called), abs=1e-6)
+    assert got["macro"]["auroc"] == pytest.approx(np.mean([roc_auc_score(truth[:, j], scores[:, j]) for j in range(3)]), abs=1e-6)
+
+
+def test_ct_clip_prompts():
+    from medalign.reports.vocabulary import load_vocabulary
+    from medalign.tasks.protocols import ct_clip_vocabulary
+
+    pairs = {f.name: f.prompt_pair() for f in ct_clip_vocabulary(load_vocabulary("ct_rate")).findings}
+    assert (pairs["lung nodule"].positive, pairs["lung nodule"].negative) == ("Lung nodule.", "not Lung nodule.")

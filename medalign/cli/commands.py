@@ -289,8 +289,13 @@ def cmd_zeroshot(a: argparse.Namespace) -> int:
         return 0
     if a.data is None or a.out is None:
         raise MedalignError("zeroshot: give --study PATH, or --data DATASET with --out DIR")
-    metrics = zeroshot_dataset(a.checkpoint, a.data, a.out, a.vocab, a.labels, a.split, a.device, _key(a))
+    metrics = zeroshot_dataset(a.checkpoint, a.data, a.out, a.vocab, a.labels, a.split, a.device, _key(a), a.protocol)
     print(f"zeroshot: macro AUROC {metrics['macro_auroc']:.3f} over {metrics['n_findings_evaluated']} findings on {metrics['n_studies']} {a.split} studies -> {a.out}")
+    if "protocol" in metrics:
+        m = metrics["protocol"]["macro"]
+        published = ", ".join(f"{k} {v:.3f}" for k, v in metrics["protocol"]["published_macro_auroc_ct_rate_valid"].items())
+        print(f"zeroshot (CT-CLIP's protocol, thresholds chosen on the evaluated set): macro AUROC {m['auroc']:.3f}, weighted F1 "
+              f"{m['f1_weighted']:.3f}, accuracy {m['accuracy']:.3f}, precision {m['precision']:.3f}; published on CT-RATE valid: {published}")
     return 0
 
 

@@ -237,6 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--hash-ids", type=_existing_file, default=None, metavar="KEYFILE",
                    help="the key the dataset was prepared with (prep --hash-ids): the labels file's ids are pseudonymised alike")
     s.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
+    s.add_argument("--protocol", choices=["medalign", "ct-clip"], default="medalign",
+                   help="with --data: ct-clip also prompts and calls as CT-CLIP's evaluation does (metrics.json 'protocol', "
+                        "beside the published figures); medalign's own figures stay")
     s.add_argument("--out", type=Path, default=None)
     s.add_argument("--explain", type=Path, default=None, metavar="DIR",
                    help="with --study: per finding a relevance map on the study's scanner grid (.nii.gz), a figure (.png), explain.json")

@@ -35,14 +35,22 @@ def resolve_vocabulary(vocab: str | None, model_dir: Path, dataset: Path | None)
 
 
 def zeroshot_dataset(checkpoint: Path, dataset: Path, out: Path, vocab: str | None = None, labels: Path | None = None, split: str = "test",
-                     device: str = "auto", id_key: bytes | None = None) -> dict:
-    """Score every finding on ``split`` of ``dataset``; write metrics.json, roc.png, scores.csv under ``out``."""
+                     device: str = "auto", id_key: bytes | None = None, protocol: str = "medalign") -> dict:
+    """Score every finding on ``split`` of ``dataset``; write metrics.json, roc.png, scores.csv under ``out``.
+    ``protocol="ct-clip"`` prompts and calls as CT-CLIP's evaluation does (:mod:`medalign.tasks.protocols`):
+    its figures go to ``metrics.json["protocol"]`` beside medalign's own, scores.csv holds its scores."""
     model, model_dir = load_model(checkpoint, device, dataset)
     full_manifest = read_manifest(dataset).studies()  # scored per study (its volumes' embeddings averaged)
     manifest = full_manifest.subset(None if split == "all" else split)
     if len(manifest) == 0:
         raise InputError(f"{dataset}: no studies in split '{split}'")
     voc = resolve_vocabulary(vocab, model_dir, dataset)
+    if protocol == "ct-clip":
+        from medalign.tasks.protocols import ct_clip_vocabulary
+
+        voc = ct_clip_vocabulary(voc)
+    elif protocol != "medalign":
+        raise InputError(f"--protocol {protocol}: expected medalign or ct-clip")
     ids = manifest.columns["study_id"]
     truth = _ground_truth(manifest, voc, labels, id_key)
     scores = finding_probabilities(model, embed_studies(model, manifest, progress="zeroshot"), voc)
@@ -63,6 +71,10 @@ def zeroshot_dataset(checkpoint: Path, dataset: Path, out: Path, vocab: str | No
         "split": split, "n_studies": len(manifest), "ground_truth": str(labels) if labels else "labels parsed from reports",
         "score": "softmax over (positive, negative) prompt", "threshold_source": threshold_source,
     })
+    if protocol == "ct-clip":
+        from medalign.tasks.protocols import ct_clip_metrics
+
+        metrics["protocol"] = ct_clip_metrics(scores, truth, voc.names)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_metrics(out / "metrics.json", metrics)

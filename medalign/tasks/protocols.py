@@ -1,0 +1,83 @@
+"""Published evaluation protocols, reproduced so that medalign's numbers stand beside the papers'
+(``zeroshot --protocol ct-clip``). Each protocol says how it prompts, how it turns scores into calls,
+and what it reports; medalign's own protocol (thresholds from the validation split, bootstrap CIs) is
+reported beside it, never replaced by it.
+
+CT-CLIP (Hamamci et al. 2024; read from its ``scripts/zero_shot.py``, ``scripts/eval.py`` and
+``scripts/bootstrap_values.py``): for each of CT-RATE's 18 findings the prompts ``"<Finding>."`` and
+``"not <Finding>."``, the score the softmax over the two; AUROC per finding (scikit-learn's
+``roc_curve`` and ``auc``); a threshold per finding chosen *on the evaluated set itself* from 100 evenly
+spaced values in [0, 1], the one whose (FPR, TPR) lies closest to (0, 1) (a later one wins a tie), a
+call being ``score > threshold``; then weighted F1, accuracy and precision of those calls. Their
+"bootstrap" loop draws no resamples (the line is commented out), so the figures are point estimates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from medalign.reports.vocabulary import PromptPair, Vocabulary
+
+#: published zero-shot macro AUROC on CT-RATE's validation set (18 findings), as their papers give them
+PUBLISHED_CT_RATE = {
+    "CT-CLIP (Hamamci et al. 2024)": 0.731,
+    "fVLM (Shui et al. 2025)": 0.778,
+    "MedVista3D (2025)": 0.782,
+    "MPS-CT (2025)": 0.838,
+    "RadFinder (2025)": 0.838,
+}
+
+
+def ct_clip_vocabulary(vocab: Vocabulary) -> Vocabulary:
+    """``vocab`` with CT-CLIP's prompt pair for every finding: ``"<Finding>."`` / ``"not <Finding>."``
+    (the name with its first letter in capitals, as CT-RATE writes its labels)."""
+    findings = []
+    for f in vocab.findings:
+        name = f.name[:1].upper() + f.name[1:]
+        findings.append(dataclasses.replace(f, prompts=PromptPair(positive=f"{name}.", negative=f"not {name}.")))
+    return Vocabulary(findings=findings)
+
+
+def ct_clip_threshold(scores: np.ndarray, truth: np.ndarray) -> float:
+    """CT-CLIP's operating point for one finding: of ``linspace(0, 1, 100)``, the threshold whose
+    calls (``score > t``) put (FPR, TPR) closest to (0, 1); on a tie the later. ``scores``, ``truth`` ``(N,)``."""
+    positives, negatives = truth == 1, truth == 0
+    best, best_distance = 0.0, math.inf
+    for t in np.linspace(0, 1, 100):
+        called = scores > t
+        tpr = np.sum(called & positives) / np.sum(positives)
+        fpr = np.sum(called & negatives) / np.sum(negatives)
+        distance = math.sqrt((1 - tpr) ** 2 + fpr**2)
+        if distance <= best_distance:
+            best, best_distance = float(t), distance
+    return best
+
+
+def ct_clip_metrics(scores: np.ndarray, truth: np.ndarray, names: list[str]) -> dict:
+    """CT-CLIP's figures for ``scores`` and 0/1 ``truth`` ``(N, K)``: per finding AUROC, threshold,
+    weighted F1, accuracy and precision, and their means over the findings that have both classes
+    (a finding with one class has no AUROC; CT-CLIP's code would stop there)."""
+    from sklearn.metrics import accuracy_score, auc, f1_score, precision_score, roc_curve
+
+    per: dict[str, dict] = {}
+    for k, name in enumerate(names):
+        y, s = truth[:, k], scores[:, k]
+        known = np.isin(y, (0, 1))
+        y, s = y[known].astype(int), s[known]
+        if len(np.unique(y)) < 2:
+            per[name] = {"auroc": None, "skipped": "one class only"}
+            continue
+        fpr, tpr, _ = roc_curve(y, s)
+        t = ct_clip_threshold(s, y)
+        called = (s > t).astype(int)
+        per[name] = {"auroc": float(auc(fpr, tpr)), "threshold": t, "f1_weighted": float(f1_score(y, called, average="weighted")),
+                     "accuracy": float(accuracy_score(y, called)), "precision": float(precision_score(y, called, zero_division=0.0))}
+    scored = [v for v in per.values() if v["auroc"] is not None]
+    means = {m: float(np.mean([v[m] for v in scored])) if scored else None for m in ("auroc", "f1_weighted", "accuracy", "precision")}
+    return {"protocol": "ct-clip", "per_finding": per, "macro": means, "findings_scored": len(scored),
+            "threshold_rule": "per finding, on the evaluated set: of linspace(0, 1, 100) the one closest to (FPR 0, TPR 1); call = score > t",
+            "prompts": "'<Finding>.' / 'not <Finding>.', softmax over the pair",
+            "published_macro_auroc_ct_rate_valid": PUBLISHED_CT_RATE}
