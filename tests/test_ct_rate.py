@@ -125,3 +125,21 @@ def test_layout_refuses_reports_and_a_tree_of_another_shape(ct_rate_tree, tmp_pa
         from medalign.io.ct_rate import _pixel_spacing
 
         _pixel_spacing("wide", "metadata.csv:2")
+
+
+def test_released_labels_name_the_scans_prep_makes(ct_rate_tree, prepared):
+    """``zeroshot --labels`` and ``prep --labels`` take CT-RATE's label file as it is: a ``VolumeName``
+    stands for its scan too (the study ``--layout ct-rate`` makes), the first reconstruction's labels winning."""
+    from medalign.reports.given_labels import read_given_labels
+    from medalign.reports.vocabulary import load_vocabulary
+    from medalign.tasks.zeroshot import read_label_csv
+
+    labels = ct_rate_tree / "dataset" / "multi_abnormality_labels" / "valid_predicted_labels.csv"
+    rows = list(csv.DictReader(open(labels, encoding="utf-8")))
+    given = read_given_labels(labels, load_vocabulary("ct_rate"))
+    first = rows[0]["VolumeName"]
+    scan = parse_volume_name(first).study_id
+    assert given[scan] == given[first.removesuffix(".nii.gz")] and given[scan]["pleural effusion"] == int(rows[0]["Pleural effusion"])
+    scans = sorted({r["study_id"] for r in pq.read_table(prepared / "manifest.parquet").to_pylist() if r["split"] == "test"})
+    truth = read_label_csv(labels, scans, ["pleural effusion", "cardiomegaly"])
+    assert not np.isnan(truth).any()

@@ -71,6 +71,18 @@ def parse_volume_name(name: str) -> VolumeNameParts | None:
     return VolumeNameParts(m.group(1), m.group(2), m.group(3), int(m.group(4))) if m else None
 
 
+def label_keys(volume_name: str) -> list[str]:
+    """The study ids a labels file's ``VolumeName`` stands for: the name without ``.nii[.gz]``
+    (``valid_4_a_1``, a study per file) and, for a CT-RATE name, its scan (``valid_4_a``, the study
+    ``--layout ct-rate`` makes of it; the first reconstruction of a scan gives the scan's labels)."""
+    name = volume_name.strip()
+    keys = [name.removesuffix(".gz").removesuffix(".nii")]
+    parts = parse_volume_name(name if name.endswith((".nii", ".nii.gz")) else name + ".nii.gz")
+    if parts is not None:
+        keys.append(parts.study_id)
+    return keys
+
+
 @dataclasses.dataclass(frozen=True)
 class VolumeGeometry:
     """One metadata row: voxel size in mm (x = along a row, y = down a column, z = between slices) and rescale."""

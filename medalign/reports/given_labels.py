@@ -26,11 +26,13 @@ def _key(name: str) -> str:
     return re.sub(r"[\s_]+", " ", name.strip().lower())
 
 
-def _study_id(value: str, column: str) -> str:
-    value = value.strip()
+def _study_ids(value: str, column: str) -> list[str]:
+    """The row's study id, then ids it also stands for (a CT-RATE scan, :func:`medalign.io.ct_rate.label_keys`)."""
     if column == "VolumeName":
-        value = re.sub(r"\.nii(\.gz)?$", "", value)
-    return value
+        from medalign.io.ct_rate import label_keys
+
+        return label_keys(value) if value.strip() else [""]
+    return [value.strip()]
 
 
 def read_given_labels(path: Path, vocab: Vocabulary) -> GivenLabels:
@@ -54,8 +56,9 @@ def read_given_labels(path: Path, vocab: Vocabulary) -> GivenLabels:
     if not columns:
         raise InputError(f"{path}: no finding columns besides '{id_column}'")
     out: GivenLabels = {}
+    aliases: GivenLabels = {}
     for line, row in enumerate(reader, start=2):
-        sid = _study_id(row.get(id_column) or "", id_column)
+        sid, *also = _study_ids(row.get(id_column) or "", id_column)
         if not sid:
             raise InputError(f"{path}:{line}: empty {id_column}")
         if sid in out:
@@ -67,7 +70,9 @@ def read_given_labels(path: Path, vocab: Vocabulary) -> GivenLabels:
                 raise InputError(f"{path}:{line}: column '{column}' has {raw!r}; expected 1, 0, -1 or empty")
             labels[name] = _VALUES[raw]
         out[sid] = labels
-    return out
+        for alias in also:
+            aliases.setdefault(alias, labels)  # a scan's first reconstruction gives the scan's labels
+    return {**aliases, **out}
 
 
 def merge_labels(parsed: dict[str, int | None], given: dict[str, int | None] | None) -> dict[str, int | None]:

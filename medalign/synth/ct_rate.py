@@ -6,7 +6,6 @@ gives the right one). ``truth/<VolumeName>`` holds each volume in true HU on its
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ from medalign.io.nifti import save_nifti
 from medalign.io.volume import LPS_TO_RAS, Volume
 from medalign.synth.ct import CTGrid, make_ct_case
 from medalign.synth.reports import ct_report
+from medalign.synth.writer import write_csv
 
 #: CT-RATE's 18 label columns, in the released files' order
 CT_RATE_LABELS = ("Medical material", "Arterial wall calcification", "Cardiomegaly", "Pericardial effusion",
@@ -26,16 +26,6 @@ CT_RATE_LABELS = ("Medical material", "Arterial wall calcification", "Cardiomega
                   "Consolidation", "Bronchiectasis", "Interlobular septal thickening")
 #: the header's voxel size in every phantom file: deliberately not the true one
 WRONG_HEADER_SPACING = (1.0, 1.0, 1.0)
-
-
-def _csv(path: Path, header: list[str], rows: list[list]) -> None:
-    def write(tmp: Path) -> None:
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f)
-            w.writerow(header)
-            w.writerows(rows)
-
-    atomic_write(path, write)
 
 
 def _nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
@@ -89,7 +79,7 @@ def synthesize_ct_rate(out: Path, studies: int = 12, seed: int = 0, valid_fracti
             labels.append([name, *(case.labels.get(f.lower(), 0) for f in CT_RATE_LABELS)])
     for split, (meta_name, report_name, label_name) in SPLIT_FILES.items():
         meta, reports, labels = rows[split]
-        _csv(root / meta_name, ["VolumeName", "XYSpacing", "ZSpacing", "RescaleSlope", "RescaleIntercept"], meta)
-        _csv(root / report_name, ["VolumeName", "ClinicalInformation_EN", "Technique_EN", "Findings_EN", "Impressions_EN"], reports)
-        _csv(root / label_name, ["VolumeName", *CT_RATE_LABELS], labels)
+        write_csv(root / meta_name, ["VolumeName", "XYSpacing", "ZSpacing", "RescaleSlope", "RescaleIntercept"], meta)
+        write_csv(root / report_name, ["VolumeName", "ClinicalInformation_EN", "Technique_EN", "Findings_EN", "Impressions_EN"], reports)
+        write_csv(root / label_name, ["VolumeName", *CT_RATE_LABELS], labels)
     return {"images": str(root), "truth": str(out / "truth"), "studies": studies, "volumes": 2 * studies}

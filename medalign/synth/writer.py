@@ -18,7 +18,8 @@ from medalign.synth.oct import OCT_FINDINGS, OCT_SPACING, make_oct_case
 from medalign.synth.reports import ct_report, oct_report
 
 
-def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
+def write_csv(path: Path, header: list[str], rows: list[list]) -> None:
+    """A CSV with ``header`` and ``rows``, written atomically."""
     def _write(tmp: Path) -> None:
         with open(tmp, "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
@@ -87,7 +88,7 @@ def synthesize(out: Path, modality: Literal["ct", "oct"] = "ct", studies: int = 
         # own split column travels the same way; without one, prep draws it from the PatientID)
         report_rows.append([study_id, report, assign_split(study_id)])
         label_rows.append([study_id] + [labels[f] for f in findings])
-    _write_csv(out / "reports.csv", ["study_id", "report", "split"], report_rows)
-    _write_csv(out / "labels.csv", ["study_id", *findings], label_rows)
+    write_csv(out / "reports.csv", ["study_id", "report", "split"], report_rows)
+    write_csv(out / "labels.csv", ["study_id", *findings], label_rows)
     prevalence = {f: float(np.mean([r[i + 1] for r in label_rows])) if label_rows else 0.0 for i, f in enumerate(findings)}
     return {"images": str(out / "images"), "reports": str(out / "reports.csv"), "labels": str(out / "labels.csv"), "studies": studies, "prevalence": prevalence}

@@ -21,11 +21,13 @@ LABEL_ID_COLUMNS = ("study_id", "accession_number", "VolumeName")
 def read_label_csv(path: Path, study_ids: list[str], findings: list[str], id_key: bytes | None = None) -> np.ndarray:
     """``(N, K)`` 0/1 labels for ``study_ids`` from a labels file: an id column (``study_id``,
     ``accession_number`` as ``medalign label`` writes for an accession-keyed export, or CT-RATE's
-    ``VolumeName``) + one column per finding; missing values NaN. ``id_key`` (``--hash-ids``): the
+    ``VolumeName``, which also names its CT-RATE scan) + one column per finding (case, spaces and
+    underscores do not matter); missing values NaN. ``id_key`` (``--hash-ids``): the
     file's ids are pseudonymised as ``prep --hash-ids`` did the dataset's. A file that names none of
     the studies is an :class:`InputError` with the counts; one that names some says how many on stderr."""
     import sys
 
+    from medalign.io.ct_rate import label_keys
     from medalign.io.tables import read_table
 
     path = Path(path)
@@ -35,13 +37,15 @@ def read_label_csv(path: Path, study_ids: list[str], findings: list[str], id_key
     column = next((c for c in LABEL_ID_COLUMNS if c in header), None)
     if column is None:
         raise InputError(f"{path}: needs an id column ({', '.join(LABEL_ID_COLUMNS)}); found: {', '.join(header)}")
-    rows = {}
+    rows, aliases = {}, {}
     for r in table:
-        sid = r.get(column, "").strip()
-        if column == "VolumeName":
-            sid = sid.removesuffix(".gz").removesuffix(".nii")
-        if sid:
-            rows[_pseudonym(sid, id_key) if id_key else sid] = r
+        keys = label_keys(r.get(column, "")) if column == "VolumeName" else [r.get(column, "").strip()]
+        if keys[0]:
+            keys = [_pseudonym(k, id_key) if id_key else k for k in keys]
+            rows[keys[0]] = r
+            for alias in keys[1:]:  # a CT-RATE scan (prep --layout ct-rate): its first reconstruction's labels
+                aliases.setdefault(alias, r)
+    rows = {**aliases, **rows}
     found = sum(sid in rows for sid in study_ids)
     if study_ids and not found:
         hint = ("; the dataset's ids are keyed pseudonyms: pass the --hash-ids KEYFILE it was prepared with"
@@ -51,15 +55,18 @@ def read_label_csv(path: Path, study_ids: list[str], findings: list[str], id_key
     if found < len(study_ids):
         print(f"note: {path}: labels for {found} of {len(study_ids)} studies; the others are left out of each finding's figures",
               file=sys.stderr)
+    # the file's column for each finding: case, spaces and underscores do not matter ("Pleural effusion", CT-RATE's)
+    by_key = {" ".join(h.replace("_", " ").lower().split()): h for h in header}
+    columns = [by_key.get(" ".join(name.replace("_", " ").lower().split())) for name in findings]
     out = np.full((len(study_ids), len(findings)), np.nan, dtype=np.float32)
     for i, sid in enumerate(study_ids):
         row = rows.get(sid)
-        for k, name in enumerate(findings):
-            if row is not None and row.get(name, "") not in ("", None):
+        for k, column_of in enumerate(columns):
+            if row is not None and column_of is not None and row.get(column_of, "") not in ("", None):
                 try:
-                    out[i, k] = float(row[name])
+                    out[i, k] = float(row[column_of])
                 except ValueError:
-                    raise InputError(f"{path}: study {sid}, column '{name}': not a number ({row[name]!r})") from None
+                    raise InputError(f"{path}: study {sid}, column '{column_of}': not a number ({row[column_of]!r})") from None
     return out
 
 
