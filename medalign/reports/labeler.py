@@ -56,6 +56,8 @@ class ReportLabeler:
             self._phrases.add(f.synonyms, ("synonym", k, -1, -1))
             self._phrases.add(f.negative_phrases, ("negative", k, -1, -1))
             self._phrases.add(f.exclude, ("exclude", k, -1, -1))
+            self._phrases.add(f.elsewhere, ("elsewhere", k, -1, -1))
+            self._phrases.add(f.here, ("here", k, -1, -1))
             for j, p in enumerate(f.patterns):
                 for g, group in enumerate(p.groups):
                     self._phrases.add(group, ("group", k, j, g))
@@ -95,8 +97,11 @@ class ReportLabeler:
         excluded: dict[int, list[tuple[int, int]]] = {}
         groups: dict[tuple[int, int], dict[int, list[tuple[int, int]]]] = {}
         unless: dict[tuple[int, int], list[tuple[int, int]]] = {}
+        organs: dict[str, set[int]] = {"elsewhere": set(), "here": set()}
         for start, end, (kind, k, j, g) in matches:
-            if kind == "synonym":
+            if kind in organs:
+                organs[kind].add(k)
+            elif kind == "synonym":
                 spans.append((start, end, k, True))
             elif kind == "negative":
                 negatives.append((start, end, k))
@@ -121,7 +126,8 @@ class ReportLabeler:
                     spans.append((a, b, k, False))
                 else:
                     below.append((a, b, k))
-        mentions = _drop_nested(spans, excluded)
+        elsewhere = organs["elsewhere"] - organs["here"]  # the sentence is about another organ
+        mentions = [m for m in _drop_nested(spans, excluded) if m[2] not in elsewhere]
         cues = self.context.cues(tokens) if mentions else []
         out: list[Mention] = []
         for start, end, k in negatives:

@@ -93,10 +93,15 @@ class Finding:
     negative_phrases: list[str] = dataclasses.field(default_factory=list)
     #: phrases containing a mention that is not this finding ("mass effect", "pericardial effusion")
     exclude: list[str] = dataclasses.field(default_factory=list)
+    #: other organs: in a sentence that names one of these and none of ``here``, a mention is not this
+    #: finding ("a nodular lesion in the left adrenal gland", "Schmorl nodes")
+    elsewhere: list[str] = dataclasses.field(default_factory=list)
+    #: this finding's own organ (lung, lobe, parenchyma): naming it keeps the mentions of a sentence
+    here: list[str] = dataclasses.field(default_factory=list)
     prompts: PromptPair | None = None
 
     def validate(self, where: str) -> None:
-        for group in ("synonyms", "negative_phrases", "exclude"):
+        for group in ("synonyms", "negative_phrases", "exclude", "elsewhere", "here"):
             _check_phrases(getattr(self, group), config_key(where, group))
 
     def prompt_pair(self) -> PromptPair:
