@@ -209,9 +209,14 @@ def test_retrieval_eval_against_an_independent_loop(trained_run, prepared_ct, ph
     index = tmp_path / "index"
     assert cli(["index", "--checkpoint", str(trained_run), "--data", str(prepared_ct), "--out", str(index)]) == 0
     out = tmp_path / "ev"
-    assert cli(["retrieval-eval", "--index", str(index), "--data", str(prepared_ct), "--split", "all", "--labels", str(phantom_ct / "labels.csv"), "--out", str(out)]) == 0
+    assert cli(["retrieval-eval", "--index", str(index), "--data", str(prepared_ct), "--split", "all", "--labels", str(phantom_ct / "labels.csv"),
+                "--protocol", "ct-clip", "--out", str(out)]) == 0
     m = json.loads((out / "metrics.json").read_text())
     assert set(m["report_to_study"]) >= {"recall@1", "recall@5", "recall@10"} and "map@10" in m["study_to_study"]
+    # CT-CLIP's figures beside medalign's: its report->volume R@5 counts a tie in the report's favour where medalign does not
+    protocol = m["protocol"]
+    assert protocol["report_to_volume_recall"]["5"] >= m["report_to_study"]["recall@5"] - 1e-9 and protocol["report_to_volume_recall"]["50"] is None
+    assert 0 < protocol["volume_to_volume"]["per_k"]["1"] <= 1 and protocol["volume_to_volume"]["candidates"] < 48
     meta = [json.loads(line) for line in (index / "meta.jsonl").read_text().splitlines()]
     truth = {r["study_id"]: r for r in csv.DictReader(open(phantom_ct / "labels.csv"))}
     findings = [c for c in next(iter(truth.values())) if c != "study_id"]

@@ -99,3 +99,41 @@ def test_ct_clip_prompts():
 
     pairs = {f.name: f.prompt_pair() for f in ct_clip_vocabulary(load_vocabulary("ct_rate")).findings}
     assert (pairs["lung nodule"].positive, pairs["lung nodule"].negative) == ("Lung nodule.", "not Lung nodule.")
+
+
+def test_ct_clip_retrieval_figures_equal_a_loop_written_from_their_scripts():
+    """Report -> volume recall and volume -> volume score against plain float64 loops of the rules
+    (a hit when the own volume is in the top K; the mean label overlap of the top K among volumes with a finding)."""
+    from medalign.tasks.protocols import ct_clip_report_to_volume_recall, ct_clip_volume_to_volume
+
+    rng = np.random.default_rng(5)
+    n, d = 60, 8
+    volumes = rng.normal(size=(n, d))
+    reports = volumes + rng.normal(scale=1.5, size=(n, d))
+    labels = (rng.random((n, 5)) < 0.3).astype(int)
+    got = ct_clip_report_to_volume_recall(reports, volumes, ks=(5, 10, 50, 100))
+    for k in (5, 10, 50):
+        hits = 0
+        for i in range(n):
+            scores = [float(np.dot(reports[i], volumes[j])) for j in range(n)]
+            top = sorted(range(n), key=lambda j: -scores[j])[:k]
+            hits += i in top
+        assert got[k] == pytest.approx(hits / n, abs=1e-12)
+    assert got[100] is None
+    v2v = ct_clip_volume_to_volume(volumes, labels, ks=(1, 5, 10))
+    candidates = [j for j in range(n) if labels[j].sum() > 0]
+    collected = []
+    for k in (1, 5, 10):
+        per_query = []
+        for i in range(n):
+            cos = [float(np.dot(volumes[i], volumes[j]) / np.linalg.norm(volumes[i]) / np.linalg.norm(volumes[j])) for j in candidates]
+            top = sorted(range(len(candidates)), key=lambda c: -cos[c])[:k]
+            ratios = []
+            for c in top:
+                a, b = labels[i], labels[candidates[c]]
+                both, one = int(((a == 1) & (b == 1)).sum()), int((a != b).sum())
+                ratios.append(both / (both + one) if both + one else 0.0)
+            per_query.append(np.mean(ratios))
+        collected += per_query
+        assert v2v["per_k"][k] == pytest.approx(np.mean(per_query), abs=1e-9)
+        assert v2v["as_their_code_prints"][k] == pytest.approx(np.mean(collected), abs=1e-9)

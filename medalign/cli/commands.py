@@ -333,11 +333,15 @@ def cmd_retrieve(a: argparse.Namespace) -> int:
 def cmd_retrieval_eval(a: argparse.Namespace) -> int:
     from medalign.tasks.retrieval_eval import evaluate_retrieval
 
-    m = evaluate_retrieval(a.index, a.data, a.out, a.split, a.labels, _key(a))
+    m = evaluate_retrieval(a.index, a.data, a.out, a.split, a.labels, _key(a), a.protocol)
     r, s2s = m["report_to_study"], m["study_to_study"]
     print(f"retrieval-eval ({m['n_studies']} {a.split} studies): report->study R@5 {r['recall@5']:.3f} (chance {r['chance@5']:.3f}), "
           f"study->report R@5 {m['study_to_report']['recall@5']:.3f}, study->study mAP@10 {s2s['map@10']:.3f} "
           f"(chance {s2s['chance_map@10']:.3f}) -> {a.out / 'metrics.json'}")
+    if "protocol" in m:
+        recall = ", ".join(f"R@{k} {v:.3f}" for k, v in m["protocol"]["report_to_volume_recall"].items() if v is not None)
+        v2v = ", ".join(f"@{k} {v:.3f}" for k, v in m["protocol"]["volume_to_volume"]["per_k"].items() if v is not None)
+        print(f"retrieval-eval (CT-CLIP's protocol): report->volume {recall or 'no K within the split'}; volume->volume {v2v or '-'}")
     return 0
 
 

@@ -285,6 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--labels", type=_existing_file, default=None, help="ground truth CSV (default: labels parsed from reports)")
     s.add_argument("--hash-ids", type=_existing_file, default=None, metavar="KEYFILE",
                    help="the key the dataset was prepared with (prep --hash-ids): the labels file's ids are pseudonymised alike")
+    s.add_argument("--protocol", choices=["medalign", "ct-clip"], default="medalign",
+                   help="ct-clip also computes CT-CLIP's report->volume Recall@5/10/50/100 and volume->volume score (metrics.json 'protocol')")
     s.add_argument("--out", type=Path, required=True)
     s.set_defaults(func=commands.cmd_retrieval_eval)
 

@@ -81,3 +81,46 @@ def ct_clip_metrics(scores: np.ndarray, truth: np.ndarray, names: list[str]) -> 
             "threshold_rule": "per finding, on the evaluated set: of linspace(0, 1, 100) the one closest to (FPR 0, TPR 1); call = score > t",
             "prompts": "'<Finding>.' / 'not <Finding>.', softmax over the pair",
             "published_macro_auroc_ct_rate_valid": PUBLISHED_CT_RATE}
+
+
+def ct_clip_report_to_volume_recall(reports: np.ndarray, volumes: np.ndarray, ks: tuple[int, ...] = (5, 10, 50, 100)) -> dict:
+    """CT-CLIP's report -> volume recall (``scripts/report_to_volume.py``): report ``i`` ``(N, D)``
+    scores every volume ``(N, D)`` by the dot product; a hit when volume ``i`` is among the ``K``
+    highest (equal scores in index order, as Python's stable sort leaves them). ``{K: recall}``, None
+    for a ``K`` above the number of volumes."""
+    scores = np.asarray(reports, np.float64) @ np.asarray(volumes, np.float64).T
+    order = np.argsort(-scores, axis=1, kind="stable")
+    rank = np.argmax(order == np.arange(len(scores))[:, None], axis=1)  # where each report's own volume falls
+    return {k: (float(np.mean(rank < k)) if k <= scores.shape[1] else None) for k in ks}
+
+
+def _positive_overlap(a: np.ndarray, b: np.ndarray) -> float:
+    """CT-CLIP's label similarity of two 0/1 rows: findings both have / findings exactly one has or both have."""
+    both = np.sum((a == 1) & (b == 1))
+    either = np.sum(a != b)
+    return float(both / (both + either)) if both + either else 0.0
+
+
+def ct_clip_volume_to_volume(volumes: np.ndarray, labels: np.ndarray, ks: tuple[int, ...] = (1, 5, 10, 50)) -> dict:
+    """CT-CLIP's volume -> volume score (``ct_clip/scripts/volume_to_volume.py``; "MAP@K" in its
+    paper): every volume queries the volumes with at least one positive finding (itself included when
+    it has one) by cosine similarity; the score of a query is the mean label similarity
+    (:func:`_positive_overlap`) of its top ``K``; the mean over queries. Their code keeps one list of
+    query scores across the ``K`` it loops over (never emptied), so each figure it prints is the mean
+    over that ``K`` and every smaller one: ``as_their_code_prints`` gives those, ``per_k`` each ``K``
+    on its own. ``volumes`` ``(N, D)``, ``labels`` ``(N, K)`` 0/1."""
+    v = np.asarray(volumes, np.float64)
+    v = v / np.linalg.norm(v, axis=1, keepdims=True)
+    labels = np.asarray(labels)
+    candidates = np.flatnonzero(labels.sum(axis=1) > 0)
+    sims = v @ v[candidates].T
+    order = np.argsort(-sims, axis=1, kind="stable")
+    per_k, running, collected = {}, {}, []
+    for k in ks:
+        if k > len(candidates):
+            per_k[k] = running[k] = None
+            continue
+        scores = [float(np.mean([_positive_overlap(labels[i], labels[candidates[j]]) for j in order[i, :k]])) for i in range(len(v))]
+        collected += scores
+        per_k[k], running[k] = float(np.mean(scores)), float(np.mean(collected))
+    return {"per_k": per_k, "as_their_code_prints": running, "candidates": int(len(candidates))}

@@ -67,8 +67,12 @@ def map_at_k(emb: np.ndarray, relevant: np.ndarray, k: int = 10, seed: int = 0, 
 
 
 def evaluate_retrieval(index: Path, dataset: Path, out: Path, split: str = "test", labels: Path | None = None,
-                       id_key: bytes | None = None) -> dict:
-    """Write ``out/metrics.json`` with report->study, study->report Recall@1/5/10 and study->study mAP@10."""
+                       id_key: bytes | None = None, protocol: str = "medalign") -> dict:
+    """Write ``out/metrics.json`` with report->study, study->report Recall@1/5/10 and study->study mAP@10;
+    ``protocol="ct-clip"`` adds CT-CLIP's report->volume Recall@5/10/50/100 and volume->volume score
+    (:mod:`medalign.tasks.protocols`) under ``"protocol"``."""
+    if protocol not in ("medalign", "ct-clip"):
+        raise InputError(f"--protocol {protocol}: expected medalign or ct-clip")
     from medalign.prep.manifest import read_manifest
     from medalign.tasks.zeroshot import read_label_csv
 
@@ -98,6 +102,13 @@ def evaluate_retrieval(index: Path, dataset: Path, out: Path, split: str = "test
         "study_to_study": {"map@10": m, "chance_map@10": chance},
         "relevance": "study->study: shares a positive finding with the query (both normal counts)",
     }
+    if protocol == "ct-clip":
+        from medalign.tasks.protocols import ct_clip_report_to_volume_recall, ct_clip_volume_to_volume
+
+        metrics["protocol"] = {"protocol": "ct-clip", "report_to_volume_recall": ct_clip_report_to_volume_recall(reports, studies),
+                               "volume_to_volume": ct_clip_volume_to_volume(studies, positive.astype(int)),
+                               "note": "as CT-CLIP's scripts compute them: the query itself stays among the candidates; "
+                                       "ties in index order; see medalign.tasks.protocols"}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "metrics.json", metrics)
