@@ -296,7 +296,7 @@ def volume_from_slices(slices: list[Slice], policy: SeriesSelection | None = Non
     array = np.stack([s.pixels.T for s in slices], axis=-1)  # (cols, rows, Z), C order: the transforms run faster on it
     if not np.isfinite(array).all():
         raise InputError("volume holds NaN or infinite values")
-    return Volume(array=array, affine=LPS_TO_RAS @ lps, source="dicom", n_slices=len(slices),
+    return Volume(array=array, affine=LPS_TO_RAS @ lps, source="dicom",
                   geometry_note=note if len(slices) > 1 else "")
 
 

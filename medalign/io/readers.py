@@ -52,11 +52,6 @@ class ImageReader:
         """Whether ``path``'s name ends in one of this format's suffixes (case-insensitive)."""
         return Path(path).name.lower().endswith(self.suffixes)
 
-    def accepts(self, path: Path) -> bool:
-        """A file of this format: the suffix matches, and the sniff (if any) agrees."""
-        path = Path(path)
-        return self.verify_suffix(path) and path.is_file() and (self.sniff is None or self.sniff(path))
-
     def study_name(self, path: Path) -> str:
         """The study id of a bare study file: its name without the format's suffix."""
         name = Path(path).name

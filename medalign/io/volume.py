@@ -53,8 +53,6 @@ class Volume:
     geometry_note: str = ""
     #: DICOM series identity (pseudonymous key, :attr:`SeriesInfo.key`); "" for single files
     series_key: str = ""
-    #: slices in the source series (DICOM)
-    n_slices: int = 0
     #: an OCT file's fundus image (SLO/IR) ``(H, W)`` in [0, 1]; written beside the volume, never into it
     localizer: np.ndarray | None = None
     #: the fundus image's pixel size in mm, column then row; None when the file does not say

@@ -124,12 +124,8 @@ class CtRateLayout(Layout):
             notes.append(f"warning: {differing} scans whose reconstructions carry different reports; the first reconstruction's is used")
         given: GivenLabels | None = None
         for path in ct_rate.label_files(root):
-            by_volume = read_given_labels(path, vocab)
-            given = given or {}
-            for sid, volume_files in files.items():
-                first = next((by_volume[p.name.split(".nii")[0]] for p in volume_files if p.name.split(".nii")[0] in by_volume), None)
-                if first is not None and sid not in given:
-                    given[sid] = first
+            released = read_given_labels(path, vocab)  # a VolumeName also names its scan (the first reconstruction's labels)
+            given = {**(given or {}), **{sid: released[sid] for sid in files if sid in released}}
         return FoundStudies(folders, files, reports, given, notes, root / "radiology_text_reports")
 
     @staticmethod

@@ -26,12 +26,13 @@ def _key(name: str) -> str:
     return re.sub(r"[\s_]+", " ", name.strip().lower())
 
 
-def _study_ids(value: str, column: str) -> list[str]:
-    """The row's study id, then ids it also stands for (a CT-RATE scan, :func:`medalign.io.ct_rate.label_keys`)."""
-    if column == "VolumeName":
+def row_study_ids(value: str, column: str) -> list[str]:
+    """A labels file row's study id from its ``column`` value, then the ids it also stands for (a
+    CT-RATE ``VolumeName`` also names its scan, :func:`medalign.io.ct_rate.label_keys`); ``[""]`` when empty."""
+    if column == "VolumeName" and value.strip():
         from medalign.io.ct_rate import label_keys
 
-        return label_keys(value) if value.strip() else [""]
+        return label_keys(value)
     return [value.strip()]
 
 
@@ -58,7 +59,7 @@ def read_given_labels(path: Path, vocab: Vocabulary) -> GivenLabels:
     out: GivenLabels = {}
     aliases: GivenLabels = {}
     for line, row in enumerate(reader, start=2):
-        sid, *also = _study_ids(row.get(id_column) or "", id_column)
+        sid, *also = row_study_ids(row.get(id_column) or "", id_column)
         if not sid:
             raise InputError(f"{path}:{line}: empty {id_column}")
         if sid in out:

@@ -27,7 +27,7 @@ def read_label_csv(path: Path, study_ids: list[str], findings: list[str], id_key
     the studies is an :class:`InputError` with the counts; one that names some says how many on stderr."""
     import sys
 
-    from medalign.io.ct_rate import label_keys
+    from medalign.reports.given_labels import row_study_ids
     from medalign.io.tables import read_table
 
     path = Path(path)
@@ -39,7 +39,7 @@ def read_label_csv(path: Path, study_ids: list[str], findings: list[str], id_key
         raise InputError(f"{path}: needs an id column ({', '.join(LABEL_ID_COLUMNS)}); found: {', '.join(header)}")
     rows, aliases = {}, {}
     for r in table:
-        keys = label_keys(r.get(column, "")) if column == "VolumeName" else [r.get(column, "").strip()]
+        keys = row_study_ids(r.get(column) or "", column)
         if keys[0]:
             keys = [_pseudonym(k, id_key) if id_key else k for k in keys]
             rows[keys[0]] = r

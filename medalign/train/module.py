@@ -42,7 +42,12 @@ class PretrainModule(L.LightningModule):
         super().__init__()
         self.model = model
         self.config = config
-        self.objective = loss_entry(config.loss.name).create(config.loss.mix, config.loss.local_loss, config.loss.gather_with_grad)
+        entry = loss_entry(config.loss.name)
+        self.objective = entry.create(config.loss.mix, config.loss.local_loss, config.loss.gather_with_grad)
+        # decided once from the registry entry, not looked up every step
+        self._needs_labels = entry.needs_labels
+        self._similarity_targets = uses_similarity_targets(config)
+        self._cached_text = uses_cached_text(config)
         self.report_texts = report_texts if needs_report_embeddings(config) else None
         self.report_cache = report_cache
         # a plain attribute, not a buffer: DDP would broadcast a buffer every step
@@ -65,7 +70,7 @@ class PretrainModule(L.LightningModule):
         if "intensity_jitter" in batch:  # data.intensity_on: device
             images = jitter_intensity(images, batch["intensity_jitter"])  # uint8 -> unit float and jitter in one pass
         img = self.model.encode_image(images)
-        if uses_cached_text(self.config):
+        if self._cached_text:
             pooled = self.report_embeddings[batch["index"]]
         elif self.model.text.frozen:
             with torch.no_grad():
@@ -73,8 +78,9 @@ class PretrainModule(L.LightningModule):
         else:
             pooled = self.model.text.pooled(**batch["tokens"])
         txt = F.normalize(self.model.text.proj(pooled), dim=-1)
-        similarity_source = self.report_embeddings[batch["index"]] if uses_similarity_targets(self.config) else None
-        loss = self.objective(img, txt, self.model.scale(), self.model.logit_bias, batch["labels"], similarity_source)
+        similarity_source = self.report_embeddings[batch["index"]] if self._similarity_targets else None
+        labels = batch["labels"] if self._needs_labels else None
+        loss = self.objective(img, txt, self.model.scale(), self.model.logit_bias, labels, similarity_source)
         bsz = batch["image"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bsz)
         self._log_throughput(bsz)
