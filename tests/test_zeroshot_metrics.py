@@ -93,6 +93,30 @@ def test_ct_clip_protocol_figures_equal_an_independent_computation():
     assert got["macro"]["auroc"] == pytest.approx(np.mean([roc_auc_score(truth[:, j], scores[:, j]) for j in range(3)]), abs=1e-6)
 
 
+def test_rad_chestct_rows_merge_the_calcifications_as_hlip_scores_them():
+    """RAD-ChestCT's table (fVLM/HLIP): both calcifications give one row, scored by the larger of the
+    two when either exceeds 0.5 and the smaller otherwise; a finding without labels drops out. Checked
+    against a per-study loop of that rule and scikit-learn's AUROC."""
+    from medalign.tasks.protocols import rad_chestct_metrics
+
+    rng = np.random.default_rng(5)
+    n = 150
+    names = ["pleural effusion", "coronary artery wall calcification", "arterial wall calcification", "lymphadenopathy"]
+    calc = (rng.random(n) < 0.45).astype(float)
+    effusion = (rng.random(n) < 0.3).astype(float)
+    truth = np.stack([effusion, calc, calc, np.full(n, np.nan)], axis=1)
+    scores = np.clip(np.stack([0.3 * effusion, 0.25 * calc, 0.2 * calc, np.zeros(n)], axis=1) + rng.random((n, 4)) * 0.7, 0, 1)
+    got = rad_chestct_metrics(scores, truth, names)
+    merged = []
+    for c, a in scores[:, 1:3]:
+        merged.append(max(c, a) if (c > 0.5 or a > 0.5) else min(c, a))
+    assert set(got["per_finding"]) == {"pleural effusion", "lymphadenopathy", "calcification"}
+    assert got["per_finding"]["lymphadenopathy"]["auroc"] is None
+    assert got["per_finding"]["calcification"]["auroc"] == pytest.approx(roc_auc_score(calc, merged), abs=1e-9)
+    assert got["macro"]["auroc"] == pytest.approx((roc_auc_score(effusion, scores[:, 0]) + roc_auc_score(calc, merged)) / 2, abs=1e-9)
+    assert "published_macro_auroc_rad_chestct" in got and "published_macro_auroc_ct_rate_valid" not in got
+
+
 def test_ct_clip_prompts():
     from medalign.reports.vocabulary import load_vocabulary
     from medalign.tasks.protocols import ct_clip_vocabulary

@@ -54,6 +54,14 @@ def cmd_synth(a: argparse.Namespace) -> int:
         summary = synthesize_ct_rate(a.out, a.studies, a.seed)
         print(f"wrote {summary['studies']} CT-RATE-layout scans ({summary['volumes']} volumes) to {summary['images']}; truth {summary['truth']}")
         return 0
+    if a.layout == "rad-chestct":
+        from medalign.synth.rad_chestct import synthesize_rad_chestct
+
+        if a.modality != "ct":
+            raise MedalignError("synth --layout rad-chestct writes chest CT (--modality ct)")
+        summary = synthesize_rad_chestct(a.out, a.studies, a.seed)
+        print(f"wrote {summary['studies']} RAD-ChestCT-layout volumes to {summary['images']}; truth {summary['truth']}")
+        return 0
     from medalign.synth.writer import synthesize
 
     summary = synthesize(a.out, a.modality, a.studies, a.seed)
@@ -293,9 +301,12 @@ def cmd_zeroshot(a: argparse.Namespace) -> int:
     print(f"zeroshot: macro AUROC {metrics['macro_auroc']:.3f} over {metrics['n_findings_evaluated']} findings on {metrics['n_studies']} {a.split} studies -> {a.out}")
     if "protocol" in metrics:
         m = metrics["protocol"]["macro"]
-        published = ", ".join(f"{k} {v:.3f}" for k, v in metrics["protocol"]["published_macro_auroc_ct_rate_valid"].items())
+        rad = "published_macro_auroc_rad_chestct" in metrics["protocol"]
+        figures = metrics["protocol"]["published_macro_auroc_rad_chestct" if rad else "published_macro_auroc_ct_rate_valid"]
+        published = ", ".join(f"{k} {v:.3f}" for k, v in figures.items())
+        where = "RAD-ChestCT (calcifications merged)" if rad else "CT-RATE valid"
         print(f"zeroshot (CT-CLIP's protocol, thresholds chosen on the evaluated set): macro AUROC {m['auroc']:.3f}, weighted F1 "
-              f"{m['f1_weighted']:.3f}, accuracy {m['accuracy']:.3f}, precision {m['precision']:.3f}; published on CT-RATE valid: {published}")
+              f"{m['f1_weighted']:.3f}, accuracy {m['accuracy']:.3f}, precision {m['precision']:.3f}; published on {where}: {published}")
     return 0
 
 
@@ -335,11 +346,12 @@ def cmd_retrieval_eval(a: argparse.Namespace) -> int:
 
     m = evaluate_retrieval(a.index, a.data, a.out, a.split, a.labels, _key(a), a.protocol)
     r, s2s = m["report_to_study"], m["study_to_study"]
-    print(f"retrieval-eval ({m['n_studies']} {a.split} studies): report->study R@5 {r['recall@5']:.3f} (chance {r['chance@5']:.3f}), "
-          f"study->report R@5 {m['study_to_report']['recall@5']:.3f}, study->study mAP@10 {s2s['map@10']:.3f} "
+    reports = (f"report->study R@5 {r['recall@5']:.3f} (chance {r['chance@5']:.3f}), study->report R@5 {m['study_to_report']['recall@5']:.3f}"
+               if r is not None else "no reports: report recall not computed")
+    print(f"retrieval-eval ({m['n_studies']} {a.split} studies): {reports}, study->study mAP@10 {s2s['map@10']:.3f} "
           f"(chance {s2s['chance_map@10']:.3f}) -> {a.out / 'metrics.json'}")
     if "protocol" in m:
-        recall = ", ".join(f"R@{k} {v:.3f}" for k, v in m["protocol"]["report_to_volume_recall"].items() if v is not None)
+        recall = ", ".join(f"R@{k} {v:.3f}" for k, v in (m["protocol"]["report_to_volume_recall"] or {}).items() if v is not None)
         v2v = ", ".join(f"@{k} {v:.3f}" for k, v in m["protocol"]["volume_to_volume"]["per_k"].items() if v is not None)
         print(f"retrieval-eval (CT-CLIP's protocol): report->volume {recall or 'no K within the split'}; volume->volume {v2v or '-'}")
     return 0

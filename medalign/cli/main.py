@@ -123,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--studies", type=int, default=300)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--layout", choices=("folder", *list_layouts()), default="folder",
-                   help="folder: DICOM studies + reports.csv; ct-rate: NIfTI, metadata, reports and labels as CT-RATE publishes them")
+                   help="folder: DICOM studies + reports.csv; ct-rate: NIfTI, metadata, reports and labels as CT-RATE publishes them; "
+                        "rad-chestct: .npz volumes and abnormality x location labels as RAD-ChestCT publishes them")
     s.set_defaults(func=commands.cmd_synth)
 
     what = f"one DICOM series folder or image file ({suffixes}) -> NIfTI (world geometry as dcm2niix)"
@@ -141,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what makes a study: a sub-folder of --images (default), or the files' StudyInstanceUID or AccessionNumber")
     s.add_argument("--layout", choices=("folder", *list_layouts()), default="folder",
                    help="a published data set in its own tree (ct-rate: --images is its dataset/ folder; its reports, released "
-                        "labels, splits, voxel sizes and rescale are read from it: no --reports)")
+                        "labels, splits, voxel sizes and rescale are read from it: no --reports; rad-chestct: --images holds its .npz files and "
+                        "label CSVs; no reports are published, so it is for evaluation)")
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--shard", type=_shard, default=None, metavar="I/N", help="prepare only shard I of N (cluster array jobs); then --merge")
     s.add_argument("--merge", action="store_true", help="join the shards' manifests in --out into manifest.parquet")

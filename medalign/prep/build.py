@@ -120,6 +120,7 @@ def _prepare_dataset(images: Path, reports: Path | None, out: Path, vocab: Vocab
     early_errors: list[dict[str, str]] = []
     study_files: dict[str, list[Path]] = {}
     layout_patients: dict[str, str | None] = {}  # a layout's patients, hashed (a rerun counts them without reading files)
+    reportless = False  # a data set published without reports: evaluation only, labels the released ones
     if layout != "folder":
         from medalign.prep.layouts import get_layout
 
@@ -130,6 +131,7 @@ def _prepare_dataset(images: Path, reports: Path | None, out: Path, vocab: Vocab
         all_studies, study_files, report_rows, notes, problems = found.studies, found.files, found.reports, found.notes, []
         given_labels = given_labels if given_labels is not None else found.given_labels
         reports = found.reports_source
+        reportless = not found.reports_published
         layout_patients = {sid: chosen.patient_hash(sid) for sid in all_studies}
     elif reports is None:
         raise InputError("--reports is required (except with --layout or --merge)")
@@ -176,7 +178,7 @@ def _prepare_dataset(images: Path, reports: Path | None, out: Path, vocab: Vocab
             errors.append({"study_id": sid, "path": str(path), "reason": "no report for this study"})
         elif report_rows[sid].get("conflict"):
             errors.append({"study_id": sid, "path": str(path), "reason": f"{Path(reports).name}: several different reports for this study_id"})
-        elif not clean_report(report_rows[sid]["report"]):
+        elif not reportless and not clean_report(report_rows[sid]["report"]):
             errors.append({"study_id": sid, "path": str(path), "reason": f"{Path(reports).name}: empty report"})
         elif is_done(out, sid):
             skipped += 1
@@ -210,6 +212,7 @@ def _prepare_dataset(images: Path, reports: Path | None, out: Path, vocab: Vocab
     bar.close()
     done = 0
     patient_of = {res["study_id"]: res.pop("patient_hash") for res in results if "patient_hash" in res}
+    patient_of.update({sid: h for sid, h in layout_patients.items() if h})  # a layout's own patient column (RAD-ChestCT's MRN_DEID)
     for sid, path, files in done_earlier:  # a rerun checks and counts every study, not only this run's
         patient = layout_patients.get(sid) if layout != "folder" else read_patient_hash(Path(path), files)
         if patient:
@@ -236,7 +239,7 @@ def _prepare_dataset(images: Path, reports: Path | None, out: Path, vocab: Vocab
             errors.append({"study_id": sid, "path": str(reports), "reason": f"split '{split}' is not train, val or test"})
             continue
         parsed, given = labeler.label(text), (given_labels or {}).get(sid)
-        if given is not None:
+        if given is not None and not reportless:  # no report, nothing to agree with
             compared.append((given, parsed))
         for entry in record.pop("volumes", None) or [record]:  # series.select: all: a row per volume, one report and split
             rows.append({
@@ -251,10 +254,12 @@ def _prepare_dataset(images: Path, reports: Path | None, out: Path, vocab: Vocab
     patients = patients_per_split(rows, patient_of, given_split=any(report_rows[sid].get("split") for sid in report_rows), reports=reports)
     if given_labels is not None:
         unused = len(set(given_labels) - set(all_studies))
-        log_lines.append(f"given labels: {len(compared)} of {len({r['study_id'] for r in rows})} studies labelled by the labels file"
+        labelled = sum(1 for sid in {r["study_id"] for r in rows} if sid in given_labels)
+        log_lines.append(f"given labels: {labelled} of {len({r['study_id'] for r in rows})} studies labelled by the labels file"
                          + (f"; {unused} rows of it name no study" if unused else "") + "; they win over the labeler")
-        log_lines.append("agreement of the given labels with the report labeler (present vs anything else):")
-        log_lines += agreement_table(compared, vocab.names)
+        if compared:
+            log_lines.append("agreement of the given labels with the report labeler (present vs anything else):")
+            log_lines += agreement_table(compared, vocab.names)
     write_manifest(rows, vocab.names, out, f"manifest{suffix}.parquet")
     if id_key is not None:
         errors = [withhold_path(e, studies.get(e["study_id"])) for e in errors]

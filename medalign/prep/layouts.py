@@ -36,6 +36,9 @@ class FoundStudies:
     notes: list[str]
     #: what error rows about reports name
     reports_source: Path
+    #: False for a data set published without reports (RAD-ChestCT): studies are kept for evaluation,
+    #: their report empty and their labels the released ones only
+    reports_published: bool = True
 
 
 class Layout:
@@ -159,3 +162,67 @@ class CtRateLayout(Layout):
     def patient_hash(self, study_id: str) -> str | None:
         patient = study_id.rsplit("_", 1)[0]  # valid_4_a -> valid_4
         return hashlib.sha256(patient.encode("utf-8")).hexdigest()
+
+
+@register_layout
+class RadChestCtLayout(Layout):
+    """RAD-ChestCT as published (:mod:`medalign.io.rad_chestct`): a ``<NoteAcc_DEID>.npz`` is a study
+    of one volume; its set (``trn``/``val``/``tst``) is its split, as published (patient-disjoint). There
+    are no public reports: the data set is for evaluation, its labels the released abnormality labels
+    mapped onto the vocabulary by ``configs/label_maps/rad_chestct.yaml`` (unmapped findings stay
+    unknown, never negative)."""
+
+    name = "rad-chestct"
+    label_map = "rad_chestct"
+
+    def __init__(self) -> None:
+        self._patients: dict[str, str] = {}
+
+    def find(self, root: Path, config: PrepConfig, vocab: Vocabulary) -> FoundStudies:
+        from medalign.io import rad_chestct
+        from medalign.reports.label_map import load_label_map
+
+        root = Path(root)
+        files: dict[str, list[Path]] = {}
+        odd = []
+        for path in sorted(root.rglob("*.npz")):
+            parts = rad_chestct.parse_volume_name(path.name)
+            if parts is None:
+                odd.append(path)
+            elif parts.study_id in files:
+                raise InputError(f"{path}: {parts.study_id} is also {files[parts.study_id][0]}; one file per study")
+            else:
+                files[parts.study_id] = [path]
+        if not files:
+            raise InputError(f"{root}: no RAD-ChestCT volumes (<NoteAcc_DEID>.npz: trn00001.npz, val27291.npz, tst34780.npz): "
+                             "point --images at the folder holding them and the label CSVs")
+        mapping = load_label_map(self.label_map)
+        mapping.check(vocab, f"label map {self.label_map}")
+        released: dict[str, dict[str, int]] = {}
+        for path in rad_chestct.find_files(root, rad_chestct.LABEL_FILES):
+            released.update(rad_chestct.read_abnormality_labels(path))
+        given = {sid: mapping.apply(released[sid], vocab) for sid in files if sid in released}
+        unmapped = [n for n in vocab.names if n.lower() not in {t.lower() for t in mapping.targets()}]
+        notes = [f"--layout rad-chestct: {len(files)} volumes; released labels for {len(given)} "
+                 f"(mapped by label map {self.label_map}: {mapping.source}); no public reports: evaluation only",
+                 f"unknown in every study (no RAD-ChestCT label maps to them): {', '.join(unmapped) or 'none'}"]
+        if odd:
+            notes.append(f"warning: {len(odd)} .npz files not named as RAD-ChestCT names them (e.g. {odd[0].relative_to(root)}); left out")
+        missing = len(files) - len(given)
+        if missing:
+            notes.append(f"warning: {missing} volumes have no row in the label CSVs ({', '.join(rad_chestct.LABEL_FILES)}); "
+                         "their findings are unknown")
+        self._patients = rad_chestct.read_patients(root)
+        reports = {sid: {"report": "", "split": rad_chestct.parse_volume_name(f[0].name).split} for sid, f in files.items()}
+        return FoundStudies({sid: f[0].parent for sid, f in files.items()}, files, reports, given, notes, root,
+                            reports_published=False)
+
+    def read(self, root: Path, files: list[Path], config: PrepConfig) -> list[tuple[Volume, str]]:
+        from medalign.io import rad_chestct
+
+        volume = rad_chestct.load_rad_chestct_volume(files[0])
+        return [(volume, f"RAD-ChestCT {files[0].name}: {rad_chestct.VOXEL_MM} mm isotropic HU, superior slice first, as published")]
+
+    def patient_hash(self, study_id: str) -> str | None:
+        patient = self._patients.get(study_id)
+        return hashlib.sha256(patient.encode("utf-8")).hexdigest() if patient else None

@@ -49,17 +49,24 @@ class Manifest:
     def truth(self, names: list[str], uncertain: str = "ignore") -> np.ndarray:
         """``(N, len(names))`` evaluation truth from the parsed labels: 1 present, 0 negated or not
         mentioned; uncertain as the policy says (positive 1, negative 0, half or ignore -1: left out
-        of that finding's metrics); NaN for a name the dataset's vocabulary does not have."""
+        of that finding's metrics); NaN for a name the dataset's vocabulary does not have, and for an
+        unlabelled finding of a study without a report (``--layout rad-chestct``: unknown, not absent)."""
         parsed = {name: k for k, name in enumerate(self.findings)}
         full = self.labels()
+        # "not mentioned = absent" needs a report that could have mentioned it
+        has_report = np.array([bool((r or "").strip()) for r in self.columns.get("report", [" "] * len(self))])
         out = np.full((len(self), len(names)), np.nan, np.float32)
         for k, name in enumerate(names):
             if name in parsed:
                 col = full[:, parsed[name]]
-                out[:, k] = np.where(np.isnan(col), 0.0, col)
+                out[:, k] = np.where(np.isnan(col) & has_report, 0.0, col)
         if uncertain in ("positive", "negative"):
             out[out == -1] = 1.0 if uncertain == "positive" else 0.0
         return out
+
+    def reportless(self) -> int:
+        """How many rows have no report (a data set published without them: evaluation only)."""
+        return sum(1 for r in self.columns.get("report", []) if not (r or "").strip())
 
     def studies(self) -> "Manifest":
         """One row per study: the first row of each ``study_id`` (in order), with a ``volumes`` column

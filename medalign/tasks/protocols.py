@@ -31,6 +31,35 @@ PUBLISHED_CT_RATE = {
 }
 
 
+#: published zero-shot macro AUROC on RAD-ChestCT (14 rows: CT-RATE's findings the fVLM/HLIP label map
+#: covers, the two calcifications merged into one), from the authors' released result files
+PUBLISHED_RAD_CHESTCT = {
+    "HLIP ViT-B (Zhao et al. 2025; src/hlip_test/results/rad_chestct/.../results_volume.json)": 0.723,
+}
+#: the two findings fVLM's and HLIP's RAD-ChestCT tables merge into one "calcification" row
+CALCIFICATIONS = ("coronary artery wall calcification", "arterial wall calcification")
+
+
+def merged_calcification(coronary: np.ndarray, arterial: np.ndarray) -> np.ndarray:
+    """fVLM/HLIP's one calcification score from the two CT-RATE findings' ``(N,)`` scores: the larger
+    when either exceeds 0.5, else the smaller (``compute_radchestct_metrics`` in HLIP's zero-shot script)."""
+    return np.where((coronary > 0.5) | (arterial > 0.5), np.maximum(coronary, arterial), np.minimum(coronary, arterial))
+
+
+def rad_chestct_rows(scores: np.ndarray, truth: np.ndarray, names: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """RAD-ChestCT's evaluation rows as fVLM and HLIP tabulate them: every scored finding but the two
+    calcifications, then one ``calcification`` row (:func:`merged_calcification`; truth RAD-ChestCT's
+    one calcification label, which the label map gives both). ``scores``, ``truth`` ``(N, K)``."""
+    keep = [k for k, n in enumerate(names) if n not in CALCIFICATIONS]
+    s, t, out_names = scores[:, keep], truth[:, keep], [names[k] for k in keep]
+    if all(c in names for c in CALCIFICATIONS):
+        c, a = names.index(CALCIFICATIONS[0]), names.index(CALCIFICATIONS[1])
+        s = np.concatenate([s, merged_calcification(scores[:, c], scores[:, a])[:, None]], axis=1)
+        t = np.concatenate([t, truth[:, c:c + 1]], axis=1)
+        out_names.append("calcification")
+    return s, t, out_names
+
+
 def ct_clip_vocabulary(vocab: Vocabulary) -> Vocabulary:
     """``vocab`` with CT-CLIP's prompt pair for every finding: ``"<Finding>."`` / ``"not <Finding>."``
     (the name with its first letter in capitals, as CT-RATE writes its labels)."""
@@ -68,7 +97,7 @@ def ct_clip_metrics(scores: np.ndarray, truth: np.ndarray, names: list[str]) -> 
         known = np.isin(y, (0, 1))
         y, s = y[known].astype(int), s[known]
         if len(np.unique(y)) < 2:
-            per[name] = {"auroc": None, "skipped": "one class only"}
+            per[name] = {"auroc": None, "skipped": "one class only" if len(y) else "no labels (unknown in every study)"}
             continue
         fpr, tpr, _ = roc_curve(y, s)
         t = ct_clip_threshold(s, y)
@@ -81,6 +110,17 @@ def ct_clip_metrics(scores: np.ndarray, truth: np.ndarray, names: list[str]) -> 
             "threshold_rule": "per finding, on the evaluated set: of linspace(0, 1, 100) the one closest to (FPR 0, TPR 1); call = score > t",
             "prompts": "'<Finding>.' / 'not <Finding>.', softmax over the pair",
             "published_macro_auroc_ct_rate_valid": PUBLISHED_CT_RATE}
+
+
+def rad_chestct_metrics(scores: np.ndarray, truth: np.ndarray, names: list[str]) -> dict:
+    """:func:`ct_clip_metrics` on RAD-ChestCT's rows (:func:`rad_chestct_rows`; findings with no known
+    label, such as lymphadenopathy, drop out as one-class), with the published RAD-ChestCT figures beside."""
+    s, t, rows = rad_chestct_rows(scores, truth, names)
+    out = ct_clip_metrics(s, t, rows)
+    out.pop("published_macro_auroc_ct_rate_valid")
+    out["benchmark"] = "rad-chestct: the two calcifications merged as fVLM and HLIP merge them"
+    out["published_macro_auroc_rad_chestct"] = PUBLISHED_RAD_CHESTCT
+    return out
 
 
 def ct_clip_report_to_volume_recall(reports: np.ndarray, volumes: np.ndarray, ks: tuple[int, ...] = (5, 10, 50, 100)) -> dict:

@@ -92,7 +92,9 @@ def evaluate_retrieval(index: Path, dataset: Path, out: Path, split: str = "test
         y = manifest.labels()[[pos[sid] for sid in ids]]
     positive = np.nan_to_num(y, nan=0.0) == 1
     studies, reports = idx.studies[rows], idx.reports[rows]
-    r2s, s2r = paired_recall_at_k(reports, studies), paired_recall_at_k(studies, reports)
+    report_of = dict(zip(manifest.columns["study_id"], manifest.columns["report"]))
+    with_reports = all((report_of.get(sid) or "").strip() for sid in ids)  # RAD-ChestCT publishes none: no report recall
+    r2s, s2r = (paired_recall_at_k(reports, studies), paired_recall_at_k(studies, reports)) if with_reports else (None, None)
     m, chance = map_at_k(studies, relevance_matrix(positive), 10)
     metrics = {
         "split": split,
@@ -102,10 +104,12 @@ def evaluate_retrieval(index: Path, dataset: Path, out: Path, split: str = "test
         "study_to_study": {"map@10": m, "chance_map@10": chance},
         "relevance": "study->study: shares a positive finding with the query (both normal counts)",
     }
+    if not with_reports:
+        metrics["note"] = "some studies have no report (a data set published without them): report<->study recall not computed"
     if protocol == "ct-clip":
         from medalign.tasks.protocols import ct_clip_report_to_volume_recall, ct_clip_volume_to_volume
 
-        metrics["protocol"] = {"protocol": "ct-clip", "report_to_volume_recall": ct_clip_report_to_volume_recall(reports, studies),
+        metrics["protocol"] = {"protocol": "ct-clip", "report_to_volume_recall": ct_clip_report_to_volume_recall(reports, studies) if with_reports else None,
                                "volume_to_volume": ct_clip_volume_to_volume(studies, positive.astype(int)),
                                "note": "as CT-CLIP's scripts compute them: the query itself stays among the candidates; "
                                        "ties in index order; see medalign.tasks.protocols"}

@@ -68,13 +68,15 @@ def zeroshot_dataset(checkpoint: Path, dataset: Path, out: Path, vocab: str | No
         threshold_source = "youden on the validation split"
     metrics = evaluate(scores, truth, voc.names, thresholds, threshold_notes=notes)
     metrics.update({
-        "split": split, "n_studies": len(manifest), "ground_truth": str(labels) if labels else "labels parsed from reports",
+        "split": split, "n_studies": len(manifest), "ground_truth": str(labels) if labels else ("the released labels in the manifest (no reports)" if manifest.reportless()
+                                                      else "labels parsed from reports (given labels winning)"),
         "score": "softmax over (positive, negative) prompt", "threshold_source": threshold_source,
     })
     if protocol == "ct-clip":
-        from medalign.tasks.protocols import ct_clip_metrics
+        from medalign.tasks.protocols import ct_clip_metrics, rad_chestct_metrics
 
-        metrics["protocol"] = ct_clip_metrics(scores, truth, voc.names)
+        rad = all(str(p).startswith("RAD-ChestCT ") for p in manifest.columns.get("provenance", [""]))  # prep --layout rad-chestct
+        metrics["protocol"] = (rad_chestct_metrics if rad else ct_clip_metrics)(scores, truth, voc.names)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_metrics(out / "metrics.json", metrics)

@@ -65,6 +65,9 @@ def pretrain(
     run = Path(run)
     manifest = read_manifest(dataset)
     train = manifest.subset("train")
+    if train.reportless():
+        raise InputError(f"{dataset}: {train.reportless()} of {len(train)} training studies have no report; a data set published "
+                         "without reports (--layout rad-chestct) is for evaluation (zeroshot --data), and pretrain needs a report per study")
     if len(train) < 2:
         raise InputError(f"{dataset}: {len(train)} training studies; contrastive training needs at least 2")
     if len(train) < config.data.batch_size:
