@@ -74,8 +74,29 @@ def test_every_registered_step_builds_its_transform():
 
     from medalign.prep.spacing import AxisAlignedSpacingd
     from medalign.prep.steps import get_step, list_steps
+    from medalign.prep.window import FusedScaleIntensityRanged
 
     assert list_steps() == ["orientation", "spacing", "window", "percentile_window", "crop_or_pad", "resize", "crop_foreground"]
     for name in list_steps():
         cls = get_step(name).transform()
-        assert issubclass(cls, MapTransform) or cls is AxisAlignedSpacingd, name
+        assert issubclass(cls, MapTransform) or cls in (AxisAlignedSpacingd, FusedScaleIntensityRanged), name
+
+
+@pytest.mark.parametrize("window", [dict(a_min=-1000.0, a_max=400.0, b_min=0.0, b_max=1.0, clip=True),
+                                    dict(a_min=-160.0, a_max=240.0, b_min=-1.0, b_max=1.0, clip=False),
+                                    dict(a_min=0.0, a_max=255.0, b_min=1.0, b_max=0.0, clip=True)])  # inverted output range
+def test_the_fused_window_equals_monai_and_leaves_its_input(window):
+    from monai.transforms import ScaleIntensityRanged
+
+    from medalign.prep.window import FusedScaleIntensityRanged
+
+    image = _image((30, 20, 10), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0)) * 600.0
+    before = image.clone()
+    ref = ScaleIntensityRanged(keys="image", **window)({"image": image.clone()})["image"]
+    out = FusedScaleIntensityRanged(keys="image", **window)({"image": image})["image"]
+    np.testing.assert_allclose(out.numpy(), ref.numpy(), atol=2e-6)
+    np.testing.assert_allclose(np.asarray(out.affine), np.asarray(ref.affine))
+    assert torch.equal(image.as_tensor(), before.as_tensor())  # the volume it was given is not changed
+    integers = MetaTensor(torch.arange(24, dtype=torch.int32).reshape(1, 2, 3, 4))  # not float: MONAI's own transform
+    a = FusedScaleIntensityRanged(keys="image", **window)({"image": integers})["image"]
+    assert torch.equal(a.as_tensor(), ScaleIntensityRanged(keys="image", **window)({"image": integers})["image"].as_tensor())

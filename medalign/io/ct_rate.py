@@ -140,12 +140,12 @@ def read_metadata(root: Path) -> dict[str, VolumeGeometry]:
 def load_ct_rate_volume(path: Path, geometry: VolumeGeometry) -> Volume:
     """A CT-RATE NIfTI in HU (``slope * value + intercept``) with the metadata's voxel size along the
     header's axis directions (its origin kept) as a :class:`Volume` ``(X, Y, Z)``."""
-    import nibabel as nib
+    from medalign.io.nifti import open_nifti
 
     path = Path(path)
     try:
-        img = nib.load(str(path))
-        data = np.asarray(img.get_fdata(dtype=np.float32), dtype=np.float32)
+        img = open_nifti(path)
+        data = np.asanyarray(img.dataobj)  # the header's own scaling applied (as get_fdata), stored dtype kept when it has none
     except Exception as e:  # noqa: BLE001 - nibabel raises many types for bad files
         raise InputError(f"{path.name}: unreadable NIfTI ({e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
     if data.ndim != 3:
@@ -156,7 +156,9 @@ def load_ct_rate_volume(path: Path, geometry: VolumeGeometry) -> Volume:
         raise InputError(f"{path.name}: singular affine")
     fixed = affine.copy()
     fixed[:3, :3] = affine[:3, :3] / lengths * np.asarray(geometry.spacing)  # directions from the header, sizes from the CSV
-    array = data * np.float32(geometry.slope) + np.float32(geometry.intercept)
+    array = np.empty(data.shape, np.float32, order="F" if data.flags.f_contiguous else "C")
+    np.multiply(data, np.float32(geometry.slope), out=array, casting="unsafe")  # one pass to float32 HU, no float64 copy
+    array += np.float32(geometry.intercept)
     if not np.isfinite(array).all():
         raise InputError(f"{path.name}: volume holds NaN or infinite values")
     return Volume(array=array, affine=fixed, source="ct-rate", modality="CT")

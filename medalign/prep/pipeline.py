@@ -23,7 +23,9 @@ from medalign.prep.studies import load_study_volumes
 def to_cache_dtype(array: np.ndarray, dtype: str) -> np.ndarray:
     """The preprocessed ``[0, 1]`` volume in the cache's dtype (uint8: 256 levels, 0 -> 0 and 1 -> 255)."""
     if dtype == "uint8":
-        return np.round(np.clip(array, 0.0, 1.0) * 255.0).astype(np.uint8)
+        scaled = np.clip(array, 0.0, 1.0)  # a fresh array, scaled and rounded in place (no temporaries at 480x480x240)
+        scaled *= 255.0
+        return np.rint(scaled, out=scaled).astype(np.uint8)
     return array.astype(dtype)
 
 

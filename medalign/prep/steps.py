@@ -60,11 +60,17 @@ def _axis_aligned_spacing() -> type:
     return AxisAlignedSpacingd
 
 
+def _fused_window() -> type:
+    from medalign.prep.window import FusedScaleIntensityRanged
+
+    return FusedScaleIntensityRanged
+
+
 register_step("orientation", _monai("Orientationd"), {"axcodes": "RAS", "labels": (("L", "R"), ("P", "A"), ("I", "S"))},
               "reorient to axis codes (RAS: the canonical orientation)")
 register_step("spacing", _axis_aligned_spacing, {"mode": "bilinear", "padding_mode": "border"},
               "resample to a voxel spacing in mm (Spacingd's options; axis-aligned grids on a fast path)")
-register_step("window", _monai("ScaleIntensityRanged"), {"b_min": 0.0, "b_max": 1.0, "clip": True},
+register_step("window", _fused_window, {"b_min": 0.0, "b_max": 1.0, "clip": True},
               "an intensity window (HU for CT) mapped to [0, 1]")
 register_step("percentile_window", _monai("ScaleIntensityRangePercentilesd"),
               {"lower": 1.0, "upper": 99.0, "b_min": 0.0, "b_max": 1.0, "clip": True}, "a percentile window mapped to [0, 1]")

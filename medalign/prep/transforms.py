@@ -44,8 +44,11 @@ def apply_preprocessing(volume: Volume, pipeline) -> tuple[np.ndarray, np.ndarra
     """Run ``pipeline`` on ``volume``; returns the ``(X, Y, Z)`` float32 array and its affine."""
     from monai.data import MetaTensor
 
-    image = MetaTensor(torch.from_numpy(np.ascontiguousarray(volume.array))[None], affine=torch.as_tensor(volume.affine, dtype=torch.float64))
+    array = volume.array
+    if array.dtype != np.float32 or any(s < 0 for s in array.strides):  # torch takes any positive strides: no copy of a
+        array = np.ascontiguousarray(array, dtype=np.float32)          # Fortran-ordered NIfTI array (0.7 s at 512x512x200)
+    image = MetaTensor(torch.from_numpy(array)[None], affine=torch.as_tensor(volume.affine, dtype=torch.float64))
     out = pipeline({KEY: image})[KEY]
-    array = out[0].detach().cpu().numpy().astype(np.float32)
+    array = np.asarray(out[0].detach().cpu().numpy(), dtype=np.float32)
     affine = np.asarray(out.affine, dtype=float) if hasattr(out, "affine") else volume.affine
     return array, affine
