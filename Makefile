@@ -16,12 +16,17 @@ install: $(STAMP)
 BROWSER_STAMP := $(VENV)/.browser
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)
 APT_BROWSER := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends chromium-headless-shell
+# and a real PACS (Orthanc, Debian's package; the tests start their own on loopback) for medalign serve
+APT_PACS := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends orthanc orthanc-dicomweb
 browser: $(BROWSER_STAMP)
 
 $(BROWSER_STAMP): $(STAMP)
 	@command -v chromium-headless-shell > /dev/null || command -v chromium > /dev/null || \
 	  ($(APT_BROWSER) > $(VENV)/apt.log 2>&1 || ($(SUDO) apt-get update -q >> $(VENV)/apt.log 2>&1 && $(APT_BROWSER) >> $(VENV)/apt.log 2>&1)) || \
 	  echo "warning: could not install chromium-headless-shell (see $(VENV)/apt.log); the browser test will be skipped"
+	@command -v Orthanc > /dev/null || \
+	  ($(APT_PACS) >> $(VENV)/apt.log 2>&1 || ($(SUDO) apt-get update -q >> $(VENV)/apt.log 2>&1 && $(APT_PACS) >> $(VENV)/apt.log 2>&1)) || \
+	  echo "warning: could not install orthanc (see $(VENV)/apt.log); the PACS test of medalign serve will be skipped"
 	@touch $@
 
 # open_clip's losses are the tests' reference for info_nce/siglip; its wheel is installed without

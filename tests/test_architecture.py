@@ -11,7 +11,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "medalign"
 #: rooms from the ground up; a module may import its own room and the rooms before it
-ROOMS = ["ground", "io", "config", "reports", "prep", "synth", "data", "models", "losses", "train", "tasks", "cli"]
+ROOMS = ["ground", "io", "config", "reports", "prep", "synth", "data", "models", "losses", "train", "tasks", "serve", "cli"]
 #: single modules at the package's top level that belong to the ground floor
 GROUND = {"medalign", "medalign.errors", "medalign.metrics", "medalign.progress", "medalign.devices"}
 MAX_LINES = 500

@@ -357,6 +357,32 @@ def cmd_retrieval_eval(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(a: argparse.Namespace) -> int:
+    import logging
+
+    from medalign.serve.app import create_app, read_token
+
+    token = read_token(a.token_file)  # refused before anything heavy loads
+    if a.max_upload_mb <= 0:
+        raise MedalignError("--max-upload-mb: must be positive")
+    from medalign.serve.service import Service
+
+    service = Service(a.checkpoint, a.index, a.device, a.vocab)
+    pacs = None
+    if a.pacs:
+        from medalign.serve.pacs import OrthancClient
+
+        pacs = OrthancClient(a.pacs)
+    app = create_app(service, token, int(a.max_upload_mb * 2**20), pacs)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    print(f"medalign serve: {service.info()['studies']} indexed studies, {service.modality.upper()} model; "
+          f"http://{a.host}:{a.port}/ (API: Authorization: Bearer <token in {a.token_file}>)", file=sys.stderr)
+    import uvicorn
+
+    uvicorn.run(app, host=a.host, port=a.port, access_log=False, log_level="warning")  # medalign's own access log: no query strings
+    return 0
+
+
 def cmd_demo(a: argparse.Namespace) -> int:
     from medalign.cli.demo import run_demo
 

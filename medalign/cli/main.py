@@ -292,6 +292,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, required=True)
     s.set_defaults(func=commands.cmd_retrieval_eval)
 
+    s = sub.add_parser("serve", help="a web service and page over a trained model and its index (search, zero-shot, similar cases)")
+    s.add_argument("--checkpoint", type=_existing_path, required=True, help="run folder or exported model folder")
+    s.add_argument("--index", type=_existing_dir, required=True, help="the index built with this model (medalign index)")
+    s.add_argument("--token-file", type=Path, required=True, help="a file holding the bearer token (mode 600: refused if others may read it)")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback only)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--max-upload-mb", type=float, default=512.0, help="largest study a request may send (413 beyond)")
+    s.add_argument("--pacs", default=None, metavar="URL", help="an Orthanc server (http://127.0.0.1:8042): enables ?study_uid= queries")
+    s.add_argument("--vocab", default=None)
+    s.add_argument("--device", default="auto")
+    s.set_defaults(func=commands.cmd_serve)
+
     s = sub.add_parser("demo", parents=[progress], help="synth -> prep -> pretrain -> zeroshot -> index -> retrieve on phantom data")
     s.add_argument("--out", type=Path, default=Path("demo_out"))
     s.add_argument("--modality", choices=["ct", "oct"], default="ct")

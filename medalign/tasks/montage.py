@@ -86,9 +86,8 @@ def draw_montage(query: np.ndarray | str, query_title: str, hits: list[dict], vo
     plt.close(fig)
 
 
-def _png_data_uri(image: np.ndarray) -> str:
-    """A grey-scale ``[0, 1]`` image as an inline ``data:image/png;base64`` URI."""
-    import base64
+def png_bytes(image: np.ndarray) -> bytes:
+    """A grey-scale ``[0, 1]`` image (or an RGB one, kept) as PNG bytes."""
     import io
 
     import matplotlib
@@ -98,7 +97,14 @@ def _png_data_uri(image: np.ndarray) -> str:
 
     buf = io.BytesIO()
     plt.imsave(buf, np.clip(image, 0, 1), cmap="gray", vmin=0, vmax=1, format="png")  # an RGB image keeps its colours
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return buf.getvalue()
+
+
+def _png_data_uri(image: np.ndarray) -> str:
+    """A grey-scale ``[0, 1]`` image as an inline ``data:image/png;base64`` URI."""
+    import base64
+
+    return "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode("ascii")
 
 
 def write_html(query: np.ndarray | str, query_title: str, hits: list[dict], volumes: list[np.ndarray], path: Path, modality: str = "ct",

@@ -99,8 +99,14 @@ def zeroshot_study(checkpoint: Path, study: Path, vocab: str | None = None, devi
     "call"}}, "threshold_source"}``; the thresholds are the export's (Youden on the validation split
     at the end of training, ``thresholds.json``); a finding without one gets no call."""
     model, model_dir = load_model(checkpoint, device)
-    voc = resolve_vocabulary(vocab, model_dir, None)
-    raw = load_raw_study(study, model_dir, modality)
+    return score_study(model, model_dir, resolve_vocabulary(vocab, model_dir, None), study, modality)
+
+
+@torch.no_grad()
+def score_study(model, model_dir: Path, voc: Vocabulary, study: Path, modality: str | None = None, raw=None) -> dict:
+    """:func:`zeroshot_study` with the model already loaded (``medalign serve`` loads it once); ``raw``:
+    the study already read (:func:`~medalign.tasks.raw_study.load_raw_study`), else it is read here."""
+    raw = raw if raw is not None else load_raw_study(study, model_dir, modality)
     emb = embed_raw_study(model, raw)[None]
     probs = finding_probabilities(model, emb, voc)[0]
     stored = read_thresholds(model_dir)
