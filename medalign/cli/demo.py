@@ -71,4 +71,8 @@ def run_demo(out: Path, modality: str = "ct", studies: int | None = None, max_st
     for name, v in metrics["per_finding"].items():
         if v["auroc"] is not None:
             print(f"  zero-shot AUROC {name:<22} {v['auroc']:.3f}  ({v['n_positive']}/{v['n']} positive)")
+    token = out / "serve_token"
+    print("\nserve the demo model (page and API on http://127.0.0.1:8000/; docs/serve.md):")
+    print(f"  (umask 077; python3 -c 'import secrets; print(secrets.token_urlsafe(24))' > {token})")
+    print(f"  medalign serve --checkpoint {run} --index {index} --token-file {token}")
     return 0

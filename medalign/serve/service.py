@@ -23,6 +23,18 @@ from medalign.tasks.retrieval import StudyIndex
 from medalign.tasks.zeroshot_run import read_thresholds, resolve_vocabulary, score_study
 
 
+def release_freed_memory() -> None:
+    """Hand freed heap pages back to the system (glibc's ``malloc_trim``): a study's buffers are
+    hundreds of MB, and without this the process keeps its high-water mark after every burst."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
+
+
 class Service:
     """A trained model, its index and the indexed dataset's reports, loaded once; thread-safe (one
     inference at a time: the model and its memory are shared by every request)."""
@@ -63,6 +75,12 @@ class Service:
 
     def _read(self, body: bytes, modality: str | None):
         """An uploaded study, read as the model's training data was prepared; errors name no path."""
+        try:
+            return self._read_upload(body, modality)
+        finally:
+            release_freed_memory()
+
+    def _read_upload(self, body: bytes, modality: str | None):
         with tempfile.TemporaryDirectory(prefix="medalign-serve-") as tmp:
             try:
                 path = write_upload(body, Path(tmp))
