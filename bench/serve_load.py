@@ -152,7 +152,6 @@ def main() -> None:
                 for clients in (1, 8, 32):
                     results.append(load(url, token, kind, clients, max(total, clients), body))
             rounds.append(rss_mib(server.pid))
-        after = rounds[-1]
         print(f"medalign serve on loopback, index of {args.studies} studies (HNSW), CPU, {os.cpu_count()} cores; one uvicorn process")
         print("| endpoint | clients | requests | errors | throughput (req/s) | p50 (ms) | p99 (ms) |")
         print("|---|---|---|---|---|---|---|")
