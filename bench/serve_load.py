@@ -113,6 +113,33 @@ def load(url: str, token: str, kind: str, clients: int, total: int, body: bytes)
             "p50_ms": float(np.percentile(lat, 50)) if len(lat) else None, "p99_ms": float(np.percentile(lat, 99)) if len(lat) else None}
 
 
+def batching(run: Path, study: Path) -> None:
+    """Would batching concurrent zero-shot requests help? The image tower on B studies at once against
+    B calls of one study each (the same prepared volume), in this process, on this machine's CPU."""
+    import torch
+
+    from medalign.serve.uploads import write_upload
+    from medalign.tasks.model_io import load_model
+    from medalign.tasks.raw_study import load_raw_study
+
+    model, model_dir = load_model(run, "cpu")
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = load_raw_study(write_upload(study.read_bytes(), Path(tmp)), model_dir)
+    x = torch.from_numpy(raw.arrays[0])[None, None]
+    with torch.no_grad():
+        model.encode_image(x)  # first-call costs
+        for b in (4, 8, 16):
+            t = time.perf_counter()
+            for _ in range(b):
+                model.encode_image(x)
+            one_by_one = time.perf_counter() - t
+            t = time.perf_counter()
+            model.encode_image(x.expand(b, *x.shape[1:]).contiguous())
+            batched = time.perf_counter() - t
+            print(f"image tower, {b} studies: one at a time {one_by_one * 1000:.0f} ms, one batch {batched * 1000:.0f} ms "
+                  f"({one_by_one / batched:.2f}x)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--studies", type=int, default=100_000)
@@ -123,6 +150,7 @@ def main() -> None:
     server = None
     try:
         run, index, study = build(work, args.studies)
+        batching(run, study)
         token = secrets.token_urlsafe(24)
         (work / "token").write_text(token)
         (work / "token").chmod(0o600)

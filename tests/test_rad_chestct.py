@@ -145,3 +145,15 @@ def test_zeroshot_on_rad_chestct_uses_the_released_labels_and_its_table(prepared
     assert per["lymphadenopathy"] == {"auroc": None, "skipped": "no labels (unknown in every study)"}
     assert "calcification" in per and "arterial wall calcification" not in per
     assert per["pleural effusion"]["auroc"] is not None
+
+
+def test_retrieval_eval_without_reports_gives_study_figures_only(prepared, tmp_path, capsys):
+    model = Path(__file__).parent / "data" / "pointing_model"
+    index = tmp_path / "index"
+    assert cli(["index", "--checkpoint", str(model), "--data", str(prepared), "--out", str(index)]) == 0
+    assert cli(["retrieval-eval", "--index", str(index), "--data", str(prepared), "--split", "all", "--protocol", "ct-clip",
+                "--out", str(tmp_path / "r")]) == 0
+    assert "no reports: report recall not computed" in capsys.readouterr().out
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert metrics["report_to_study"] is None and metrics["protocol"]["report_to_volume_recall"] is None
+    assert metrics["study_to_study"]["map@10"] is not None and "no report" in metrics["note"]

@@ -43,6 +43,8 @@ class Service:
         self.index = StudyIndex(index)
         self.model, self.model_dir = load_model(Path(checkpoint), device)
         self.index.check_model(self.model_dir)
+        if self.index.search_kind == "hnsw":  # loaded now, not by whichever concurrent request comes first
+            self.index.graph("study")
         self.vocab = resolve_vocabulary(vocab, self.model_dir, None)
         prep = self.model_dir / "prep_config.yaml"
         self.modality = str(read_yaml(prep).get("modality", "ct")) if prep.is_file() else "ct"
