@@ -45,22 +45,20 @@ def _new_training_folder(folder: Path, what: str, resume_hint: str, overwrite: b
         clear_run(folder)
 
 
+#: synth --layout NAME: the module and function writing a phantom tree in that published layout
+SYNTH_LAYOUTS = {"ct-rate": ("medalign.synth.ct_rate", "synthesize_ct_rate"), "rad-chestct": ("medalign.synth.rad_chestct", "synthesize_rad_chestct")}
+
+
 def cmd_synth(a: argparse.Namespace) -> int:
-    if a.layout == "ct-rate":
-        from medalign.synth.ct_rate import synthesize_ct_rate
+    if a.layout in SYNTH_LAYOUTS:
+        import importlib
 
         if a.modality != "ct":
-            raise MedalignError("synth --layout ct-rate writes chest CT (--modality ct)")
-        summary = synthesize_ct_rate(a.out, a.studies, a.seed)
-        print(f"wrote {summary['studies']} CT-RATE-layout scans ({summary['volumes']} volumes) to {summary['images']}; truth {summary['truth']}")
-        return 0
-    if a.layout == "rad-chestct":
-        from medalign.synth.rad_chestct import synthesize_rad_chestct
-
-        if a.modality != "ct":
-            raise MedalignError("synth --layout rad-chestct writes chest CT (--modality ct)")
-        summary = synthesize_rad_chestct(a.out, a.studies, a.seed)
-        print(f"wrote {summary['studies']} RAD-ChestCT-layout volumes to {summary['images']}; truth {summary['truth']}")
+            raise MedalignError(f"synth --layout {a.layout} writes chest CT (--modality ct)")
+        module, function = SYNTH_LAYOUTS[a.layout]
+        summary = getattr(importlib.import_module(module), function)(a.out, a.studies, a.seed)
+        volumes = f" ({summary['volumes']} volumes)" if "volumes" in summary else ""
+        print(f"wrote {summary['studies']} {a.layout}-layout studies{volumes} to {summary['images']}; truth {summary['truth']}")
         return 0
     from medalign.synth.writer import synthesize
 
