@@ -244,3 +244,31 @@ def test_studies_pulled_from_orthanc_score_as_the_cli(service, trained_run, phan
     missing = client.post("/api/zeroshot", params={"study_uid": "1.2.3.4"}, headers=AUTH)
     assert missing.status_code == 400 and missing.json()["error"] == "study_uid: no such study in the PACS"
     assert client.post("/api/zeroshot", params={"study_uid": "../etc"}, headers=AUTH).status_code == 400
+
+
+def test_a_real_series_the_preset_cannot_take_is_one_line(client, tmp_path):
+    """pydicom's real CT series (CT5N, 5 slices of 16 x 16) is fewer slices than the model's preset
+    takes: a 400 that says so, naming no path of the upload."""
+    from conftest import copy_real_series
+
+    copy_real_series(tmp_path / "series")
+    r = client.post("/api/zeroshot", content=_zip_of(tmp_path / "series"), headers=AUTH)
+    assert r.status_code == 400, r.text
+    message = r.json()["error"]
+    assert "\n" not in message and "/tmp" not in message and "medalign-serve" not in message and str(tmp_path) not in message
+    assert "slice" in message, message
+
+
+def test_a_missing_dataset_is_said_at_start(trained_run, index, tmp_path):
+    import json as json_lib
+
+    from medalign.serve.service import Service
+
+    moved = tmp_path / "index"
+    shutil.copytree(index, moved)
+    info = json_lib.loads((moved / "index.json").read_text())
+    (moved / "index.json").write_text(json_lib.dumps({**info, "dataset": str(tmp_path / "gone")}))
+    service = Service(trained_run, moved, "cpu")
+    assert any("dataset is not there" in n for n in service.notes)
+    with pytest.raises(KeyError):
+        service.thumbnail(service.index.ids[0])

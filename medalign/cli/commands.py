@@ -366,6 +366,8 @@ def cmd_serve(a: argparse.Namespace) -> int:
     from medalign.serve.service import Service
 
     service = Service(a.checkpoint, a.index, a.device, a.vocab)
+    for note in service.notes:
+        print(f"medalign serve: note: {note}", file=sys.stderr)
     pacs = None
     if a.pacs:
         from medalign.serve.pacs import OrthancClient

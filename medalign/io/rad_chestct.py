@@ -38,6 +38,8 @@ SPLITS = {"trn": "train", "val": "val", "tst": "test"}
 LABEL_FILES = ("imgtrain_Abnormality_and_Location_Labels.csv", "imgvalid_Abnormality_and_Location_Labels.csv",
                "imgtest_Abnormality_and_Location_Labels.csv")
 METADATA_FILE = "CT_Scan_Metadata_Complete_35747.csv"
+#: how a prepared RAD-ChestCT volume's provenance starts (zeroshot's protocol tells the data set by it)
+PROVENANCE = "RAD-ChestCT "
 #: every published volume's voxel size (their resampling target), mm
 VOXEL_MM = 0.8
 #: voxel (column, row, slice) to RAS mm: columns run to the patient's left (R decreases), rows to

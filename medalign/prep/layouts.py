@@ -221,7 +221,7 @@ class RadChestCtLayout(Layout):
         from medalign.io import rad_chestct
 
         volume = rad_chestct.load_rad_chestct_volume(files[0])
-        return [(volume, f"RAD-ChestCT {files[0].name}: {rad_chestct.VOXEL_MM} mm isotropic HU, superior slice first, as published")]
+        return [(volume, f"{rad_chestct.PROVENANCE}{files[0].name}: {rad_chestct.VOXEL_MM} mm isotropic HU, superior slice first, as published")]
 
     def patient_hash(self, study_id: str) -> str | None:
         patient = self._patients.get(study_id)

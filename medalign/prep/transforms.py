@@ -49,6 +49,6 @@ def apply_preprocessing(volume: Volume, pipeline) -> tuple[np.ndarray, np.ndarra
         array = np.ascontiguousarray(array, dtype=np.float32)          # Fortran-ordered NIfTI array (0.7 s at 512x512x200)
     image = MetaTensor(torch.from_numpy(array)[None], affine=torch.as_tensor(volume.affine, dtype=torch.float64))
     out = pipeline({KEY: image})[KEY]
-    array = np.asarray(out[0].detach().cpu().numpy(), dtype=np.float32)
+    array = np.ascontiguousarray(out[0].detach().cpu().numpy(), dtype=np.float32)  # the cache stays C-ordered for the loader
     affine = np.asarray(out.affine, dtype=float) if hasattr(out, "affine") else volume.affine
     return array, affine

@@ -132,7 +132,7 @@ def create_app(service, token: str, max_upload: int = 512 * 2**20, pacs=None):
         try:
             return Response(service.thumbnail(study_id), media_type="image/png")
         except KeyError:
-            return error(404, "no such study in the index")
+            return error(404, "no such study in the index, or its volume is not in the index's dataset")
 
     return app
 

@@ -52,9 +52,16 @@ class Service:
         self.dataset = Path(self.index.info["dataset"])
         self.row = {sid: i for i, sid in enumerate(self.index.ids)}
         self.reports: dict[str, str] = {}
+        #: what the service could not load and does without (printed at start)
+        self.notes: list[str] = []
         if (self.dataset / "manifest.parquet").is_file():  # the full report text; the index keeps the impression only
             manifest = read_manifest(self.dataset).studies()
             self.reports = {sid: r or "" for sid, r in zip(manifest.columns["study_id"], manifest.columns["report"])}
+        else:
+            self.notes.append(f"{self.dataset}: the index's dataset is not there: results carry the indexed impression, "
+                              "not the whole report, and have no thumbnails")
+        if not (self.model_dir / "vocab.yaml").is_file() and vocab is None:
+            self.notes.append(f"{self.model_dir}: the export names no vocabulary: findings are chest_ct's (--vocab to choose)")
         self.lock = threading.Lock()
 
     def info(self) -> dict:
@@ -130,7 +137,8 @@ class Service:
 
     def thumbnail(self, study_id: str) -> bytes:
         """A PNG of an indexed study's middle axial slice (a B-scan for OCT)."""
-        if study_id not in self.row:
+        path = self.dataset / self.index.meta[self.row[study_id]]["volume"] if study_id in self.row else None
+        if path is None or not path.is_file():
             raise KeyError(study_id)
-        volume = as_unit_array(np.load(self.dataset / self.index.meta[self.row[study_id]]["volume"], mmap_mode="r"))
+        volume = as_unit_array(np.load(path, mmap_mode="r"))
         return png_bytes(mid_slices(volume)[0])

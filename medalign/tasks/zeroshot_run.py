@@ -73,9 +73,10 @@ def zeroshot_dataset(checkpoint: Path, dataset: Path, out: Path, vocab: str | No
         "score": "softmax over (positive, negative) prompt", "threshold_source": threshold_source,
     })
     if protocol == "ct-clip":
+        from medalign.io.rad_chestct import PROVENANCE
         from medalign.tasks.protocols import ct_clip_metrics, rad_chestct_metrics
 
-        rad = all(str(p).startswith("RAD-ChestCT ") for p in manifest.columns.get("provenance", [""]))  # prep --layout rad-chestct
+        rad = all(str(p).startswith(PROVENANCE) for p in manifest.columns.get("provenance", [""]))  # prep --layout rad-chestct
         metrics["protocol"] = (rad_chestct_metrics if rad else ct_clip_metrics)(scores, truth, voc.names)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
