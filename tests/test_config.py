@@ -11,7 +11,7 @@ from medalign.reports.vocabulary import load_vocabulary
 from medalign.train.config import PretrainConfig
 
 
-@pytest.mark.parametrize("name", ["demo_ct", "demo_oct", "chest_ct", "abdomen_ct", "oct"])
+@pytest.mark.parametrize("name", ["demo_ct", "demo_ct_5mm", "demo_oct", "chest_ct", "abdomen_ct", "oct"])
 def test_prep_presets_load(name):
     cfg = load_config(PrepConfig, name, "prep")
     assert cfg.steps

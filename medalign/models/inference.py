@@ -55,13 +55,13 @@ def embed_texts(model: DualEncoder, texts: list[str], batch_size: int = 64) -> n
 @torch.no_grad()
 def prompt_embeddings(model: DualEncoder, prompts: list[list[str]]) -> torch.Tensor:
     """``(K, D)``: per finding, the renormalised mean embedding of its prompt ensemble."""
-    flat = [p for group in prompts for p in group]
-    emb = model.encode_text(flat)
-    out, start = [], 0
-    for group in prompts:
-        out.append(torch.nn.functional.normalize(emb[start : start + len(group)].mean(0), dim=0))
-        start += len(group)
-    return torch.stack(out)
+    return mean_of_groups(model.encode_text([p for group in prompts for p in group]), [len(g) for g in prompts])
+
+
+def mean_of_groups(emb: torch.Tensor, group_sizes: list[int]) -> torch.Tensor:
+    """``(K, D)``: the renormalised mean of each group of consecutive rows of ``emb`` ``(P, D)`` (a
+    finding's prompt ensemble), in order; ``sum(group_sizes) == P``."""
+    return torch.nn.functional.normalize(torch.stack([part.mean(0) for part in torch.split(emb, group_sizes)]), dim=-1)
 
 
 @torch.no_grad()

@@ -66,6 +66,12 @@ def _fused_window() -> type:
     return FusedScaleIntensityRanged
 
 
+def _body_box() -> type:
+    from medalign.prep.body_box import BodyBoxd
+
+    return BodyBoxd
+
+
 register_step("orientation", _monai("Orientationd"), {"axcodes": "RAS", "labels": (("L", "R"), ("P", "A"), ("I", "S"))},
               "reorient to axis codes (RAS: the canonical orientation)")
 register_step("spacing", _axis_aligned_spacing, {"mode": "bilinear", "padding_mode": "border"},
@@ -77,3 +83,4 @@ register_step("percentile_window", _monai("ScaleIntensityRangePercentilesd"),
 register_step("crop_or_pad", _monai("ResizeWithPadOrCropd"), {}, "centre crop or pad to a size")
 register_step("resize", _monai("Resized"), {"mode": "trilinear"}, "resize to a size")
 register_step("crop_foreground", _monai("CropForegroundd"), {"source_key": KEY, "allow_smaller": True}, "crop to the foreground box")
+register_step("body_box", _body_box, {}, "crop to the box of voxels above a threshold (CT: the body, HU > -500)")

@@ -10,6 +10,20 @@ from medalign.models.config import ModelConfig
 
 
 @dataclasses.dataclass
+class FindingTermConfig:
+    """A study-level finding term beside the contrastive loss (:mod:`medalign.losses.findings`):
+    binary cross-entropy of each study's report-derived finding labels, ``weight`` times."""
+
+    #: 0: off (the contrastive loss alone)
+    weight: float = 0.0
+    #: prompts: zero-shot's own pair logit, both towers learn it; head: a linear head on the image embedding
+    via: Literal["prompts", "head"] = "prompts"
+    #: a finding enters the term once the training split has this many positive reports of it (a finding
+    #: never seen present would only be taught "absent", whatever the study shows)
+    min_positives: int = 10
+
+
+@dataclasses.dataclass
 class LossConfig:
     """Which objective; ``mix`` blends soft targets with the identity (0: plain InfoNCE targets)."""
 
@@ -24,6 +38,8 @@ class LossConfig:
     #: false: other ranks' features enter the loss as constants (open_clip's option; no backward
     #: all-reduce, but the towers' gradient is 1/W of the exact one: see docs/scaling.md)
     gather_with_grad: bool = True
+    #: the study-level finding term (off by default)
+    findings: FindingTermConfig = dataclasses.field(default_factory=FindingTermConfig)
 
 
 @dataclasses.dataclass
@@ -121,6 +137,8 @@ class PretrainConfig:
             raise ConfigError.at(where, "loss.name", f"'{self.loss.name}' is not one of {', '.join(list_losses())}")
         if not 0.0 <= self.loss.mix <= 1.0:
             raise ConfigError.at(where, "loss.mix", f"must lie in [0, 1], got {self.loss.mix}")
+        if self.loss.findings.weight < 0:
+            raise ConfigError.at(where, "loss.findings.weight", f"must be >= 0, got {self.loss.findings.weight}")
         if not 0.5 <= self.data.crop_scale <= 1.0:
             raise ConfigError.at(where, "data.crop_scale", f"must lie in [0.5, 1], got {self.data.crop_scale}")
         if self.data.batch_size < 2:

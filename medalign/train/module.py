@@ -10,8 +10,10 @@ import torch
 import torch.nn.functional as F
 
 from medalign.data.augment import jitter_intensity
+from medalign.losses.findings import finding_bce, prompt_logits
 from medalign.losses.registry import loss_entry
 from medalign.models import DualEncoder
+from medalign.models.inference import mean_of_groups
 from medalign.train.config import PretrainConfig
 from medalign.train.schedule import warmup_cosine
 
@@ -36,9 +38,12 @@ class PretrainModule(L.LightningModule):
 
     ``report_texts`` (the training split's texts, by dataset index) are embedded once by the frozen
     pretrained text tower when :func:`needs_report_embeddings`; ``report_cache`` is where they are kept.
+    ``finding_prompts``: ``{label column: (positive prompts, negative prompts)}``, the findings the
+    finding term learns (``loss.findings``; :mod:`medalign.losses.findings`).
     """
 
-    def __init__(self, model: DualEncoder, config: PretrainConfig, report_texts: list[str] | None = None, report_cache=None) -> None:
+    def __init__(self, model: DualEncoder, config: PretrainConfig, report_texts: list[str] | None = None, report_cache=None,
+                 finding_prompts: dict[int, tuple[list[str], list[str]]] | None = None) -> None:
         super().__init__()
         self.model = model
         self.config = config
@@ -53,6 +58,18 @@ class PretrainModule(L.LightningModule):
         # a plain attribute, not a buffer: DDP would broadcast a buffer every step
         self.report_embeddings: torch.Tensor | None = None
         self._last_step_time: tuple[float | None, int] | None = None  # (time, global step) where the next rate starts
+        findings = config.loss.findings
+        self.finding_weight = findings.weight if finding_prompts else 0.0
+        self.finding_head: torch.nn.Linear | None = None
+        self._prompt_tokens: dict[str, torch.Tensor] | None = None
+        if findings.weight > 0 and finding_prompts:  # None: no finding has enough positives (pretrain says so)
+            self._finding_columns = sorted(finding_prompts)
+            pairs = [finding_prompts[k] for k in self._finding_columns]
+            if findings.via == "head":
+                self.finding_head = torch.nn.Linear(config.model.embed_dim, len(pairs))
+            else:  # every prompt tokenised once: positives of all findings, then negatives
+                self._prompt_tokens = model.text.tokenize([p for pos, _ in pairs for p in pos] + [p for _, neg in pairs for p in neg])
+                self._prompt_groups = [len(pos) for pos, _ in pairs] + [len(neg) for _, neg in pairs]
 
     def on_fit_start(self) -> None:
         if self.report_texts is not None and self.report_embeddings is None:
@@ -82,10 +99,25 @@ class PretrainModule(L.LightningModule):
         labels = batch["labels"] if self._needs_labels else None
         loss = self.objective(img, txt, self.model.scale(), self.model.logit_bias, labels, similarity_source)
         bsz = batch["image"].shape[0]
+        if self.finding_weight > 0:
+            finding_loss = finding_bce(self.finding_logits(img), batch["labels"][:, self._finding_columns])
+            self.log("train/contrastive_loss", loss.detach(), batch_size=bsz)
+            self.log("train/finding_loss", finding_loss.detach(), batch_size=bsz)
+            loss = loss + self.finding_weight * finding_loss
         self.log("train/loss", loss, prog_bar=True, batch_size=bsz)
         self._log_throughput(bsz)
         self.log("train/logit_scale", self.model.scale().detach(), batch_size=bsz)
         return loss
+
+    def finding_logits(self, img: torch.Tensor) -> torch.Tensor:
+        """``(B, K)`` logits of the term's K findings for unit image embeddings ``img`` ``(B, D)``: zero-shot's pair logit
+        from the prompts as the text tower embeds them now (``via: prompts``), or the linear head."""
+        if self.finding_head is not None:
+            return self.finding_head(img)
+        tokens = {k: v.to(img.device) for k, v in self._prompt_tokens.items()}
+        prompts = mean_of_groups(self.model.encode_tokens(tokens), self._prompt_groups)
+        pos, neg = prompts.chunk(2)
+        return prompt_logits(img, pos, neg, self.model.scale())
 
     def _log_throughput(self, bsz: int) -> None:
         """``train/volumes_per_s``: whole steps (data, forward, backward, optimizer), all ranks, averaged
@@ -113,6 +145,8 @@ class PretrainModule(L.LightningModule):
     def configure_optimizers(self):
         o = self.config.optim
         groups = [{"params": params, "lr": lr, "weight_decay": wd} for params, lr, wd in parameter_groups(self.model, o)]
+        if self.finding_head is not None:
+            groups.append({"params": list(self.finding_head.parameters()), "lr": o.lr, "weight_decay": 0.0})
         optimizer = torch.optim.AdamW(groups)
         total = max(1, self.config.trainer.max_steps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(warmup_cosine, warmup_steps=o.warmup_steps, total_steps=total, min_ratio=o.min_lr_ratio))

@@ -90,7 +90,8 @@ def pretrain(
     if t.compile:
         model.image.compile()  # nn.Module.compile: in place, so state_dict keys keep their names
     reports = [text or "" for text in train.columns[config.data.text_field]]
-    module = PretrainModule(model, config, report_texts=reports, report_cache=run / "cache" / "report_embeddings.safetensors")
+    module = PretrainModule(model, config, report_texts=reports, report_cache=run / "cache" / "report_embeddings.safetensors",
+                            finding_prompts=finding_prompts(dataset, train, config.loss.findings.min_positives) if config.loss.findings.weight > 0 else None)
     d = config.data
     spatial_size = np.load(train.volume_path(0), mmap_mode="r").shape
     on_device = d.intensity_on == "device"
@@ -161,3 +162,26 @@ def pretrain(
         print(f"note: {note}", file=sys.stderr)
     return export
 
+
+
+def finding_prompts(dataset: Path, train, min_positives: int) -> dict[int, tuple[list[str], list[str]]] | None:
+    """``{label column: (positive prompts, negative prompts)}`` from the data set's vocabulary, for
+    each finding of the manifest ``train`` with at least ``min_positives`` positive reports; None
+    (and a note) when no finding has that many."""
+    from medalign.reports.vocabulary import load_vocabulary
+
+    vocab = {f.name: f.prompt_pair() for f in load_vocabulary(Path(dataset) / "vocab.yaml").findings}
+    positives = (train.labels() == 1).sum(axis=0)
+    out = {}
+    for k, name in enumerate(train.findings):
+        if positives[k] < min_positives:
+            continue
+        if name not in vocab:
+            raise InputError(f"{dataset}/vocab.yaml: no finding '{name}' of the manifest's labels; loss.findings needs its prompts")
+        out[k] = (vocab[name].positives, vocab[name].negatives)
+    if not out:
+        print(f"note: loss.findings is off for this run: no finding has {min_positives} positive training reports "
+              f"(loss.findings.min_positives; the most is {int(positives.max(initial=0))})", file=sys.stderr)
+        return None
+    log.info("finding term on %d findings: %s", len(out), ", ".join(train.findings[k] for k in out))
+    return out
