@@ -114,8 +114,9 @@ class PretrainModule(L.LightningModule):
         from the prompts as the text tower embeds them now (``via: prompts``), or the linear head."""
         if self.finding_head is not None:
             return self.finding_head(img)
-        tokens = {k: v.to(img.device) for k, v in self._prompt_tokens.items()}
-        prompts = mean_of_groups(self.model.encode_tokens(tokens), self._prompt_groups)
+        if self._prompt_tokens["input_ids"].device != img.device:  # moved once, not every step
+            self._prompt_tokens = {k: v.to(img.device) for k, v in self._prompt_tokens.items()}
+        prompts = mean_of_groups(self.model.encode_tokens(self._prompt_tokens), self._prompt_groups)
         pos, neg = prompts.chunk(2)
         return prompt_logits(img, pos, neg, self.model.scale())
 
