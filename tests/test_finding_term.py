@@ -91,6 +91,18 @@ def test_prompts_term_trains_both_towers_and_head_term_leaves_the_text_to_the_co
     assert all(id(p) in names for p in head.finding_head.parameters())  # the head is optimised too
 
 
+def test_head_logit_is_on_the_contrasts_scale_and_leaves_the_temperature_alone():
+    """``s * (W x + b)`` in float64, ``s = exp(logit_scale)`` at its initial 1 / 0.07, the form of the prompt logit."""
+    head = _module("head", PROMPTS)
+    img = F.normalize(torch.randn(5, 128, generator=torch.Generator().manual_seed(3)), dim=1)
+    w, b = head.finding_head.weight.detach().double(), head.finding_head.bias.detach().double()
+    expected = (1 / 0.07) * (img.double() @ w.T + b)
+    logits = head.finding_logits(img)
+    np.testing.assert_allclose(logits.detach().double().numpy(), expected.numpy(), rtol=1e-4)
+    finding_bce(logits, torch.ones(5, 2)).backward()
+    assert head.model.logit_scale.grad is None  # the temperature is the contrast's to learn
+
+
 def test_training_step_adds_the_term_on_the_chosen_columns(prepared_ct):
     from medalign.data.dataset import StudyDataset
     from medalign.prep.manifest import read_manifest

@@ -111,9 +111,10 @@ class PretrainModule(L.LightningModule):
 
     def finding_logits(self, img: torch.Tensor) -> torch.Tensor:
         """``(B, K)`` logits of the term's K findings for unit image embeddings ``img`` ``(B, D)``: zero-shot's pair logit
-        from the prompts as the text tower embeds them now (``via: prompts``), or the linear head."""
+        from the prompts as the text tower embeds them now (``via: prompts``), or the linear head on the same scale."""
         if self.finding_head is not None:
-            return self.finding_head(img)
+            # at the contrast's logit scale (14 at the start), as the prompt logit is: unscaled, its pull on the encoder was that much weaker
+            return self.model.scale().detach() * self.finding_head(img)
         if self._prompt_tokens["input_ids"].device != img.device:  # moved once, not every step
             self._prompt_tokens = {k: v.to(img.device) for k, v in self._prompt_tokens.items()}
         prompts = mean_of_groups(self.model.encode_tokens(self._prompt_tokens), self._prompt_groups)
