@@ -36,9 +36,9 @@ def oct_reflectivity(rng: np.random.Generator, labels: dict[str, int]) -> np.nda
 
     Eyes differ as real ones do: retinal thickness (±20%), layer boundaries, an off-centre fovea, a
     tilted and bowed scan. Findings are of realistic size at 16 µm a row and 47 µm a column: drusen
-    lift the RPE 5-10 rows (80-160 µm) over Bruch's membrane over a few columns and B-scans, fluid pockets and cysts are a
-    few rows high, and an epiretinal membrane is a thin, partial bright line over a thickened inner
-    retina. The eye is drawn first and each finding from its own stream, so the same ``rng`` state
+    lift the RPE 5-10 rows (80-160 µm) off Bruch's membrane over a few columns and B-scans, fluid
+    pockets and cysts are a few rows high, and an epiretinal membrane is a thin, partial bright line
+    over a thickened inner retina. The eye is drawn first and each finding from its own stream, so the same ``rng`` state
     gives the same eye whichever findings are switched on."""
     nf, nd, nl = OCT_SHAPE
     fy, fx = np.meshgrid(np.linspace(-1, 1, nf), np.linspace(-1, 1, nl), indexing="ij")  # (frames, lateral)
