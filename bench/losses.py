@@ -2,8 +2,8 @@
 
 For each loss and seed: ``medalign pretrain`` (the ``--config`` preset, ``demo_ct`` unless told,
 with ``loss.name`` set), then ``medalign zeroshot`` (test macro AUROC, or the macro AUROC over all of
-``--eval-data``, a held-out dataset: a 28-study test split moves by ±0.1 on its own) and
-``medalign index`` + ``medalign retrieval-eval`` (report->study Recall@5, study->study mAP@10).
+``--eval-data``, a held-out dataset: on a 28-study test split one finding's 95% interval is 0.3-0.4
+wide) and ``medalign index`` + ``medalign retrieval-eval`` (report->study Recall@5, study->study mAP@10).
 Prints mean ± spread (half the min-max range) per loss; the baseline is plain InfoNCE on the same
 data, steps, seeds and model.
 
