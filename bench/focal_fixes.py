@@ -58,6 +58,9 @@ VARIANTS: dict[str, list[str]] = {
     # differ by one finding (label-similarity targets pull a nodule study towards its nodule-free twin)
     "head_mix25": ["loss.findings.weight=1.0", "loss.findings.via=head", "loss.mix=0.25"],
     "head_info_nce": ["loss.findings.weight=1.0", "loss.findings.via=head", "loss.name=info_nce"],
+    # the head teaches the image tower the finding, the prompt term ties the text tower's prompts to it
+    "both": ["loss.findings.weight=1.0", "loss.findings.via=both"],
+    "both_w3": ["loss.findings.weight=3.0", "loss.findings.via=both"],
 }
 
 #: sentences no vocabulary or phantom report uses: (positive, negative) per phantom finding

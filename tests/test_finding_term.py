@@ -123,6 +123,38 @@ def test_training_step_adds_the_term_on_the_chosen_columns(prepared_ct):
     assert with_term.item() - without.item() == pytest.approx(expected.item(), rel=1e-4)
 
 
+def test_both_adds_the_head_and_the_prompt_terms_and_trains_both_towers(prepared_ct):
+    """``via: both``: the step adds BCE(head) + BCE(prompts), each against sklearn's log loss, and gradients
+    reach the text tower (through the prompts) and the head."""
+    from sklearn.metrics import log_loss
+
+    from medalign.data.dataset import StudyDataset
+    from medalign.prep.manifest import read_manifest
+    from medalign.train.module import make_collate
+
+    module = _module("both", PROMPTS)
+    assert module.finding_head is not None and module._prompt_tokens is not None
+    with pytest.raises(ValueError, match="name one"):
+        module.finding_logits(torch.zeros(2, 128))
+    ds = StudyDataset(read_manifest(prepared_ct).subset("train"))
+    batch = make_collate(module.model.text.tokenizer)([ds[i] for i in range(6)])
+    module.eval()
+    with torch.no_grad():
+        with_term = module.training_step(batch, 0)
+        module.finding_weight = 0.0
+        without = module.training_step(batch, 0)
+        img = module.model.encode_image(batch["image"])
+        y = batch["labels"][:, [1, 3]].double().numpy().ravel()
+        expected = sum(log_loss(y, torch.sigmoid(module.finding_logits(img, form)).double().numpy().ravel(), labels=[0, 1])
+                       for form in ("head", "prompts"))
+    assert with_term.item() - without.item() == pytest.approx(expected, rel=1e-4)
+    module.finding_weight = 1.0
+    img = img.clone().requires_grad_()
+    sum(finding_bce(module.finding_logits(img, form), torch.ones(6, 2)) for form in ("head", "prompts")).backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.model.text.parameters())
+    assert module.finding_head.weight.grad.abs().sum() > 0
+
+
 def test_config_checks_the_term():
     with pytest.raises(ConfigError, match="loss.findings.weight"):
         config = PretrainConfig()

@@ -10,6 +10,8 @@ Two forms (``loss.findings.via``):
   embedding space", arXiv 2603.02026).
 - ``head``: a linear head on the image embedding, ``logit = W img + b`` (supervised pretraining on
   report-extracted labels, as MPS-CT, arXiv 2509.13175); the text tower is left to the contrast.
+
+``via: both`` sums the two terms.
 """
 
 from __future__ import annotations

@@ -16,8 +16,9 @@ class FindingTermConfig:
 
     #: 0: off (the contrastive loss alone)
     weight: float = 0.0
-    #: prompts: zero-shot's own pair logit, both towers learn it; head: a linear head on the image embedding
-    via: Literal["prompts", "head"] = "prompts"
+    #: prompts: zero-shot's own pair logit, both towers learn it; head: a linear head on the image embedding;
+    #: both: the two terms summed (the head teaches the image tower, the prompts tie the text to it)
+    via: Literal["prompts", "head", "both"] = "prompts"
     #: a finding enters the term once the training split has this many positive reports of it (a finding
     #: never seen present would only be taught "absent", whatever the study shows)
     min_positives: int = 10

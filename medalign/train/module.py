@@ -65,9 +65,10 @@ class PretrainModule(L.LightningModule):
         if findings.weight > 0 and finding_prompts:  # None: no finding has enough positives (pretrain says so)
             self._finding_columns = sorted(finding_prompts)
             pairs = [finding_prompts[k] for k in self._finding_columns]
-            if findings.via == "head":
+            self._finding_forms = ("head", "prompts") if findings.via == "both" else (findings.via,)
+            if "head" in self._finding_forms:
                 self.finding_head = torch.nn.Linear(config.model.embed_dim, len(pairs))
-            else:  # every prompt tokenised once: positives of all findings, then negatives
+            if "prompts" in self._finding_forms:  # every prompt tokenised once: positives of all findings, then negatives
                 self._prompt_tokens = model.text.tokenize([p for pos, _ in pairs for p in pos] + [p for _, neg in pairs for p in neg])
                 self._prompt_groups = [len(pos) for pos, _ in pairs] + [len(neg) for _, neg in pairs]
 
@@ -100,7 +101,8 @@ class PretrainModule(L.LightningModule):
         loss = self.objective(img, txt, self.model.scale(), self.model.logit_bias, labels, similarity_source)
         bsz = batch["image"].shape[0]
         if self.finding_weight > 0:
-            finding_loss = finding_bce(self.finding_logits(img), batch["labels"][:, self._finding_columns])
+            targets = batch["labels"][:, self._finding_columns]
+            finding_loss = sum(finding_bce(self.finding_logits(img, form), targets) for form in self._finding_forms)
             self.log("train/contrastive_loss", loss.detach(), batch_size=bsz)
             self.log("train/finding_loss", finding_loss.detach(), batch_size=bsz)
             loss = loss + self.finding_weight * finding_loss
@@ -109,10 +111,15 @@ class PretrainModule(L.LightningModule):
         self.log("train/logit_scale", self.model.scale().detach(), batch_size=bsz)
         return loss
 
-    def finding_logits(self, img: torch.Tensor) -> torch.Tensor:
+    def finding_logits(self, img: torch.Tensor, form: str | None = None) -> torch.Tensor:
         """``(B, K)`` logits of the term's K findings for unit image embeddings ``img`` ``(B, D)``: zero-shot's pair logit
-        from the prompts as the text tower embeds them now (``via: prompts``), or the linear head on the same scale."""
-        if self.finding_head is not None:
+        from the prompts as the text tower embeds them now (``form="prompts"``), or the linear head on the same scale
+        (``"head"``); ``None``: the configured form (``via: both`` has two, so it must be named)."""
+        if form is None:
+            if len(self._finding_forms) > 1:
+                raise ValueError("loss.findings.via: both has two forms of logits: name one ('head' or 'prompts')")
+            form = self._finding_forms[0]
+        if form == "head":
             # at the contrast's logit scale (14 at the start), as the prompt logit is: unscaled, its pull on the encoder was that much weaker
             return self.model.scale().detach() * self.finding_head(img)
         if self._prompt_tokens["input_ids"].device != img.device:  # moved once, not every step
