@@ -422,7 +422,8 @@ def test_zeroshot_and_retrieve_say_when_a_study_is_out_of_distribution(trained_r
     assert not abdomen["ood_checks"]["field_of_view"]["out_of_distribution"]
     assert abdomen["out_of_distribution"] and abdomen["ood_reasons"][0].startswith("embedding: its 5-NN cosine distance"), abdomen["ood_checks"]
     emb = abdomen["ood_checks"]["embedding"]
-    assert emb["knn_distance"] > emb["threshold"] > verdicts["phantom"]["ood_checks"]["embedding"]["knn_distance"]
+    # the JSON rounds to 4 decimals: the strict "above" is the flag asserted above, the rounded figures may tie
+    assert emb["knn_distance"] >= emb["threshold"] >= verdicts["phantom"]["ood_checks"]["embedding"]["knn_distance"]
 
     # zeroshot --study --explain keeps the verdict in explain.json
     capsys.readouterr()
