@@ -4,8 +4,9 @@ No model trained inside the 2-core test budget points reliably, and no small tex
 from scratch points at effusions as well as a fine-tuned MiniLM (both measured in
 ``docs/benchmarks.md``). So the test explains a model built here once and committed:
 
-1. the teacher: the demo's model, trained as ``make demo`` trains it (``pretrain --config demo_ct``:
-   a half-width ResNet-10 with MiniLM fine-tuned, 200 steps of 24, on ``synth --studies 300 --seed 0``);
+1. the teacher: the 8 mm demo model (``prep``/``pretrain --config demo_ct``, what ``make demo`` trained
+   until it moved to ``demo_ct_5mm``: a half-width ResNet-10 with MiniLM fine-tuned, 200 steps of 24,
+   on ``synth --studies 300 --seed 0``);
 2. its text tower distilled into a 2-layer, 64-wide BERT with a WordPiece vocabulary fitted to the
    texts it must read (the vocabulary's prompts and the training reports): the student is trained to
    give the teacher's embeddings for those texts, and the teacher's positive-minus-negative prompt

@@ -17,7 +17,7 @@ def test_prep_presets_load(name):
     assert cfg.steps
 
 
-@pytest.mark.parametrize("name", ["demo_ct", "demo_oct", "chest_ct", "abdomen_ct", "oct"])
+@pytest.mark.parametrize("name", ["demo_ct", "demo_ct_5mm", "demo_oct", "chest_ct", "abdomen_ct", "oct"])
 def test_pretrain_presets_load(name):
     assert load_config(PretrainConfig, name, "pretrain").trainer.max_steps > 0
 

@@ -81,7 +81,7 @@ def test_without_config_hospital_data_gets_a_real_preset_and_is_told(tmp_path, c
     assert "prep (preset chest_ct):" in out and "1 reports without images" in out
 
 
-@pytest.mark.parametrize("phantom_preset", ["demo_ct"])
+@pytest.mark.parametrize("phantom_preset", ["demo_ct_5mm"])
 def test_the_phantom_keeps_the_demo_preset(phantom_ct, tmp_path, capsys, phantom_preset):
     images = tmp_path / "images"
     first = sorted((phantom_ct / "images").iterdir())[0]

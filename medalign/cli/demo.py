@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Callable
 
 DEFAULT_STUDIES = {"ct": 300, "oct": 300}
+#: the prep and pretrain preset of each modality's demo (CT at 5 mm over the body's box with the finding head: issue 29)
+DEMO_PRESETS = {"ct": "demo_ct_5mm", "oct": "demo_oct"}
 
 
 def _step(cli: Callable[[list[str]], int], title: str, argv: list[str], timings: dict[str, float]) -> None:
@@ -33,7 +35,7 @@ def run_demo(out: Path, modality: str = "ct", studies: int | None = None, max_st
     )
     for folder in (raw, data, run, zs, index, ret_study, ret_text, ret_eval):  # a rerun starts clean
         shutil.rmtree(folder, ignore_errors=True)
-    preset = f"demo_{modality}"
+    preset = DEMO_PRESETS[modality]
     timings: dict[str, float] = {}
     t0 = time.time()
     _step(cli, "synth", ["synth", "--out", str(raw), "--modality", modality, "--studies", str(studies), "--seed", "0"], timings)

@@ -26,6 +26,6 @@ def default_prep_preset(images: Path) -> tuple[str, str]:
             if ds is not None and "Rows" in ds:
                 oct_ = str(ds.get("Modality", "")).upper() in ("OPT", "OCT")
                 if str(ds.get("Manufacturer", "")) == PHANTOM_MANUFACTURER:
-                    return ("demo_oct" if oct_ else "demo_ct"), "medalign's phantom"
+                    return ("demo_oct" if oct_ else "demo_ct_5mm"), "medalign's phantom"
                 return ("oct", "OCT images found") if oct_ else ("chest_ct", "CT or other DICOM images found")
     return "chest_ct", "no DICOM found (NIfTI)"
