@@ -10,9 +10,9 @@ from pathlib import Path
 
 from typing import Callable
 
+from medalign.prep.presets import DEMO_PRESETS
+
 DEFAULT_STUDIES = {"ct": 300, "oct": 300}
-#: the prep and pretrain preset of each modality's demo (CT at 5 mm over the body's box with the finding head: issue 29)
-DEMO_PRESETS = {"ct": "demo_ct_5mm", "oct": "demo_oct"}
 
 
 def _step(cli: Callable[[list[str]], int], title: str, argv: list[str], timings: dict[str, float]) -> None:

@@ -6,6 +6,9 @@ from pathlib import Path
 
 #: DICOM Manufacturer of medalign's own phantom (``medalign synth``): only it gets the 2-core demo presets
 PHANTOM_MANUFACTURER = "medalign phantom"
+#: the prep and pretrain preset of each modality's demo, and what prep gives the phantom without --config
+#: (CT at 5 mm over the body's box with the finding head: issue 29)
+DEMO_PRESETS = {"ct": "demo_ct_5mm", "oct": "demo_oct"}
 
 
 def default_prep_preset(images: Path) -> tuple[str, str]:
@@ -26,6 +29,6 @@ def default_prep_preset(images: Path) -> tuple[str, str]:
             if ds is not None and "Rows" in ds:
                 oct_ = str(ds.get("Modality", "")).upper() in ("OPT", "OCT")
                 if str(ds.get("Manufacturer", "")) == PHANTOM_MANUFACTURER:
-                    return ("demo_oct" if oct_ else "demo_ct_5mm"), "medalign's phantom"
+                    return DEMO_PRESETS["oct" if oct_ else "ct"], "medalign's phantom"
                 return ("oct", "OCT images found") if oct_ else ("chest_ct", "CT or other DICOM images found")
     return "chest_ct", "no DICOM found (NIfTI)"
