@@ -233,3 +233,35 @@ def test_figures_show_no_relevance_in_the_padding_around_the_scanned_field():
     field = scanned_field(raw)
     assert field.dtype == np.float32 and field.shape == (10, 10, 10)
     assert field[:, :, 3:7].all() and not field[:, :, :3].any() and not field[:, :, 7:].any()
+
+
+@pytest.mark.parametrize("preset", ["demo_ct", "demo_ct_5mm"])
+def test_a_map_on_the_model_grid_returns_to_the_lesion_on_the_scanner_grid(preset, tmp_path):
+    """The way back ``explain`` takes for every preset, the body box's crop included: a study in LPS
+    voxel order whose body fills only part of the field, a 24 mm blob at a known voxel; the blob as
+    the model's grid holds it, resampled onto the scanner grid, peaks within one voxel of where it was drawn."""
+    from medalign.config import load_config, save_yaml
+    from medalign.prep.config import PrepConfig
+    from medalign.tasks.raw_study import load_raw_study
+
+    shape = (160, 150, 60)
+    image = np.full(shape, -1000.0, np.float32)  # air
+    image[50:150, 20:120, 5:55] = 40.0  # the body, off-centre: the box crop moves the grid
+    centre = np.array([70, 90, 33])
+    ijk = np.indices(shape).reshape(3, -1).T
+    lps = np.diag([-1.5, -1.5, 2.5, 1.0])  # LPS voxel order, as DICOM-derived NIfTIs often are
+    lps[:3, 3] = [120.0, 100.0, -80.0]
+    blob = np.linalg.norm((ijk - centre) * [1.5, 1.5, 2.5], axis=1).reshape(shape) <= 12.0
+    image[blob] = 300.0
+    study = tmp_path / "study.nii.gz"
+    nib.save(nib.Nifti1Image(image, lps), study)
+    save_yaml(load_config(PrepConfig, preset, "prep"), tmp_path / "prep_config.yaml")
+
+    raw = load_raw_study(study, tmp_path, modality="ct")
+    lesion_on_model = (raw.array > 0.9).astype(np.float32)  # 300 HU under the [-1000, 400] window
+    assert lesion_on_model.sum() > 0
+    back = resample_to_grid(lesion_on_model, raw.affine, shape, raw.source.affine)
+    peak = np.array(np.unravel_index(int(np.argmax(back)), shape))
+    assert blob[tuple(peak)]
+    centroid = (np.argwhere(back > 0.5) * [1.5, 1.5, 2.5]).mean(0)
+    assert np.linalg.norm(centroid - centre * [1.5, 1.5, 2.5]) < 5.0  # mm: the model grid is 5-8 mm
