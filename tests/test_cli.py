@@ -425,10 +425,13 @@ def test_zeroshot_and_retrieve_say_when_a_study_is_out_of_distribution(trained_r
     # the JSON rounds to 4 decimals: the strict "above" is the flag asserted above, the rounded figures may tie
     assert emb["knn_distance"] >= emb["threshold"] >= verdicts["phantom"]["ood_checks"]["embedding"]["knn_distance"]
 
-    # zeroshot --study --explain keeps the verdict in explain.json
+    # zeroshot --study --explain keeps the verdict in explain.json (one finding: each map is 10^7 voxels on this grid)
+    one_finding = tmp_path / "one_finding.yaml"
+    one_finding.write_text("findings:\n  - name: pleural effusion\n    synonyms: [pleural effusion]\n", encoding="utf-8")
     capsys.readouterr()
     assert cli(["zeroshot", "--checkpoint", str(trained_run), "--study", str(tmp_path / "head"), "--explain", str(tmp_path / "x"),
-                "--explain-method", "gradcam"]) == 0
+                "--explain-method", "gradcam", "--vocab", str(one_finding)]) == 0
+    assert list(json.loads((tmp_path / "x" / "explain.json").read_text())["findings"]) == ["pleural effusion"]
     assert json.loads((tmp_path / "x" / "explain.json").read_text())["ood_reasons"] == head["ood_reasons"]
     assert "warning: " in capsys.readouterr().err
 
