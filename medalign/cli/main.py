@@ -245,8 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, default=None)
     s.add_argument("--explain", type=Path, default=None, metavar="DIR",
                    help="with --study: per finding a relevance map on the study's scanner grid (.nii.gz), a figure (.png), explain.json")
-    s.add_argument("--explain-method", choices=["auto", "gradcam", "occlusion"], default="auto",
-                   help="gradcam (the encoder's deepest spatial map), occlusion (slower, model-agnostic), or auto (default): "
+    s.add_argument("--explain-method", choices=["auto", "gradcam", "occlusion", "rise"], default="auto",
+                   help="gradcam (the encoder's deepest spatial map), occlusion (slower, model-agnostic), rise (random masks, "
+                        "air hidden; measured in docs/benchmarks.md), or auto (default): "
                         "gradcam unless that map is too coarse to point (under 4 cells an axis); the choice is printed")
     s.add_argument("--device", default="auto")
     s.set_defaults(func=commands.cmd_zeroshot)
@@ -272,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--html", action="store_true", help="also write results.html, a self-contained page of the same")
     s.add_argument("--explain", action="store_true",
                    help="show, for each hit, the regions of the hit and of the query that make them similar (montage and page)")
-    s.add_argument("--explain-method", choices=["auto", "gradcam", "occlusion"], default="auto",
+    s.add_argument("--explain-method", choices=["auto", "gradcam", "occlusion", "rise"], default="auto",
                    help="as zeroshot's --explain-method")
     s.add_argument("--ef-search", type=int, default=None, metavar="N",
                    help="HNSW indexes: candidates explored per query (default 512; higher: closer to exact, slower)")

@@ -10,6 +10,8 @@ is the probability ``zeroshot`` reports. Two methods, one for every encoder in t
   full forward and backward per finding: ``bench/explain.py`` measures both).
 - ``occlusion``: MONAI's ``OcclusionSensitivity``, the slower model-agnostic check: how much each
   finding's score falls when a patch of the volume is replaced by the volume's mean.
+- ``rise``: randomised input sampling (Petsiuk et al., 2018): the covariance of each finding's score
+  with many random smooth masks whose hidden part is air; measured in docs/benchmarks.md.
 - ``auto`` (default): Grad-CAM when the deepest map is fine enough to point, occlusion otherwise.
 
 Similar-case retrieval explains its similarity score the same way: the directions are then the
@@ -26,7 +28,7 @@ from torch import nn
 from medalign.errors import InputError
 from medalign.models.dual import DualEncoder
 
-METHODS = ("auto", "gradcam", "occlusion")
+METHODS = ("auto", "gradcam", "occlusion", "rise")
 #: Grad-CAM needs this many cells along each axis of the deepest spatial map to point at an
 #: organ-sized region: on the demo encoder's 2 x 2 x 2 map it hits no lesion (bench/explain.py);
 #: coarser maps make ``auto`` occlude instead
@@ -128,6 +130,37 @@ def occlusion_maps(scores: FindingScores, image: torch.Tensor, mask_size: int | 
     return base, _normalise(drop)
 
 
+def rise_maps(scores: FindingScores, image: torch.Tensor, n_masks: int = 1024, cells: int = 8, keep: float = 0.5,
+              n_batch: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """RISE (Petsiuk et al., 2018): ``image`` ``(1, 1, X, Y, Z)`` -> (``(K,)`` scores, ``(K, X, Y, Z)``
+    maps in [0, 1]). ``n_masks`` binary masks on a ``cells``^3 grid (each cell kept with probability
+    ``keep``) are upsampled trilinearly with a random shift; the hidden part is air (0.0, the
+    window's floor). A voxel's relevance is the covariance over masks of each score with the mask
+    there: positive where showing the voxel raises the score. Seeded: the same call, the same map."""
+    gen = torch.Generator().manual_seed(seed)
+    shape = tuple(image.shape[2:])
+    cell = [int(np.ceil(n / cells)) for n in shape]
+    big = [(cells + 1) * c for c in cell]
+    scores.eval()
+    with torch.no_grad():
+        base = scores(image)[0]
+        mask_score = torch.zeros(base.shape[0], *shape)
+        mask_sum, score_sum = torch.zeros(shape), torch.zeros(base.shape[0])
+        for start in range(0, n_masks, n_batch):
+            b = min(n_batch, n_masks - start)
+            grid = (torch.rand(b, 1, cells + 1, cells + 1, cells + 1, generator=gen) < keep).float()
+            smooth = F.interpolate(grid, size=big, mode="trilinear", align_corners=False)
+            shifts = torch.stack([torch.randint(0, c, (b,), generator=gen) for c in cell], dim=1)
+            masks = torch.stack([smooth[i, 0, x:x + shape[0], y:y + shape[1], z:z + shape[2]]
+                                 for i, (x, y, z) in enumerate(shifts.tolist())])  # (b, X, Y, Z)
+            s = scores(image * masks[:, None].to(image.device)).float().cpu()  # (b, K); hidden voxels become 0.0
+            mask_score += torch.einsum("bk,bxyz->kxyz", s, masks)
+            mask_sum += masks.sum(0)
+            score_sum += s.sum(0)
+    covariance = mask_score / n_masks - (score_sum / n_masks).view(-1, 1, 1, 1) * (mask_sum / n_masks)[None]
+    return base, _normalise(F.relu(covariance)).to(image.device)
+
+
 def relevance_maps(model: DualEncoder, image: torch.Tensor, directions: torch.Tensor,
                    method: str = "auto") -> tuple[torch.Tensor, torch.Tensor, str]:
     """Relevance of every voxel of ``image`` ``(1, 1, X, Y, Z)`` to each score
@@ -151,6 +184,8 @@ def relevance_maps(model: DualEncoder, image: torch.Tensor, directions: torch.Te
                     f"under {MIN_GRADCAM_CELLS} cells an axis: too coarse for Grad-CAM to point)")
     if used.startswith("gradcam"):
         logits, maps = gradcam_maps(scores, image, layer)
+    elif used == "rise":
+        logits, maps = rise_maps(scores, image)
     else:
         logits, maps = occlusion_maps(scores, image)
     return logits, maps, used
