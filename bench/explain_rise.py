@@ -1,7 +1,7 @@
 """RISE experiment (issue 29): random air-filled masks on a CELLS^3 grid, the covariance of each finding's
 logit with the mask as its map; prints peak-to-lesion distances on demo_out/raw's test positives.
 Usage: bench/explain_rise.py RUN FILLS STUDIES N CELLS P   (FILLS: air, mean, blurSIGMA_MM; comma-separated)"""
-import csv, sys, time, numpy as np, nibabel as nib, torch, torch.nn.functional as F
+import csv, sys, time, numpy as np, nibabel as nib, torch
 from pathlib import Path
 torch.set_num_threads(2)
 import medalign.tasks.explain as E
@@ -26,26 +26,9 @@ for f in FIND:
     ids += [r["study_id"] for r in labels if r[f]=="1" and split[r["study_id"]]=="test"][:n_st]
 ids = list(dict.fromkeys(ids))
 
-def rise(image, fill, N, cells, p, batch=16, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    shape = image.shape[2:]
-    cell = [int(np.ceil(n / cells)) for n in shape]
-    up = [(cells + 1) * c for c in cell]
-    with torch.no_grad():
-        base = scores(image)[0]
-        acc = torch.zeros(len(ks), *shape); msum = torch.zeros(*shape); ssum = torch.zeros(len(ks)); n = 0
-        for b0 in range(0, N, batch):
-            b = min(batch, N - b0)
-            grid = (torch.rand(b, 1, cells + 1, cells + 1, cells + 1, generator=g) < p).float()
-            big = F.interpolate(grid, size=up, mode="trilinear", align_corners=False)
-            sh = [torch.randint(0, c, (b,), generator=g) for c in cell]
-            m = torch.stack([big[i, 0, sh[0][i]:sh[0][i]+shape[0], sh[1][i]:sh[1][i]+shape[1], sh[2][i]:sh[2][i]+shape[2]] for i in range(b)])
-            x = image[0] * m[:, None] + fill[None] * (1 - m[:, None])
-            s = scores(x)  # (b, K)
-            acc += torch.einsum("bk,bxyz->kxyz", s, m); msum += m.sum(0); ssum += s.sum(0); n += b
-    # covariance of score and mask: where keeping the voxel raises the score
-    sal = acc / n - (ssum / n).view(-1, 1, 1, 1) * (msum / n)[None]
-    return F.relu(sal)
+def rise(image, fill, N, cells, p):
+    return E.rise_maps(scores, image, n_masks=N, cells=cells, keep=p, fill=fill)[1]
+
 
 res = {}
 for sid in ids:

@@ -130,12 +130,12 @@ def occlusion_maps(scores: FindingScores, image: torch.Tensor, mask_size: int | 
     return base, _normalise(drop)
 
 
-def rise_maps(scores: FindingScores, image: torch.Tensor, n_masks: int = 1024, cells: int = 8, keep: float = 0.5,
-              n_batch: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def rise_maps(scores: nn.Module, image: torch.Tensor, n_masks: int = 1024, cells: int = 8, keep: float = 0.5,
+              n_batch: int = 16, seed: int = 0, fill: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """RISE (Petsiuk et al., 2018): ``image`` ``(1, 1, X, Y, Z)`` -> (``(K,)`` scores, ``(K, X, Y, Z)``
     maps in [0, 1]). ``n_masks`` binary masks on a ``cells``^3 grid (each cell kept with probability
     ``keep``) are upsampled trilinearly with a random shift; the hidden part is air (0.0, the
-    window's floor). A voxel's relevance is the covariance over masks of each score with the mask
+    window's floor) unless ``fill`` ``(1, X, Y, Z)`` says otherwise. A voxel's relevance is the covariance over masks of each score with the mask
     there: positive where showing the voxel raises the score. Seeded: the same call, the same map."""
     gen = torch.Generator().manual_seed(seed)
     shape = tuple(image.shape[2:])
@@ -153,7 +153,9 @@ def rise_maps(scores: FindingScores, image: torch.Tensor, n_masks: int = 1024, c
             shifts = torch.stack([torch.randint(0, c, (b,), generator=gen) for c in cell], dim=1)
             masks = torch.stack([smooth[i, 0, x:x + shape[0], y:y + shape[1], z:z + shape[2]]
                                  for i, (x, y, z) in enumerate(shifts.tolist())])  # (b, X, Y, Z)
-            s = scores(image * masks[:, None].to(image.device)).float().cpu()  # (b, K); hidden voxels become 0.0
+            shown = masks[:, None].to(image.device)
+            hidden = 0.0 if fill is None else fill[None] * (1 - shown)
+            s = scores(image * shown + hidden).float().cpu()  # (b, K)
             mask_score += torch.einsum("bk,bxyz->kxyz", s, masks)
             mask_sum += masks.sum(0)
             score_sum += s.sum(0)
