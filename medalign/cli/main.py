@@ -247,8 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --study: per finding a relevance map on the study's scanner grid (.nii.gz), a figure (.png), explain.json")
     s.add_argument("--explain-method", choices=["auto", "gradcam", "occlusion", "rise"], default="auto",
                    help="gradcam (the encoder's deepest spatial map), occlusion (slower, model-agnostic), rise (random masks, "
-                        "air hidden; measured in docs/benchmarks.md), or auto (default): "
-                        "gradcam unless that map is too coarse to point (under 4 cells an axis); the choice is printed")
+                        "the volume's floor hidden; measured in docs/benchmarks.md), or auto (default): "
+                        "gradcam, or rise where that map is too coarse to point (under 4 cells an axis); the choice is printed")
     s.add_argument("--device", default="auto")
     s.set_defaults(func=commands.cmd_zeroshot)
 
