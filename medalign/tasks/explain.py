@@ -2,7 +2,7 @@
 positive-versus-negative prompt score.
 
 The score explained is the finding's logit ``scale * <image, positive - negative>``, whose sigmoid
-is the probability ``zeroshot`` reports. Two methods, one for every encoder in the registry:
+is the probability ``zeroshot`` reports. Three methods, each for every encoder in the registry:
 
 - ``gradcam``: Grad-CAM on the encoder's deepest spatial map (``ImageEncoder.spatial_layer``). One
   forward pass; each finding then needs only the gradient of its score with respect to that map,
