@@ -289,3 +289,34 @@ def test_rise_points_at_the_region_each_score_reads():
         assert all(s.start - 1 <= v <= s.stop for v, s in zip(peak, box)), (k, peak)
         assert float(maps[k][box].mean()) > 3 * float(maps[k].mean())
     assert torch.equal(maps, rise_maps(BoxSums(), image, n_masks=256, cells=6, seed=3)[1])
+
+
+@pytest.mark.parametrize("method", ["rise", "occlusion"])
+def test_long_maps_report_their_progress(trained_run, prepared_ct, method, monkeypatch):
+    """A rise or occlusion map runs a thousand or more volumes through the model (minutes on a scanner-sized
+    grid): progress lines count them to the end, and that end is exactly the number of volumes the model
+    scored (counted here by a hook on the image tower, apart from the progress code)."""
+    import io
+
+    from medalign.progress import set_interval
+    from medalign.tasks.explain import relevance_maps
+    from medalign.tasks.model_io import load_model
+
+    monkeypatch.setenv("MEDALIGN_PROGRESS_INTERVAL", "30")
+    set_interval(1e-6)
+    model, _ = load_model(trained_run, "cpu")
+    image = torch.from_numpy(np.load(sorted((prepared_ct / "volumes").glob("*.npy"))[0]).astype(np.float32) / 255.0)[None, None]
+    image = image[..., :32, :32, :32]  # the count does not depend on the size; the time does
+    scored = []
+    handle = model.image.register_forward_hook(lambda _m, inp, _o: scored.append(inp[0].shape[0]))
+    stream = io.StringIO()
+    monkeypatch.setattr("sys.stderr", stream)
+    try:
+        _, maps, used = relevance_maps(model, image, torch.randn(2, model.config.embed_dim), method, progress="explain")
+    finally:
+        handle.remove()
+    lines = stream.getvalue().splitlines()
+    assert used == method and maps.shape == (2, *image.shape[2:])
+    assert lines[0] == f"explain: 0/{sum(scored)} volumes (0.0%) · {method}: {sum(scored)} volumes through the model"
+    assert lines[-1].startswith(f"explain: {sum(scored)}/{sum(scored)} volumes (100.0%)") and lines[-1].endswith(tuple(f"{c}s" for c in "0123456789"))
+    assert len(lines) > 3

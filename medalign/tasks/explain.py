@@ -29,6 +29,7 @@ from torch import nn
 
 from medalign.errors import InputError
 from medalign.models.dual import DualEncoder
+from medalign.progress import Progress
 
 METHODS = ("auto", "gradcam", "occlusion", "rise")
 #: Grad-CAM needs this many cells along each axis of the deepest spatial map to point at an
@@ -37,6 +38,8 @@ METHODS = ("auto", "gradcam", "occlusion", "rise")
 MIN_GRADCAM_CELLS = 4
 #: occlusion patches span this fraction of each axis of the model's grid
 OCCLUSION_FRACTION = 1 / 6
+#: random masks a ``rise`` map averages over (its pointing figures in docs/benchmarks.md)
+RISE_MASKS = 1024
 
 
 class FindingScores(nn.Module):
@@ -132,7 +135,7 @@ def occlusion_maps(scores: FindingScores, image: torch.Tensor, mask_size: int | 
     return base, _normalise(drop)
 
 
-def rise_maps(scores: nn.Module, image: torch.Tensor, n_masks: int = 1024, cells: int = 8, keep: float = 0.5,
+def rise_maps(scores: nn.Module, image: torch.Tensor, n_masks: int = RISE_MASKS, cells: int = 8, keep: float = 0.5,
               n_batch: int = 16, seed: int = 0, fill: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """RISE (Petsiuk et al., 2018): ``image`` ``(1, 1, X, Y, Z)`` -> (``(K,)`` scores, ``(K, X, Y, Z)``
     maps in [0, 1]). ``n_masks`` binary masks on a ``cells``^3 grid (each cell kept with probability
@@ -168,15 +171,39 @@ def rise_maps(scores: nn.Module, image: torch.Tensor, n_masks: int = 1024, cells
     return base, _normalise(F.relu(covariance)).to(image.device)
 
 
+class _CountedScores(nn.Module):
+    """``scores`` that count the volumes they score on ``bar``: a rise or occlusion map on a large grid
+    takes minutes, and a user should see it move."""
+
+    def __init__(self, scores: nn.Module, bar: Progress) -> None:
+        super().__init__()
+        self.scores, self.bar = scores, bar
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        out = self.scores(images)
+        self.bar.update(self.bar.done + images.shape[0])
+        return out
+
+
+def occlusion_passes(shape: tuple[int, ...]) -> int:
+    """Volumes :func:`occlusion_maps` scores on a grid of ``shape``: one unoccluded, then a patch
+    position each (MONAI's sliding window of the default mask size, overlapping by half)."""
+    from monai.data.utils import dense_patch_slices
+
+    mask = tuple(max(2, int(np.ceil(n * OCCLUSION_FRACTION))) for n in shape)
+    return 1 + len(dense_patch_slices(shape, mask, tuple(max(1, int(m * 0.5)) for m in mask)))
+
+
 def relevance_maps(model: DualEncoder, image: torch.Tensor, directions: torch.Tensor,
-                   method: str = "auto") -> tuple[torch.Tensor, torch.Tensor, str]:
+                   method: str = "auto", progress: str | None = None) -> tuple[torch.Tensor, torch.Tensor, str]:
     """Relevance of every voxel of ``image`` ``(1, 1, X, Y, Z)`` to each score
     ``scale * <image embedding, directions_k>`` (``directions`` ``(K, D)``): a finding's
     positive-minus-negative prompts, or the embedding of a similar case. Returns (``(K,)`` scores,
     ``(K, X, Y, Z)`` maps in [0, 1], the method used and why).
 
     ``auto``: Grad-CAM when the encoder's deepest spatial map has at least :data:`MIN_GRADCAM_CELLS`
-    cells along each axis, rise otherwise."""
+    cells along each axis, rise otherwise. ``progress`` names the command in progress lines of the
+    volumes rise or occlusion has scored (:class:`~medalign.progress.Progress`); ``None``: silent."""
     if method not in METHODS:
         raise InputError(f"--explain-method {method}: expected one of {', '.join(METHODS)}")
     scores = FindingScores(model, directions.float().to(image.device))
@@ -191,17 +218,21 @@ def relevance_maps(model: DualEncoder, image: torch.Tensor, directions: torch.Te
                     f"under {MIN_GRADCAM_CELLS} cells an axis: too coarse for Grad-CAM to point)")
     if used.startswith("gradcam"):
         logits, maps = gradcam_maps(scores, image, layer)
-    elif used.startswith("rise"):
-        logits, maps = rise_maps(scores, image)
-    else:
-        logits, maps = occlusion_maps(scores, image)
+        return logits, maps, used
+    rise = used.startswith("rise")
+    total = 1 + RISE_MASKS if rise else occlusion_passes(tuple(image.shape[2:]))
+    with Progress(progress or "", total, "volumes", enabled=progress is not None) as bar:
+        bar.start_line(f"{used.split(' ')[0]}: {total} volumes through the model")
+        counted = _CountedScores(scores, bar)
+        logits, maps = rise_maps(counted, image, n_masks=RISE_MASKS) if rise else occlusion_maps(counted, image)
     return logits, maps, used
 
 
-def explain_image(model: DualEncoder, vocab, image: torch.Tensor, method: str = "auto") -> tuple[np.ndarray, np.ndarray, str]:
+def explain_image(model: DualEncoder, vocab, image: torch.Tensor, method: str = "auto",
+                  progress: str | None = None) -> tuple[np.ndarray, np.ndarray, str]:
     """Relevance maps of every finding of ``vocab`` on one prepared ``image`` ``(1, 1, X, Y, Z)``:
     (``(K,)`` probabilities, ``(K, X, Y, Z)`` float32 maps in [0, 1], the method used and why)."""
-    logits, maps, used = relevance_maps(model, image, prompt_directions(model, vocab), method)
+    logits, maps, used = relevance_maps(model, image, prompt_directions(model, vocab), method, progress)
     return torch.sigmoid(logits).float().cpu().numpy(), maps.float().cpu().numpy(), used
 
 

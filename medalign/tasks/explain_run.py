@@ -36,9 +36,10 @@ def explain_study(checkpoint: Path, study: Path, out: Path, vocab: str | None = 
     # the guard first: explaining hooks and differentiates the model
     guard = out_of_distribution(model_dir, raw.source.affine, raw.source.array.shape, embed_raw_study(model, raw))
     image = torch.from_numpy(raw.array)[None, None].to(model.logit_scale.device)
+    probs, maps, used = explain_image(model, voc, image, method, progress="explain")
     bar = Progress("explain", len(voc.names), "findings")
-    bar.start_line(f"relevance maps of {len(voc.names)} findings on a {'x'.join(map(str, raw.array.shape))} volume")
-    probs, maps, used = explain_image(model, voc, image, method)
+    bar.start_line(f"relevance maps of {len(voc.names)} findings on a {'x'.join(map(str, raw.array.shape))} volume, "
+                   "onto the scanner grid")
     stored = read_thresholds(model_dir)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -126,12 +126,12 @@ def _similarity_maps(model, query: np.ndarray, query_volume: np.ndarray | None, 
     hit_emb = torch.as_tensor(np.asarray(hit_emb, dtype=np.float32), device=device)
     query_emb = torch.as_tensor(query, device=device)[None].float()
     hit_maps, used = [], method
-    for x in hit_images:
-        _, m, used = relevance_maps(model, x, query_emb, method)
+    for i, x in enumerate(hit_images):
+        _, m, used = relevance_maps(model, x, query_emb, method, progress=f"explain hit {i + 1}/{len(hit_images)}")
         hit_maps.append(m[0].cpu().numpy())
     query_maps = None
     if query_volume is not None:
         image = torch.from_numpy(query_volume)[None, None].to(device)
-        _, m, used = relevance_maps(model, image, hit_emb, method)  # one pass explains the query for every hit
+        _, m, used = relevance_maps(model, image, hit_emb, method, progress="explain query")  # one pass, every hit
         query_maps = [q.cpu().numpy() for q in m]
     return {"hits": hit_maps, "query": query_maps, "method": used}
