@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -255,6 +256,14 @@ def test_demo_runs_every_stage_and_prints_the_summary(tmp_path):
         assert (out / path).is_file(), path
     assert not any((folder / "left_by_an_earlier_demo").exists() for folder in stale)
     assert len(list((out / "raw" / "images").iterdir())) == 40
+    # the demo explains the nodule on the first test study the phantom drew one in, and says whether the map's peak found it
+    test_ids = [r["study_id"] for r in csv.DictReader(open(out / "zeroshot" / "scores.csv", encoding="utf-8"))]
+    nodules = {r["study_id"] for r in csv.DictReader(open(out / "raw" / "labels.csv", encoding="utf-8")) if r["lung nodule"] == "1"}
+    explained = next((sid for sid in test_ids if sid in nodules), test_ids[0])
+    line = next(ln for ln in res.stdout.splitlines() if ln.strip().startswith("why: lung nodule"))
+    assert explained in line and "explain/lung_nodule.png" in line
+    assert re.search(r"rise map; its peak (is in|misses) the drawn lesion", line) if explained in nodules else line.rstrip().endswith("rise map")
+    assert (out / "explain" / "lung_nodule.png").is_file() and (out / "explain" / "lung_nodule.nii.gz").is_file()
 
 
 def test_export_writes_the_checkpoints_weights(trained_run, tmp_path, capsys):

@@ -11,8 +11,34 @@ from pathlib import Path
 from typing import Callable
 
 from medalign.prep.presets import DEMO_PRESETS
+from medalign.tasks.explain_run import file_stem
 
 DEFAULT_STUDIES = {"ct": 300, "oct": 300}
+#: the finding whose relevance maps the demo draws on a test study that has it: the focal one
+EXPLAINED_FINDING = {"ct": "lung nodule", "oct": "intraretinal cysts"}
+
+
+def _study_to_explain(raw: Path, test_ids: list[str], finding: str) -> tuple[str, str]:
+    """The first test study the phantom drew ``finding`` in (else the first test study), and the finding."""
+    with open(raw / "labels.csv", newline="", encoding="utf-8") as f:
+        positive = {r["study_id"] for r in csv.DictReader(f) if r.get(finding) == "1"}
+    return next((sid for sid in test_ids if sid in positive), test_ids[0]), finding
+
+
+def _pointing(why: Path, lesions: Path, finding: str) -> str:
+    """The map's method, and whether its maximum lies in the lesion the phantom drew (within one voxel)."""
+    import nibabel as nib
+    import numpy as np
+    from scipy.ndimage import binary_dilation
+
+    report = json.loads((why / "explain.json").read_text())
+    method = report["method"].split(" ")[0]
+    mask_file = lesions / f"{file_stem(finding)}.nii.gz"
+    if not mask_file.is_file():
+        return f"{method} map"
+    near = binary_dilation(np.asarray(nib.load(mask_file).dataobj) > 0.5, structure=np.ones((3, 3, 3), bool))
+    hit = bool(near[tuple(report["findings"][finding]["max_voxel"])])
+    return f"{method} map; its peak {'is in' if hit else 'misses'} the drawn lesion"
 
 
 def _step(cli: Callable[[list[str]], int], title: str, argv: list[str], timings: dict[str, float]) -> None:
@@ -30,10 +56,11 @@ def run_demo(out: Path, modality: str = "ct", studies: int | None = None, max_st
     the command line's entry point (:func:`medalign.cli.main.main`), each step one call of it."""
     out = Path(out)
     studies = studies or DEFAULT_STUDIES[modality]
-    raw, data, run, zs, index, ret_study, ret_text, ret_eval = (
-        out / n for n in ("raw", "dataset", "run", "zeroshot", "index", "retrieve_study", "retrieve_text", "retrieval_eval")
+    raw, data, run, zs, why, index, ret_study, ret_text, ret_eval = (
+        out / n for n in ("raw", "dataset", "run", "zeroshot", "explain", "index", "retrieve_study", "retrieve_text",
+                          "retrieval_eval")
     )
-    for folder in (raw, data, run, zs, index, ret_study, ret_text, ret_eval):  # a rerun starts clean
+    for folder in (raw, data, run, zs, why, index, ret_study, ret_text, ret_eval):  # a rerun starts clean
         shutil.rmtree(folder, ignore_errors=True)
     preset = DEMO_PRESETS[modality]
     timings: dict[str, float] = {}
@@ -48,6 +75,9 @@ def run_demo(out: Path, modality: str = "ct", studies: int | None = None, max_st
     _step(cli, "index", ["index", "--checkpoint", str(run), "--data", str(data), "--out", str(index)], timings)
     with open(zs / "scores.csv", newline="") as f:
         test_ids = [r["study_id"] for r in csv.DictReader(f)]
+    explained, finding = _study_to_explain(raw, test_ids, EXPLAINED_FINDING[modality])
+    _step(cli, "explain", ["zeroshot", "--checkpoint", str(run), "--study", str(raw / "images" / explained), "--explain", str(why)],
+          timings)
     query_study = raw / "images" / test_ids[0]
     _step(cli, "retrieve (study)", ["retrieve", "--index", str(index), "--study", str(query_study), "--k", "5", "--out", str(ret_study)], timings)
     query_text = "pleural effusion" if modality == "ct" else "subretinal fluid"
@@ -63,6 +93,7 @@ def run_demo(out: Path, modality: str = "ct", studies: int | None = None, max_st
         ("its model card", run / "model" / "MODEL_CARD.md", "use, data, validation CIs, thresholds, limits"),
         ("zero-shot metrics + ROC", zs / "metrics.json", f"macro AUROC {metrics['macro_auroc']:.3f}"),
         ("retrieval index + metrics", ret_eval / "metrics.json", f"study->study mAP@10 {s2s['map@10']:.2f} (chance {s2s['chance_map@10']:.2f})"),
+        (f"why: {finding}, {explained}", why / f"{file_stem(finding)}.png", _pointing(why, raw / "lesions" / explained, finding)),
         ("similar cases (study)", ret_study / "montage.png", ""),
         ("similar cases (text)", ret_text / "montage.png", f"report->study R@5 {recall['recall@5']:.2f} (chance {recall['chance@5']:.2f})"),
     ]
