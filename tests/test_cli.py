@@ -264,6 +264,8 @@ def test_demo_runs_every_stage_and_prints_the_summary(tmp_path):
     assert explained in line and "explain/lung_nodule.png" in line
     assert re.search(r"rise map; its peak (is in|misses) the drawn lesion", line) if explained in nodules else line.rstrip().endswith("rise map")
     assert (out / "explain" / "lung_nodule.png").is_file() and (out / "explain" / "lung_nodule.nii.gz").is_file()
+    assert "zeroshot --explain: method rise (auto" in (out / "explain" / "command_output.txt").read_text()  # its answer in a file
+    assert '"max_voxel"' not in res.stdout  # not between the demo's steps
 
 
 def test_export_writes_the_checkpoints_weights(trained_run, tmp_path, capsys):

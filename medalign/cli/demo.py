@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import shutil
@@ -41,10 +42,16 @@ def _pointing(why: Path, lesions: Path, finding: str) -> str:
     return f"{method} map; its peak {'is in' if hit else 'misses'} the drawn lesion"
 
 
-def _step(cli: Callable[[list[str]], int], title: str, argv: list[str], timings: dict[str, float]) -> None:
-    print(f"\n== {title}: medalign {' '.join(argv)}", flush=True)
+def _step(cli: Callable[[list[str]], int], title: str, argv: list[str], timings: dict[str, float],
+          stdout_to: Path | None = None) -> None:
+    print(f"\n== {title}: medalign {' '.join(argv)}{f' > {stdout_to}' if stdout_to else ''}", flush=True)
     t = time.time()
-    code = cli(argv)
+    if stdout_to is None:
+        code = cli(argv)
+    else:  # a long JSON answer goes to its file, not between the demo's steps
+        stdout_to.parent.mkdir(parents=True, exist_ok=True)
+        with open(stdout_to, "w", encoding="utf-8") as f, contextlib.redirect_stdout(f):
+            code = cli(argv)
     timings[title] = time.time() - t
     if code not in (0,):
         raise SystemExit(f"medalign demo: step '{title}' exited with {code}")
@@ -77,7 +84,7 @@ def run_demo(out: Path, modality: str = "ct", studies: int | None = None, max_st
         test_ids = [r["study_id"] for r in csv.DictReader(f)]
     explained, finding = _study_to_explain(raw, test_ids, EXPLAINED_FINDING[modality])
     _step(cli, "explain", ["zeroshot", "--checkpoint", str(run), "--study", str(raw / "images" / explained), "--explain", str(why)],
-          timings)
+          timings, stdout_to=why / "command_output.txt")
     query_study = raw / "images" / test_ids[0]
     _step(cli, "retrieve (study)", ["retrieve", "--index", str(index), "--study", str(query_study), "--k", "5", "--out", str(ret_study)], timings)
     query_text = "pleural effusion" if modality == "ct" else "subretinal fluid"
