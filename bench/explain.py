@@ -53,9 +53,9 @@ def main() -> None:
 
     import nibabel as nib
     import torch
-    from scipy.ndimage import binary_dilation
 
     torch.set_num_threads(2)
+    from medalign.tasks.explain import lesion_neighbourhood
     from medalign.tasks.explain_run import explain_study, file_stem
     from medalign.tasks.zeroshot_run import zeroshot_study
 
@@ -76,8 +76,8 @@ def main() -> None:
         chance = []
         hits = {m: 0 for m in args.methods}
         for sid in positives:
-            lesion = nib.load(args.raw / "lesions" / sid / f"{file_stem(finding)}.nii.gz").get_fdata() > 0.5
-            near = binary_dilation(lesion, structure=np.ones((3, 3, 3), bool))  # within one voxel
+            lesion = nib.load(args.raw / "lesions" / sid / f"{file_stem(finding)}.nii.gz").get_fdata()
+            near = lesion_neighbourhood(lesion)  # within one voxel
             chance.append(near.mean())
             for method in args.methods:
                 out = work / method / sid

@@ -320,3 +320,13 @@ def test_long_maps_report_their_progress(trained_run, prepared_ct, method, monke
     assert lines[0] == f"explain: 0/{sum(scored)} volumes (0.0%) · {method}: {sum(scored)} volumes through the model"
     assert lines[-1].startswith(f"explain: {sum(scored)}/{sum(scored)} volumes (100.0%)") and lines[-1].endswith(tuple(f"{c}s" for c in "0123456789"))
     assert len(lines) > 3
+
+
+def test_the_pointing_target_is_the_lesion_grown_by_one_voxel():
+    from medalign.tasks.explain import lesion_neighbourhood
+
+    mask = np.zeros((9, 8, 7), np.float32)
+    mask[4, 3, 3] = 1.0  # one voxel: its 26 neighbours join it
+    mask[0, 0, 6] = 0.4  # under half: not lesion
+    near = lesion_neighbourhood(mask)
+    assert near.dtype == bool and near.sum() == 27 and near[3:6, 2:5, 2:5].all()

@@ -29,15 +29,15 @@ def _study_to_explain(raw: Path, test_ids: list[str], finding: str) -> tuple[str
 def _pointing(why: Path, lesions: Path, finding: str) -> str:
     """The map's method, and whether its maximum lies in the lesion the phantom drew (within one voxel)."""
     import nibabel as nib
-    import numpy as np
-    from scipy.ndimage import binary_dilation
+
+    from medalign.tasks.explain import lesion_neighbourhood
 
     report = json.loads((why / "explain.json").read_text())
     method = report["method"].split(" ")[0]
     mask_file = lesions / f"{file_stem(finding)}.nii.gz"
     if not mask_file.is_file():
         return f"{method} map"
-    near = binary_dilation(np.asarray(nib.load(mask_file).dataobj) > 0.5, structure=np.ones((3, 3, 3), bool))
+    near = lesion_neighbourhood(np.asarray(nib.load(mask_file).dataobj))
     hit = bool(near[tuple(report["findings"][finding]["max_voxel"])])
     return f"{method} map; its peak {'is in' if hit else 'misses'} the drawn lesion"
 

@@ -236,6 +236,14 @@ def explain_image(model: DualEncoder, vocab, image: torch.Tensor, method: str = 
     return torch.sigmoid(logits).float().cpu().numpy(), maps.float().cpu().numpy(), used
 
 
+def lesion_neighbourhood(mask: np.ndarray) -> np.ndarray:
+    """A drawn lesion ``(X, Y, Z)`` (values > 0.5 inside) grown by one voxel in every direction, as bool:
+    the pointing game's target (a map whose maximum falls in it points at the lesion)."""
+    from scipy.ndimage import binary_dilation
+
+    return binary_dilation(np.asarray(mask) > 0.5, structure=np.ones((3, 3, 3), bool))
+
+
 def resample_to_grid(values: np.ndarray, affine: np.ndarray, target_shape: tuple[int, ...], target_affine: np.ndarray) -> np.ndarray:
     """``values`` ``(X, Y, Z)`` on the voxel-to-world ``affine`` sampled (trilinearly, 0 outside) at
     every voxel of the target grid, ``target_shape`` with ``target_affine``: a map on the model's
