@@ -79,3 +79,41 @@ def test_labels_are_drawn_at_the_prevalence_or_given() -> None:
     assert 0.2 < drawn.mean() < 0.6
     given = make_oct_case(np.random.default_rng(1), labels={**NONE, "drusen": 1})
     assert given.labels == {**NONE, "drusen": 1}
+
+
+def test_lesion_masks_lie_over_what_was_drawn_on_the_converted_scan(tmp_path):
+    """``synth --modality oct`` writes ``lesions/<study>/<finding>.nii.gz`` for each finding its labels
+    say is present, on the grid ``medalign convert`` gives the study; on that converted scan the fluid
+    and cyst masks are darker than the tissue around them and the membrane brighter."""
+    import csv
+
+    import nibabel as nib
+    from scipy.ndimage import binary_dilation
+
+    from medalign.cli.main import main as cli
+
+    out = tmp_path / "ph"
+    assert cli(["synth", "--out", str(out), "--modality", "oct", "--studies", "14", "--seed", "3"]) == 0
+    checked = set()
+    for row in csv.DictReader(open(out / "labels.csv", encoding="utf-8")):
+        sid = row["study_id"]
+        present = {f for f in OCT_FINDINGS if row[f] == "1"}
+        drawn = {p.name[: -len(".nii.gz")].replace("_", " ") for p in (out / "lesions" / sid).glob("*.nii.gz")}
+        assert drawn == present, sid
+        if not present:
+            continue
+        assert cli(["convert", str(out / "images" / sid), str(tmp_path / f"{sid}.nii.gz")]) == 0
+        scan = nib.load(tmp_path / f"{sid}.nii.gz")
+        image = scan.get_fdata()
+        for finding in present:
+            lesion = nib.load(out / "lesions" / sid / f"{finding.replace(' ', '_')}.nii.gz")
+            assert lesion.shape == scan.shape and np.allclose(lesion.affine, scan.affine)
+            inside = lesion.get_fdata() > 0.5
+            assert inside.any()
+            shell = binary_dilation(inside, iterations=2) & ~inside
+            if finding in ("subretinal fluid", "intraretinal cysts"):
+                assert image[inside].mean() < image[shell].mean() - 10, (sid, finding)
+            elif finding == "epiretinal membrane":
+                assert image[inside].mean() > image[shell].mean() + 10, (sid, finding)
+            checked.add(finding)
+    assert {"subretinal fluid", "intraretinal cysts", "epiretinal membrane"} <= checked

@@ -17,10 +17,12 @@ OCT_SPACING = (0.19, 0.016, 0.047)
 
 @dataclasses.dataclass
 class OCTCase:
-    """One phantom OCT cube ``volume`` (frames, rows, cols) uint8 and its labels."""
+    """One phantom OCT cube ``volume`` (frames, rows, cols) uint8, its labels, and where each present
+    finding was drawn (``masks``: finding -> bool ``(frames, rows, cols)``)."""
 
     volume: np.ndarray
     labels: dict[str, int]
+    masks: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
 
 def make_oct_case(rng: np.random.Generator, prevalence: float = 0.4, labels: dict[str, int] | None = None) -> OCTCase:
@@ -28,10 +30,12 @@ def make_oct_case(rng: np.random.Generator, prevalence: float = 0.4, labels: dic
     ``labels`` says): an eye's reflectivity (:func:`oct_reflectivity`) seen by a device
     (:func:`acquire_oct`)."""
     labels = labels if labels is not None else {f: int(rng.random() < prevalence) for f in OCT_FINDINGS}
-    return OCTCase(volume=acquire_oct(oct_reflectivity(rng, labels), rng), labels=dict(labels))
+    masks: dict[str, np.ndarray] = {}
+    volume = acquire_oct(oct_reflectivity(rng, labels, masks), rng)
+    return OCTCase(volume=volume, labels=dict(labels), masks=masks)
 
 
-def oct_reflectivity(rng: np.random.Generator, labels: dict[str, int]) -> np.ndarray:
+def oct_reflectivity(rng: np.random.Generator, labels: dict[str, int], masks: dict[str, np.ndarray] | None = None) -> np.ndarray:
     """Noise-free reflectivity ``(frames, rows, cols)`` in [0, 1] of one eye with the findings ``labels`` marks.
 
     Eyes differ as real ones do: retinal thickness (±20%), layer boundaries, an off-centre fovea, a
@@ -39,7 +43,9 @@ def oct_reflectivity(rng: np.random.Generator, labels: dict[str, int]) -> np.nda
     lift the RPE 5-10 rows (80-160 µm) off Bruch's membrane over a few columns and B-scans, fluid
     pockets and cysts are a few rows high, and an epiretinal membrane is a thin, partial bright line
     over a thickened inner retina. The eye is drawn first and each finding from its own stream, so the same ``rng`` state
-    gives the same eye whichever findings are switched on."""
+    gives the same eye whichever findings are switched on. ``masks``, when given, receives each drawn
+    finding's voxels (bool, same shape): the lifted drusen material, the fluid under the photoreceptors,
+    the cysts, the membrane line over its thickening."""
     nf, nd, nl = OCT_SHAPE
     fy, fx = np.meshgrid(np.linspace(-1, 1, nf), np.linspace(-1, 1, nl), indexing="ij")  # (frames, lateral)
     cy, cx = rng.uniform(-0.3, 0.3, size=2)  # off-centre fixation
@@ -80,20 +86,29 @@ def oct_reflectivity(rng: np.random.Generator, labels: dict[str, int]) -> np.nda
                       [0.75, 0.45, 0.2, 0.5, 0.22], default=0.2)
     img = np.where(retina, layer, img)
     img = np.where((depth >= ELL) & (depth < ELL + 2), 0.7, img)  # ellipsoid zone
-    img = np.where((depth >= ELL + 2) & (depth < RPE), np.where(srf[:, None, :] > 0.5, 0.05, 0.3), img)
+    fluid = (depth >= ELL + 2) & (depth < RPE) & (srf[:, None, :] > 0.5)
+    img = np.where((depth >= ELL + 2) & (depth < RPE), np.where(fluid, 0.05, 0.3), img)
     img = np.where((depth >= RPE) & (depth < RPE + 4), 0.95, img)  # RPE
     img = np.where((depth >= RPE + 4) & (depth < BM), 0.5, img)  # drusen material under the lifted RPE
     img = np.where((depth >= BM) & (depth < BM + 26), 0.4 + 0.1 * np.sin(depth / 2.0), img)  # choroid
+    drawn = {"drusen": (depth >= RPE) & (depth < BM) & (drusen_lift[:, None, :] > 1.0), "subretinal fluid": fluid}
     if labels.get("intraretinal cysts"):
         g = streams["intraretinal cysts"]
         zf, zd, zl = np.meshgrid(np.arange(nf), np.arange(nd), np.arange(nl), indexing="ij")
+        cysts = np.zeros(img.shape, bool)
         for _ in range(int(g.integers(3, 8))):
             k, i = int(g.integers(nf // 4, 3 * nf // 4)), int(g.integers(nl // 4, 3 * nl // 4))
             d = float(ILM[k, 0, i] + g.uniform(0.45, 0.6) * (ELL[k, 0, i] - ILM[k, 0, i]))
             rd, rl, rf = g.uniform(3, 5), g.uniform(4, 8), g.uniform(1.5, 3)
-            img[(((zd - d) / rd) ** 2 + ((zl - i) / rl) ** 2 + ((zf - k) / rf) ** 2 <= 1) & retina] = 0.03
+            cysts |= (((zd - d) / rd) ** 2 + ((zl - i) / rl) ** 2 + ((zf - k) / rf) ** 2 <= 1) & retina
+        img[cysts] = 0.03
+        drawn["intraretinal cysts"] = cysts
     if labels.get("epiretinal membrane"):
-        img = np.where((depth >= ILM - 2) & (depth < ILM) & (thickening[:, None, :] > 0.8), 1.0, img)
+        membrane = (depth >= ILM - 2) & (depth < ILM) & (thickening[:, None, :] > 0.8)
+        img = np.where(membrane, 1.0, img)
+        drawn["epiretinal membrane"] = membrane
+    if masks is not None:
+        masks.update({f: np.broadcast_to(m, img.shape).copy() for f, m in drawn.items() if labels.get(f)})
     return img
 
 

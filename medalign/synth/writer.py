@@ -42,10 +42,26 @@ def write_lesion_masks(masks: dict[str, np.ndarray], grid: CTGrid, folder: Path)
         save_nifti(Volume(mask.transpose(2, 1, 0).astype(np.float32), LPS_TO_RAS @ lps), folder / f"{finding.replace(' ', '_')}.nii.gz")
 
 
+def write_oct_lesion_masks(masks: dict[str, np.ndarray], volume: np.ndarray, study: Path, folder: Path) -> None:
+    """Each drawn finding's ``(frames, rows, cols)`` mask as ``folder/<finding>.nii.gz`` on the grid
+    ``medalign convert`` gives the study's OCT DICOM, read back from it (``volume`` is what was written:
+    the read must return it, or the masks would not lie over the scan)."""
+    from medalign.io.dicom import load_dicom_study
+    from medalign.io.nifti import save_nifti
+    from medalign.io.volume import SeriesSelection, Volume
+
+    scan = load_dicom_study(study, SeriesSelection(modalities=["OPT"], planes=[]))[0]
+    if not np.array_equal(scan.array, volume.transpose(2, 1, 0)):  # the reader's order, (cols, rows, frames)
+        raise RuntimeError(f"{study}: the OCT reader no longer returns (cols, rows, frames); lesion masks would be misplaced")
+    for finding, mask in masks.items():
+        save_nifti(Volume(mask.transpose(2, 1, 0).astype(np.float32), scan.affine), folder / f"{finding.replace(' ', '_')}.nii.gz")
+
+
 def synthesize(out: Path, modality: Literal["ct", "oct"] = "ct", studies: int = 300, seed: int = 0, localizer_fraction: float = 0.3) -> dict:
     """Write ``studies`` phantom studies under ``out/images/<study_id>/`` plus
     ``out/reports.csv`` (study_id, report, split) and ``out/labels.csv`` (ground truth, 0/1 per finding);
-    for CT, ``out/lesions/<study_id>/<finding>.nii.gz`` says where each present finding was drawn.
+    ``out/lesions/<study_id>/<finding>.nii.gz`` says where each present finding was drawn, on the
+    study's scanner grid.
 
     Returns a summary dict with the paths and finding prevalences.
     """
@@ -82,6 +98,7 @@ def synthesize(out: Path, modality: Literal["ct", "oct"] = "ct", studies: int = 
         else:
             case = make_oct_case(rng)
             write_oct_volume(case.volume, OCT_SPACING, folder / f"{rng.bytes(6).hex()}.dcm", patient, study_uid)
+            write_oct_lesion_masks(case.masks, case.volume, folder, out / "lesions" / study_id)
             report = oct_report(case.labels, rng)
             labels = case.labels
         # the phantom's research split: one patient per study, drawn from the study id (a hospital's
