@@ -472,3 +472,19 @@ def test_zeroshot_under_ct_clips_protocol_scores_its_prompts(trained_run, prepar
         assert protocol["per_finding"][f]["auroc"] == pytest.approx(metrics["per_finding"][f]["auroc"], abs=1e-9)
     assert protocol["findings_scored"] == metrics["n_findings_evaluated"] == 5 and "CT-CLIP (Hamamci et al. 2024)" in protocol[
         "published_macro_auroc_ct_rate_valid"]
+
+
+def test_demo_says_whether_the_maps_peak_is_in_the_drawn_lesion(tmp_path):
+    """The demo's summary line: a peak inside the drawn lesion or one voxel from it is a hit, two voxels off a miss."""
+    import nibabel as nib
+
+    from medalign.cli.demo import _pointing
+
+    mask = np.zeros((10, 9, 8), np.float32)
+    mask[4:6, 4:6, 3:5] = 1.0
+    (tmp_path / "lesions").mkdir()
+    nib.save(nib.Nifti1Image(mask, np.eye(4)), tmp_path / "lesions" / "lung_nodule.nii.gz")
+    for peak, said in (([6, 4, 3], "is in"), ([7, 4, 3], "misses")):
+        (tmp_path / "explain.json").write_text(json.dumps({"method": "rise (auto: …)", "findings": {"lung nodule": {"max_voxel": peak}}}))
+        assert _pointing(tmp_path, tmp_path / "lesions", "lung nodule") == f"rise map; its peak {said} the drawn lesion"
+    assert _pointing(tmp_path, tmp_path / "no_lesions", "lung nodule") == "rise map"

@@ -37,7 +37,7 @@ def _pointing(why: Path, lesions: Path, finding: str) -> str:
     mask_file = lesions / f"{file_stem(finding)}.nii.gz"
     if not mask_file.is_file():
         return f"{method} map"
-    near = lesion_neighbourhood(np.asarray(nib.load(mask_file).dataobj))
+    near = lesion_neighbourhood(nib.load(mask_file).get_fdata())
     hit = bool(near[tuple(report["findings"][finding]["max_voxel"])])
     return f"{method} map; its peak {'is in' if hit else 'misses'} the drawn lesion"
 
