@@ -19,11 +19,11 @@ DEFAULT_STUDIES = {"ct": 300, "oct": 300}
 EXPLAINED_FINDING = {"ct": "lung nodule", "oct": "intraretinal cysts"}
 
 
-def _study_to_explain(raw: Path, test_ids: list[str], finding: str) -> tuple[str, str]:
-    """The first test study the phantom drew ``finding`` in (else the first test study), and the finding."""
+def _study_to_explain(raw: Path, test_ids: list[str], finding: str) -> str:
+    """The first test study the phantom drew ``finding`` in (else the first test study)."""
     with open(raw / "labels.csv", newline="", encoding="utf-8") as f:
         positive = {r["study_id"] for r in csv.DictReader(f) if r.get(finding) == "1"}
-    return next((sid for sid in test_ids if sid in positive), test_ids[0]), finding
+    return next((sid for sid in test_ids if sid in positive), test_ids[0])
 
 
 def _pointing(why: Path, lesions: Path, finding: str) -> str:
@@ -82,7 +82,8 @@ def run_demo(out: Path, modality: str = "ct", studies: int | None = None, max_st
     _step(cli, "index", ["index", "--checkpoint", str(run), "--data", str(data), "--out", str(index)], timings)
     with open(zs / "scores.csv", newline="") as f:
         test_ids = [r["study_id"] for r in csv.DictReader(f)]
-    explained, finding = _study_to_explain(raw, test_ids, EXPLAINED_FINDING[modality])
+    finding = EXPLAINED_FINDING[modality]
+    explained = _study_to_explain(raw, test_ids, finding)
     _step(cli, "explain", ["zeroshot", "--checkpoint", str(run), "--study", str(raw / "images" / explained), "--explain", str(why)],
           timings, stdout_to=why / "command_output.txt")
     query_study = raw / "images" / test_ids[0]
